@@ -1,0 +1,105 @@
+#include "model/checkpoint.h"
+
+#include <ATen/ATen.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "model/checkpoint_layout.h"
+#include "model/convnext_config.h"
+#include "model/safetensors.h"
+#include "model/status_macros.h"
+
+namespace convnext {
+namespace {
+
+// Prefixes a status message with the checkpoint path, keeping the code.
+absl::Status Annotate(const std::string& path, const absl::Status& status) {
+  return absl::Status(status.code(), absl::StrCat("checkpoint '", path, "': ", status.message()));
+}
+
+absl::StatusOr<StateDict> ReadAny(const std::string& path, std::string* format) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    return errno == ENOENT ? absl::NotFoundError("no such file")
+                           : absl::PermissionDeniedError(std::strerror(errno));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    return absl::InvalidArgumentError("is a directory, expected a checkpoint file");
+  }
+  if (st.st_size == 0) return absl::InvalidArgumentError("is an empty file (0 bytes)");
+
+  char buf[16] = {};
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::PermissionDeniedError("cannot be opened for reading");
+  in.read(buf, sizeof(buf));
+  const absl::string_view prefix(buf, static_cast<size_t>(in.gcount()));
+
+  if (absl::StartsWith(prefix, absl::string_view("PK\x03\x04", 4))) {
+    return absl::UnimplementedError(
+        "is a PyTorch zip checkpoint (torch.save); this build reads safetensors only so far");
+  }
+  if (LooksLikeSafetensors(prefix)) {
+    if (format != nullptr) *format = "safetensors";
+    return ReadSafetensors(path);
+  }
+  // A legacy torch.save file is a bare pickle: PROTO opcode 0x80 and a protocol number.
+  if (prefix.size() >= 2 && static_cast<unsigned char>(prefix[0]) == 0x80 && prefix[1] >= 2 &&
+      prefix[1] <= 5) {
+    return absl::InvalidArgumentError(
+        "is a legacy (pre-1.6, non-zip) torch.save file, which is not supported; re-save it "
+        "with torch.save(obj, path) from PyTorch >= 1.6, or as safetensors");
+  }
+  return absl::InvalidArgumentError(
+      "is not a checkpoint: neither a safetensors file nor a PyTorch zip file");
+}
+
+std::map<std::string, std::vector<int64_t>> Shapes(const StateDict& weights) {
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& [name, tensor] : weights) shapes.emplace(name, tensor.sizes().vec());
+  return shapes;
+}
+
+}  // namespace
+
+absl::StatusOr<StateDict> ReadCheckpointFile(const std::string& path, std::string* format) {
+  absl::StatusOr<StateDict> result = ReadAny(path, format);
+  if (!result.ok()) return Annotate(path, result.status());
+  return result;
+}
+
+absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
+  LoadedModel loaded;
+  ASSIGN_OR_RETURN(StateDict raw, ReadCheckpointFile(options.path, &loaded.format));
+  absl::StatusOr<CanonicalWeights> canonical = ToCanonical(std::move(raw));
+  if (!canonical.ok()) return Annotate(options.path, canonical.status());
+  loaded.layout = canonical->layout;
+  StateDict& weights = canonical->weights;
+
+  ConvNeXtConfig config;
+  if (options.variant.empty()) {
+    absl::StatusOr<ConvNeXtConfig> inferred = InferConfig(Shapes(weights));
+    if (!inferred.ok()) return Annotate(options.path, inferred.status());
+    config = *std::move(inferred);
+  } else {
+    absl::StatusOr<ConvNeXtConfig> named = ConfigForVariant(options.variant);
+    if (!named.ok()) return named.status();
+    config = *std::move(named);
+    auto head = weights.find("head.weight");
+    config.num_classes = head == weights.end() || head->second.dim() < 1 ? 0 : head->second.size(0);
+  }
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> model =
+      ConvNeXt::Create(config, std::move(weights), options.model, canonical->source_name);
+  if (!model.ok()) return Annotate(options.path, model.status());
+  loaded.model = *std::move(model);
+  return loaded;
+}
+
+}  // namespace convnext

@@ -1,0 +1,194 @@
+#include "model/convnext.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
+
+#include <exception>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "model/status_macros.h"
+
+namespace convnext {
+namespace {
+
+std::vector<int64_t> ShapeOf(const at::Tensor& t) { return t.sizes().vec(); }
+
+// Removes `name` from `weights` and returns it converted for the model.
+at::Tensor Take(StateDict& weights, const std::string& name, const ModelOptions& options) {
+  auto node = weights.extract(name);
+  return node.mapped().to(options.device, options.dtype).contiguous();
+}
+
+}  // namespace
+
+ConvNeXt::ConvNeXt(ConvNeXtConfig config, ModelOptions options)
+    : config_(std::move(config)), options_(options) {}
+
+absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig& config,
+                                                           StateDict weights,
+                                                           const ModelOptions& options,
+                                                           const SourceNameFn& source_name) {
+  RETURN_IF_ERROR(ValidateConfig(config));
+  if (!c10::isFloatingType(options.dtype)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("model dtype must be floating point, got ", c10::toString(options.dtype)));
+  }
+  const std::string who = config.variant == "custom" ? "the model" : config.variant;
+  auto named = [&source_name](const std::string& canonical) {
+    return source_name ? source_name(canonical) : canonical;
+  };
+
+  // Check everything before converting anything, so that a bad checkpoint fails fast and whole.
+  const ParameterShapes expected = ExpectedParameters(config);
+  for (const auto& [name, shape] : expected) {
+    auto it = weights.find(name);
+    if (it == weights.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("missing tensor ", named(name), ": ", who,
+                                                     " expects shape ", ShapeToString(shape)));
+    }
+    const at::Tensor& t = it->second;
+    if (!t.defined() || ShapeOf(t) != shape) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", named(name), " has shape ",
+                       t.defined() ? ShapeToString(ShapeOf(t)) : "(undefined)", ", ", who,
+                       " expects ", ShapeToString(shape)));
+    }
+    if (!c10::isFloatingType(t.scalar_type())) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", named(name), " has dtype ",
+                                                     c10::toString(t.scalar_type()),
+                                                     ", expected a floating-point tensor"));
+    }
+  }
+  if (weights.size() != expected.size()) {
+    std::vector<std::string> extra;
+    for (const auto& [name, tensor] : weights) {
+      bool known = false;
+      for (const auto& e : expected) known = known || e.first == name;
+      if (!known) extra.push_back(absl::StrCat(named(name), " ", ShapeToString(ShapeOf(tensor))));
+    }
+    const size_t shown = std::min<size_t>(extra.size(), 5);
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unexpected tensor", extra.size() > 1 ? "s" : "", " ",
+        absl::StrJoin(extra.begin(), extra.begin() + shown, ", "),
+        extra.size() > shown ? absl::StrCat(" and ", extra.size() - shown, " more") : "",
+        " (not part of ", who, ")"));
+  }
+
+  if (options.intra_op_threads > 0) at::set_num_threads(options.intra_op_threads);
+  std::unique_ptr<ConvNeXt> model(new ConvNeXt(config, options));
+  try {
+    c10::InferenceMode guard;
+    model->stages_.resize(kNumStages);
+    for (int i = 0; i < kNumStages; ++i) {
+      Stage& stage = model->stages_[i];
+      const std::string ds = absl::StrCat("downsample_layers.", i, ".");
+      // Stem: conv is .0 and norm .1; downsampling: norm is .0 and conv .1.
+      const std::string conv = ds + (i == 0 ? "0." : "1.");
+      const std::string norm = ds + (i == 0 ? "1." : "0.");
+      stage.ds_conv_weight = Take(weights, conv + "weight", options);
+      stage.ds_conv_bias = Take(weights, conv + "bias", options);
+      stage.ds_norm_weight = Take(weights, norm + "weight", options);
+      stage.ds_norm_bias = Take(weights, norm + "bias", options);
+      for (int64_t j = 0; j < config.depths[i]; ++j) {
+        const std::string p = absl::StrCat("stages.", i, ".", j, ".");
+        Block block;
+        block.dw_weight = Take(weights, p + "dwconv.weight", options);
+        block.dw_bias = Take(weights, p + "dwconv.bias", options);
+        block.norm_weight = Take(weights, p + "norm.weight", options);
+        block.norm_bias = Take(weights, p + "norm.bias", options);
+        block.fc1_weight = Take(weights, p + "pwconv1.weight", options);
+        block.fc1_bias = Take(weights, p + "pwconv1.bias", options);
+        const at::Tensor gamma = Take(weights, p + "gamma", options);
+        block.fc2_weight = (Take(weights, p + "pwconv2.weight", options) * gamma.unsqueeze(1));
+        block.fc2_bias = Take(weights, p + "pwconv2.bias", options) * gamma;
+        stage.blocks.push_back(std::move(block));
+      }
+    }
+    model->norm_weight_ = Take(weights, "norm.weight", options);
+    model->norm_bias_ = Take(weights, "norm.bias", options);
+    if (config.num_classes > 0) {
+      model->head_weight_ = Take(weights, "head.weight", options);
+      model->head_bias_ = Take(weights, "head.bias", options);
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("moving weights to ", options.device.str(), ": ", e.what()));
+  }
+  return model;
+}
+
+at::Tensor ConvNeXt::LayerNormChannelsFirst(const at::Tensor& x, const at::Tensor& weight,
+                                            const at::Tensor& bias) const {
+  // Normalise over channels: NHWC view, LayerNorm over the last dimension, back to NCHW.
+  return at::layer_norm(x.permute({0, 2, 3, 1}), {x.size(1)}, weight, bias, config_.layer_norm_eps)
+      .permute({0, 3, 1, 2});
+}
+
+at::Tensor ConvNeXt::RunBlock(const Block& block, const at::Tensor& x) const {
+  const int64_t channels = x.size(1);
+  at::Tensor y = at::conv2d(x, block.dw_weight, block.dw_bias, /*stride=*/{1, 1},
+                            /*padding=*/{3, 3}, /*dilation=*/{1, 1}, /*groups=*/channels);
+  y = at::layer_norm(y.permute({0, 2, 3, 1}), {channels}, block.norm_weight, block.norm_bias,
+                     config_.layer_norm_eps);
+  y = at::linear(y, block.fc1_weight, block.fc1_bias);
+  y = at::gelu(y);  // Exact (erf) form, as in every reference implementation.
+  y = at::linear(y, block.fc2_weight, block.fc2_bias);
+  return x + y.permute({0, 3, 1, 2});
+}
+
+absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
+                                                 const OutputRequest& request) const {
+  if (!images.defined() || images.dim() != 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input must be a 4-d tensor [N, C, H, W], got ",
+        images.defined() ? ShapeToString(ShapeOf(images)) : std::string("an undefined tensor")));
+  }
+  if (images.size(0) < 1 || images.size(1) != config_.in_channels || images.size(2) < 32 ||
+      images.size(3) < 32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("input has shape ", ShapeToString(ShapeOf(images)), ", expected [N >= 1, ",
+                     config_.in_channels, ", H >= 32, W >= 32]"));
+  }
+  if (!c10::isFloatingType(images.scalar_type())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "input dtype is ", c10::toString(images.scalar_type()), ", expected a floating dtype"));
+  }
+  if (request.logits && config_.num_classes == 0) {
+    return absl::FailedPreconditionError(
+        "this model has no classification head (num_classes = 0): it can return the embedding "
+        "and stage outputs only");
+  }
+
+  ForwardOutputs out;
+  try {
+    c10::InferenceMode guard;
+    at::Tensor x = images.to(options_.device, options_.dtype);
+    for (int i = 0; i < kNumStages; ++i) {
+      const Stage& stage = stages_[i];
+      if (i == 0) {
+        x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4});
+        x = LayerNormChannelsFirst(x, stage.ds_norm_weight, stage.ds_norm_bias);
+      } else {
+        x = LayerNormChannelsFirst(x, stage.ds_norm_weight, stage.ds_norm_bias);
+        x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{2, 2});
+      }
+      for (const Block& block : stage.blocks) x = RunBlock(block, x);
+      if (request.stages) out.stages.push_back(x.contiguous());
+    }
+    if (request.logits || request.embedding) {
+      at::Tensor pooled = at::layer_norm(x.mean({-2, -1}), {x.size(1)}, norm_weight_, norm_bias_,
+                                         config_.head_norm_eps);
+      if (request.logits) out.logits = at::linear(pooled, head_weight_, head_bias_);
+      if (request.embedding) out.embedding = std::move(pooled);
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("ConvNeXt forward failed: ", e.what()));
+  }
+  return out;
+}
+
+}  // namespace convnext

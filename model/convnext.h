@@ -1,0 +1,114 @@
+// ConvNeXt: the inference forward pass of a ConvNeXt written directly against ATen, numerically
+// the same model as the FAIR, timm, torchvision and Hugging Face implementations (exact erf GELU,
+// LayerNorm eps from the config, drop path a no-op at inference).
+//
+// A ConvNeXt owns its weights, already on the configured device and dtype. It is immutable after
+// Create(), so Forward() may be called from several threads at once.
+//
+//   ASSIGN_OR_RETURN(auto model, ConvNeXt::Create(config, std::move(weights), options));
+//   ASSIGN_OR_RETURN(ForwardOutputs out, model->Forward(images, {.embedding = true}));
+//
+// Device: the device comes from ModelOptions and nothing here is CUDA-specific, but only the CPU
+// has been tested (no GPU was available to the developers).
+#ifndef CONVNEXT_MODEL_CONVNEXT_H_
+#define CONVNEXT_MODEL_CONVNEXT_H_
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/convnext_config.h"
+#include "model/state_dict.h"
+
+namespace convnext {
+
+struct ModelOptions {
+  // Where the weights live and the forward pass runs. "cpu", "cuda", "cuda:1", ...
+  c10::Device device = c10::Device(c10::DeviceType::CPU);
+  // Compute dtype. Weights of any floating dtype are converted to it at load.
+  c10::ScalarType dtype = c10::ScalarType::Float;
+  // Threads LibTorch uses inside one operator (at::set_num_threads). This setting is
+  // process-wide in LibTorch; 0 keeps the current value.
+  int intra_op_threads = 0;
+};
+
+// Which outputs Forward() computes. Logits need a head (num_classes > 0).
+struct OutputRequest {
+  bool logits = true;
+  // The pooled features after the final LayerNorm, before the head: [N, dims[3]].
+  bool embedding = false;
+  // The four stage outputs, [N, dims[i], H_i, W_i] with strides 4, 8, 16, 32.
+  bool stages = false;
+};
+
+struct ForwardOutputs {
+  at::Tensor logits;               // [N, num_classes], if requested.
+  at::Tensor embedding;            // [N, dims[3]], if requested.
+  std::vector<at::Tensor> stages;  // kNumStages tensors, if requested; else empty.
+};
+
+class ConvNeXt {
+ public:
+  // Builds a model from weights in canonical names (convnext_config.h). Every parameter must be
+  // present with exactly the expected shape and no other tensor may be present: a mismatch is
+  // INVALID_ARGUMENT naming the tensor, the expected and the found shape. Weights are converted to
+  // options.dtype and moved to options.device. `source_name`, if given, names tensors in
+  // messages as the checkpoint does.
+  static absl::StatusOr<std::unique_ptr<ConvNeXt>> Create(const ConvNeXtConfig& config,
+                                                          StateDict weights,
+                                                          const ModelOptions& options,
+                                                          const SourceNameFn& source_name = {});
+
+  ConvNeXt(const ConvNeXt&) = delete;
+  ConvNeXt& operator=(const ConvNeXt&) = delete;
+
+  // Runs the model on a batch of preprocessed images [N, in_channels, H, W] (any floating dtype,
+  // any device: converted as needed). H and W must be at least 32. Sides that are not multiples of
+  // 32 work as in the reference implementations: each strided convolution floors, so trailing rows
+  // and columns that do not fill a whole 4x4 (stem) or 2x2 (downsampling) patch are ignored and
+  // stage i has floor(floor(H/4)/2^i) rows. Errors: INVALID_ARGUMENT for a bad input,
+  // FAILED_PRECONDITION for logits from a headless model, INTERNAL if LibTorch fails.
+  absl::StatusOr<ForwardOutputs> Forward(const at::Tensor& images,
+                                         const OutputRequest& request) const;
+
+  const ConvNeXtConfig& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }
+  // Scalar parameters, counted as the reference implementations count them.
+  int64_t parameter_count() const { return ParameterCount(config_); }
+
+ private:
+  struct Block {
+    at::Tensor dw_weight, dw_bias;      // [C,1,7,7], [C]
+    at::Tensor norm_weight, norm_bias;  // [C]
+    at::Tensor fc1_weight, fc1_bias;    // [4C,C], [4C]
+    // fc2 with the layer scale folded in: gamma * (W2 h + b2) = (gamma W2) h + gamma b2.
+    at::Tensor fc2_weight, fc2_bias;  // [C,4C], [C]
+  };
+  struct Stage {
+    // Downsampling before the stage: LayerNorm (channels first) then conv. For stage 0 this is
+    // the stem: conv 4x4/4 then LayerNorm.
+    at::Tensor ds_norm_weight, ds_norm_bias;
+    at::Tensor ds_conv_weight, ds_conv_bias;
+    std::vector<Block> blocks;
+  };
+
+  ConvNeXt(ConvNeXtConfig config, ModelOptions options);
+  at::Tensor RunBlock(const Block& block, const at::Tensor& x) const;
+  at::Tensor LayerNormChannelsFirst(const at::Tensor& x, const at::Tensor& weight,
+                                    const at::Tensor& bias) const;
+
+  const ConvNeXtConfig config_;
+  const ModelOptions options_;
+  std::vector<Stage> stages_;
+  at::Tensor norm_weight_, norm_bias_;
+  at::Tensor head_weight_, head_bias_;  // Undefined when num_classes == 0.
+};
+
+}  // namespace convnext
+
+#endif  // CONVNEXT_MODEL_CONVNEXT_H_

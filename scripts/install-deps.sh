@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs every package convnext-serve needs to build, run and test, from Debian's archive only.
+# Idempotent and quiet; safe to run on a machine that already has everything (it then only checks).
+#
+#   scripts/install-deps.sh            build + runtime + test packages (what the README and CI use)
+#   scripts/install-deps.sh --runtime  only what the built binaries need at run time (Docker final stage)
+set -euo pipefail
+
+runtime_pkgs=(
+  libtorch1.13             # LibTorch shared libraries (CPU build)
+  libopenblas0-pthread     # without it LibTorch falls back to reference BLAS: ConvNeXt-T 20x slower
+  libgrpc++1.51 libprotobuf32
+  libopencv-imgcodecs406 libopencv-imgproc406 libopencv-core406
+  libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
+)
+build_pkgs=(
+  build-essential cmake ninja-build ccache pkg-config
+  libtorch-dev libopenblas0-pthread
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libopencv-dev prometheus-cpp-dev nlohmann-json3-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+)
+test_pkgs=(
+  python3 python3-torch python3-torchvision python3-numpy python3-pil
+  python3-skimage python3-sklearn  # real photos and the digits data set for tests
+)
+
+if [[ "${1:-}" == "--runtime" ]]; then
+  pkgs=("${runtime_pkgs[@]}")
+else
+  pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}")
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+
+sudo=""
+[[ $(id -u) -eq 0 ]] || sudo="sudo"
+echo "install-deps: installing ${#missing[@]} package(s): ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
