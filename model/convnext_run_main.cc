@@ -23,6 +23,7 @@
 #include "model/checkpoint.h"
 #include "model/npy.h"
 #include "model/preprocess.h"
+#include "model/runtime.h"
 #include "model/status_macros.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint file (safetensors).");
@@ -115,6 +116,7 @@ int main(int argc, char** argv) {
       "convnext-run --checkpoint CKPT [--variant NAME] (--input x.npy | IMAGE) "
       "[--output out.npy] [--features]");
   std::vector<char*> positional = absl::ParseCommandLine(argc, argv);
+  convnext::ConfigureProcessForInference();
   const bool has_image = positional.size() == 2;
   const bool has_npy = !absl::GetFlag(FLAGS_input).empty();
   if (absl::GetFlag(FLAGS_checkpoint).empty() || has_image == has_npy || positional.size() > 2) {
