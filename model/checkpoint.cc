@@ -7,15 +7,18 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "model/checkpoint_layout.h"
 #include "model/convnext_config.h"
 #include "model/safetensors.h"
 #include "model/status_macros.h"
+#include "model/torch_zip.h"
 
 namespace convnext {
 namespace {
@@ -43,8 +46,8 @@ absl::StatusOr<StateDict> ReadAny(const std::string& path, std::string* format) 
   const absl::string_view prefix(buf, static_cast<size_t>(in.gcount()));
 
   if (absl::StartsWith(prefix, absl::string_view("PK\x03\x04", 4))) {
-    return absl::UnimplementedError(
-        "is a PyTorch zip checkpoint (torch.save); this build reads safetensors only so far");
+    if (format != nullptr) *format = "torch.save zip";
+    return ReadTorchZip(path);
   }
   if (LooksLikeSafetensors(prefix)) {
     if (format != nullptr) *format = "safetensors";
@@ -59,6 +62,44 @@ absl::StatusOr<StateDict> ReadAny(const std::string& path, std::string* format) 
   }
   return absl::InvalidArgumentError(
       "is not a checkpoint: neither a safetensors file nor a PyTorch zip file");
+}
+
+// Reads layer_norm_eps and id2label from the config.json beside a Hugging Face checkpoint.
+absl::Status ApplyHuggingFaceConfig(const std::string& checkpoint_path, ConvNeXtConfig* config,
+                                    std::vector<std::string>* labels) {
+  config->head_norm_eps = 1e-12;  // transformers' ConvNextConfig default.
+  const size_t slash = checkpoint_path.find_last_of('/');
+  const std::string path =
+      (slash == std::string::npos ? std::string() : checkpoint_path.substr(0, slash + 1)) +
+      "config.json";
+  std::ifstream in(path);
+  if (!in) return absl::OkStatus();  // No config.json: transformers' defaults.
+  const nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!json.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat("'", path, "' is not a JSON object"));
+  }
+  if (auto eps = json.find("layer_norm_eps"); eps != json.end()) {
+    if (!eps->is_number() || !(eps->get<double>() > 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", path, "': layer_norm_eps must be a positive number"));
+    }
+    config->head_norm_eps = eps->get<double>();
+  }
+  if (auto id2label = json.find("id2label"); id2label != json.end() && id2label->is_object()) {
+    std::vector<std::string> names(config->num_classes);
+    for (auto it = id2label->begin(); it != id2label->end(); ++it) {
+      int64_t index = -1;
+      if (!absl::SimpleAtoi(it.key(), &index) || index < 0 || index >= config->num_classes ||
+          !it.value().is_string()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "'", path, "': id2label entry '", it.key(), "' is not a class index of the model (",
+            config->num_classes, " classes) with a string label"));
+      }
+      names[index] = it.value().get<std::string>();
+    }
+    *labels = std::move(names);
+  }
+  return absl::OkStatus();
 }
 
 std::map<std::string, std::vector<int64_t>> Shapes(const StateDict& weights) {
@@ -81,6 +122,7 @@ absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
   absl::StatusOr<CanonicalWeights> canonical = ToCanonical(std::move(raw));
   if (!canonical.ok()) return Annotate(options.path, canonical.status());
   loaded.layout = canonical->layout;
+  loaded.dropped_non_backbone = canonical->dropped_non_backbone;
   StateDict& weights = canonical->weights;
 
   ConvNeXtConfig config;
@@ -94,6 +136,11 @@ absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
     config = *std::move(named);
     auto head = weights.find("head.weight");
     config.num_classes = head == weights.end() || head->second.dim() < 1 ? 0 : head->second.size(0);
+    config.stage_norms = weights.count("norm0.weight") > 0;
+  }
+  if (loaded.layout == "huggingface") {
+    absl::Status status = ApplyHuggingFaceConfig(options.path, &config, &loaded.labels);
+    if (!status.ok()) return Annotate(options.path, status);
   }
   absl::StatusOr<std::unique_ptr<ConvNeXt>> model =
       ConvNeXt::Create(config, std::move(weights), options.model, canonical->source_name);

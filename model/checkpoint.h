@@ -1,14 +1,19 @@
 // Loading a ConvNeXt from a checkpoint file: read the container, detect the key layout, infer or
 // check the architecture, build the model. The one entry point the server and tools use.
 //
-// Containers read so far: safetensors. Every failure is a Status whose message starts with
-// "checkpoint '<path>': " and says what is wrong (missing file, directory, empty file, unknown
-// format, truncated file, missing/unexpected tensor, wrong shape), so that a user can act on it.
+// Containers: safetensors (.safetensors) and PyTorch's torch.save zip format (.pth, .pt, .bin),
+// recognised by content, not by file name. Key layouts: see checkpoint_layout.h. A Hugging Face
+// checkpoint's config.json beside the weights, when present, supplies the final LayerNorm's
+// epsilon (layer_norm_eps, default 1e-12) and the class labels (id2label). Every failure is a
+// Status whose message starts with "checkpoint '<path>': " and says what is wrong (missing file,
+// directory, empty file, unknown format, truncated file, missing/unexpected tensor, wrong shape),
+// so that a user can act on it.
 #ifndef CONVNEXT_MODEL_CHECKPOINT_H_
 #define CONVNEXT_MODEL_CHECKPOINT_H_
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "model/convnext.h"
@@ -27,8 +32,13 @@ struct LoadOptions {
 
 struct LoadedModel {
   std::unique_ptr<ConvNeXt> model;
-  std::string format;  // "safetensors".
-  std::string layout;  // "torchvision", "fair", ...
+  std::string format;  // "safetensors" or "torch.save zip".
+  std::string layout;  // "fair", "timm", "torchvision" or "huggingface".
+  // Class names by index, from a Hugging Face config.json's id2label; empty when the checkpoint
+  // carries none.
+  std::vector<std::string> labels;
+  // Tensors outside `backbone.` that were dropped from a detector checkpoint.
+  int dropped_non_backbone = 0;
 };
 
 // Reads every tensor of a checkpoint file under its own names. `format` (optional) receives the

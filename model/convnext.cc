@@ -108,8 +108,16 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         stage.blocks.push_back(std::move(block));
       }
     }
-    model->norm_weight_ = Take(weights, "norm.weight", options);
-    model->norm_bias_ = Take(weights, "norm.bias", options);
+    if (config.stage_norms) {
+      for (int i = 0; i < kNumStages; ++i) {
+        model->stages_[i].out_norm_weight =
+            Take(weights, absl::StrCat("norm", i, ".weight"), options);
+        model->stages_[i].out_norm_bias = Take(weights, absl::StrCat("norm", i, ".bias"), options);
+      }
+    } else {
+      model->norm_weight_ = Take(weights, "norm.weight", options);
+      model->norm_bias_ = Take(weights, "norm.bias", options);
+    }
     if (config.num_classes > 0) {
       model->head_weight_ = Take(weights, "head.weight", options);
       model->head_bias_ = Take(weights, "head.bias", options);
@@ -163,6 +171,12 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
         "and stage outputs only");
   }
 
+  if (request.embedding && config_.stage_norms) {
+    return absl::FailedPreconditionError(
+        "this model is a detection backbone (per-stage norms, no final norm): it returns stage "
+        "outputs only");
+  }
+
   ForwardOutputs out;
   try {
     c10::InferenceMode guard;
@@ -177,7 +191,12 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
         x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{2, 2});
       }
       for (const Block& block : stage.blocks) x = RunBlock(block, x);
-      if (request.stages) out.stages.push_back(x.contiguous());
+      if (request.stages) {
+        out.stages.push_back(
+            config_.stage_norms
+                ? LayerNormChannelsFirst(x, stage.out_norm_weight, stage.out_norm_bias).contiguous()
+                : x.contiguous());
+      }
     }
     if (request.logits || request.embedding) {
       at::Tensor pooled = at::layer_norm(x.mean({-2, -1}), {x.size(1)}, norm_weight_, norm_bias_,

@@ -40,9 +40,11 @@ struct ModelOptions {
 // Which outputs Forward() computes. Logits need a head (num_classes > 0).
 struct OutputRequest {
   bool logits = true;
-  // The pooled features after the final LayerNorm, before the head: [N, dims[3]].
+  // The pooled features after the final LayerNorm, before the head: [N, dims[3]]. Not available
+  // from detection backbones (stage_norms).
   bool embedding = false;
-  // The four stage outputs, [N, dims[i], H_i, W_i] with strides 4, 8, 16, 32.
+  // The four stage outputs, [N, dims[i], H_i, W_i] with strides 4, 8, 16, 32 (for detection
+  // backbones, after their per-stage LayerNorm).
   bool stages = false;
 };
 
@@ -95,6 +97,8 @@ class ConvNeXt {
     at::Tensor ds_norm_weight, ds_norm_bias;
     at::Tensor ds_conv_weight, ds_conv_bias;
     std::vector<Block> blocks;
+    // Detection backbones only: LayerNorm on the stage's output.
+    at::Tensor out_norm_weight, out_norm_bias;
   };
 
   ConvNeXt(ConvNeXtConfig config, ModelOptions options);

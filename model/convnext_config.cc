@@ -101,6 +101,10 @@ absl::Status ValidateConfig(const ConvNeXtConfig& config) {
     return absl::InvalidArgumentError(
         absl::StrCat("num_classes = ", config.num_classes, " is not in [0, 1000000]"));
   }
+  if (config.stage_norms && config.num_classes != 0) {
+    return absl::InvalidArgumentError(
+        "a detection backbone (stage_norms) has no classification head: num_classes must be 0");
+  }
   if (!(config.layer_norm_eps > 0) || !(config.head_norm_eps > 0)) {
     return absl::InvalidArgumentError("LayerNorm epsilons must be positive");
   }
@@ -138,6 +142,13 @@ ParameterShapes ExpectedParameters(const ConvNeXtConfig& config) {
       add(p + "pwconv2.bias", {c});
       add(p + "gamma", {c});
     }
+  }
+  if (config.stage_norms) {
+    for (int i = 0; i < kNumStages; ++i) {
+      add(absl::StrCat("norm", i, ".weight"), {d[i]});
+      add(absl::StrCat("norm", i, ".bias"), {d[i]});
+    }
+    return params;
   }
   add("norm.weight", {d[kNumStages - 1]});
   add("norm.bias", {d[kNumStages - 1]});
@@ -204,6 +215,7 @@ absl::StatusOr<ConvNeXtConfig> InferConfig(
   }
 
   config.num_classes = 0;
+  config.stage_norms = Find(shapes, "norm0.weight") != nullptr;
   if ((s = Find(shapes, "head.weight")) != nullptr) {
     if (s->size() != 2) return BadShape("head.weight", *s, "[num_classes, dims[3]]");
     config.num_classes = (*s)[0];

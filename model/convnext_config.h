@@ -9,6 +9,8 @@
 //   stages.i.j.{dwconv,norm,pwconv1,pwconv2}.{weight,bias}, stages.i.j.gamma
 //   norm.{weight,bias}          LayerNorm on the pooled features
 //   head.{weight,bias}          classifier (absent when num_classes == 0)
+//   norm0..norm3.{weight,bias}  detection backbones only (stage_norms): channels-first LayerNorms
+//                               on the four stage outputs, in place of `norm` and `head`
 // Checkpoints in other layouts are renamed into these by checkpoint_layout.h.
 #ifndef CONVNEXT_MODEL_CONVNEXT_CONFIG_H_
 #define CONVNEXT_MODEL_CONVNEXT_CONFIG_H_
@@ -44,6 +46,10 @@ struct ConvNeXtConfig {
   // Epsilon of the LayerNorm applied to the pooled features. 1e-6 everywhere except Hugging Face
   // checkpoints, whose config.json may say otherwise (its default is 1e-12).
   double head_norm_eps = 1e-6;
+  // Detection/segmentation backbone form (FAIR's mmdet/mmseg ConvNeXt): each stage output passes
+  // through its own LayerNorm (norm0..norm3) and there is no pooled-feature norm and no head, so
+  // such a model gives stage outputs only. Requires num_classes == 0.
+  bool stage_norms = false;
 };
 
 // The named variants of the paper: convnext_tiny, _small, _base, _large, _xlarge, with a
@@ -66,9 +72,10 @@ ParameterShapes ExpectedParameters(const ConvNeXtConfig& config);
 // Total number of scalar parameters (28,589,128 for convnext_tiny with 1000 classes).
 int64_t ParameterCount(const ConvNeXtConfig& config);
 
-// Infers depths, dims, in_channels and num_classes from the shapes of a state dict in canonical
-// names. Fails with INVALID_ARGUMENT naming the key when the shapes do not describe a ConvNeXt.
-// Does not check every tensor: the loader compares all shapes against ExpectedParameters().
+// Infers depths, dims, in_channels, num_classes and stage_norms from the shapes of a state dict in
+// canonical names. Fails with INVALID_ARGUMENT naming the key when the shapes do not describe a
+// ConvNeXt. Does not check every tensor: the loader compares all shapes against
+// ExpectedParameters().
 absl::StatusOr<ConvNeXtConfig> InferConfig(
     const std::map<std::string, std::vector<int64_t>>& shapes);
 

@@ -26,7 +26,8 @@
 #include "model/runtime.h"
 #include "model/status_macros.h"
 
-ABSL_FLAG(std::string, checkpoint, "", "Checkpoint file (safetensors).");
+ABSL_FLAG(std::string, checkpoint, "",
+          "Checkpoint file: safetensors or torch.save zip (.pth/.pt/.bin), any layout.");
 ABSL_FLAG(std::string, variant, "",
           "Named variant the checkpoint must match (convnext_tiny ... convnext_xlarge); empty "
           "infers the architecture from the tensor shapes.");
@@ -72,10 +73,14 @@ absl::Status Run(const std::vector<char*>& positional) {
               static_cast<long long>(loaded.model->parameter_count()),
               static_cast<long long>(config.num_classes));
 
+  if (loaded.dropped_non_backbone > 0) {
+    std::printf("note: kept the detector's backbone.* tensors, dropped %d others\n",
+                loaded.dropped_non_backbone);
+  }
   const bool features = absl::GetFlag(FLAGS_features);
   OutputRequest request;
   request.logits = !features;
-  request.embedding = features;
+  request.embedding = features && !config.stage_norms;  // Detection backbones have no embedding.
   request.stages = features;
   ASSIGN_OR_RETURN(ForwardOutputs out, loaded.model->Forward(input, request));
 
@@ -93,7 +98,11 @@ absl::Status Run(const std::vector<char*>& positional) {
       std::printf("image %lld top-%lld:", static_cast<long long>(i),
                   static_cast<long long>(scores.size(1)));
       for (int64_t k = 0; k < scores.size(1); ++k) {
-        std::printf(" %lld (%.4f)", static_cast<long long>(indices[i][k].item<int64_t>()),
+        const int64_t index = indices[i][k].item<int64_t>();
+        std::printf(" %lld%s (%.4f)", static_cast<long long>(index),
+                    index < static_cast<int64_t>(loaded.labels.size())
+                        ? absl::StrCat(" ", loaded.labels[index]).c_str()
+                        : "",
                     scores[i][k].item<float>());
       }
       std::printf("\n");
@@ -101,7 +110,7 @@ absl::Status Run(const std::vector<char*>& positional) {
     return absl::OkStatus();
   }
   const std::string stem(absl::StripSuffix(output, ".npy"));
-  RETURN_IF_ERROR(write(stem + ".embedding.npy", out.embedding));
+  if (request.embedding) RETURN_IF_ERROR(write(stem + ".embedding.npy", out.embedding));
   for (size_t i = 0; i < out.stages.size(); ++i) {
     RETURN_IF_ERROR(write(absl::StrCat(stem, ".stage", i + 1, ".npy"), out.stages[i]));
   }

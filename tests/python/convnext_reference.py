@@ -120,6 +120,10 @@ def generate(out_dir, only):
                         save_npy(os.path.join(out_dir, f"{case}.stage{stage}.npy"), h)
                 pooled = model.classifier[1](model.classifier[0](model.avgpool(h)))
                 save_npy(os.path.join(out_dir, f"{case}.embedding.npy"), pooled)
+            if case == "custom":
+                import checkpoint_formats
+                checkpoint_formats.write(os.path.join(out_dir, "formats"), model, x, xf,
+                                         write_safetensors, save_npy)
         manifest["cases"][case] = {
             "params": sum(p.numel() for p in model.parameters()),
             "num_classes": model.classifier[2].out_features,
@@ -139,8 +143,12 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     only = [c for c in args.cases.split(",") if c]
-    with open(__file__, "rb") as f:
-        digest = hashlib.sha256(f.read() + args.cases.encode()).hexdigest()
+    here = os.path.dirname(os.path.abspath(__file__))
+    sha = hashlib.sha256(args.cases.encode())
+    for name in ("convnext_reference.py", "checkpoint_formats.py"):
+        with open(os.path.join(here, name), "rb") as f:
+            sha.update(f.read())
+    digest = sha.hexdigest()
     manifest_path = os.path.join(args.out, "manifest.json")
     try:
         with open(manifest_path) as f:
