@@ -16,32 +16,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "model/safetensors_header.h"
 #include "model/state_dict.h"
 
 namespace convnext {
-
-struct SafetensorsEntry {
-  std::string name;
-  std::string dtype;  // As written in the file: "F32", "F16", "BF16", "I64", ...
-  std::vector<int64_t> shape;
-  uint64_t begin = 0;  // Byte offsets into the data section (after the header).
-  uint64_t end = 0;
-};
-
-struct SafetensorsHeader {
-  std::vector<SafetensorsEntry> entries;        // Sorted by name.
-  std::map<std::string, std::string> metadata;  // The optional "__metadata__" string map.
-  uint64_t data_offset = 0;                     // Where the data section starts in the file.
-};
-
-// Parses and validates the header of a file whose first bytes are `prefix` and whose total size
-// is `file_size`. `prefix` must hold at least the 8-byte length and the header itself.
-absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefix,
-                                                         uint64_t file_size);
-
-// True if `prefix` (the file's first bytes) looks like a safetensors file: a plausible header
-// length followed by '{'.
-bool LooksLikeSafetensors(absl::string_view prefix);
 
 // Reads every tensor of the file at `path` into memory owned by the returned tensors (CPU, in the
 // file's dtype).

@@ -19,6 +19,7 @@ build_pkgs=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libopencv-dev prometheus-cpp-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang libclang-rt-14-dev  # libFuzzer + sanitizers for fuzz/
 )
 test_pkgs=(
   python3 python3-torch python3-torchvision python3-numpy python3-pil
