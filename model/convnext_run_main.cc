@@ -63,7 +63,7 @@ absl::Status Run(const std::vector<char*>& positional) {
   if (!absl::GetFlag(FLAGS_input).empty()) {
     ASSIGN_OR_RETURN(input, ReadNpy(absl::GetFlag(FLAGS_input)));
   } else {
-    ASSIGN_OR_RETURN(input, LoadImageTensor(positional[1], EvalTransform()));
+    ASSIGN_OR_RETURN(input, LoadImageTensor(positional[1], PreprocessConfig()));
   }
 
   ASSIGN_OR_RETURN(LoadedModel loaded, LoadModel(load));

@@ -1,42 +1,130 @@
-// Image preprocessing with OpenCV: decoding and the ImageNet evaluation transform that ConvNeXt's
-// reference evaluation uses (resize the shorter side, center crop, scale to [0, 1], normalise
-// with the ImageNet mean and std), producing a float32 NCHW tensor in RGB order.
+// Image preprocessing: decoding untrusted image bytes, and ConvNeXt's evaluation transform,
+// producing float32 [1, 3, H, W] tensors in RGB order that match the reference pipeline (PIL
+// image, torchvision 0.14 transforms) to the last bit on PNGs and to JPEG-decoder differences on
+// JPEGs:
 //
-// Known difference, tracked by the serving issue: the reference resizes with PIL's bicubic, which
-// antialiases when shrinking; OpenCV's INTER_CUBIC used here does not, so large photos give
-// slightly different tensors than torchvision's transform.
+//   size < 384:  Resize(int(size / crop_pct)) of the shorter side, CenterCrop(size)
+//   size >= 384: Resize((size, size)), a squash without crop
+//   then ToTensor (x / 255) and Normalize ((x - mean) / std), per RGB channel.
+//
+// Resizing reimplements PIL's Image.resize (libImaging/Resample.c; OpenCV has no equivalent):
+// separable convolution, horizontal pass then vertical pass, each skipped when that dimension is
+// unchanged, with the filter support widened by the downscale factor (the antialiasing that
+// OpenCV's INTER_CUBIC lacks), bicubic a = -0.5, and PIL's 22-bit fixed-point coefficients
+// rounded to an 8-bit intermediate. Nearest reproduces PIL's affine nearest-neighbour scaling.
+// Only the pixels the center crop keeps are computed, which gives the same values as resizing
+// everything and cropping.
+//
+// Decoding uses OpenCV (cv::imdecode: libjpeg-turbo, libpng, libwebp, libtiff, ...) and then:
+//  - applies the EXIF orientation (PIL, and hence the bare torchvision pipeline, does not);
+//  - makes grayscale RGB by replicating it, and drops alpha without compositing, as PIL's
+//    convert("RGB") does;
+//  - keeps the high byte of 16-bit samples. For 16-bit RGB(A) PNGs that is what PIL does; for
+//    16-bit grayscale PNGs PIL's convert("RGB") clips values above 255 to white, which we
+//    deliberately do not reproduce.
+//
+// Untrusted input: before decoding, the dimensions are read from the header (model/image_header.h)
+// so that an image over max_pixels (a decompression bomb) is refused without being decoded; the
+// decoded size is checked again (for formats whose header we do not read, OpenCV's own limit of
+// 2^30 pixels is the only bound before that check). Every failure caused by the input is
+// INVALID_ARGUMENT with a message for the client.
+//
+// All functions are thread-safe and keep no state.
 #ifndef CONVNEXT_MODEL_PREPROCESS_H_
 #define CONVNEXT_MODEL_PREPROCESS_H_
 
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <cstddef>
+#include <cstdint>
 #include <string>
+#include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace convnext {
 
-struct EvalTransform {
-  // The shorter side is resized to this many pixels (bicubic), the longer one in proportion
-  // (int(resize * long / short), as torchvision computes it).
-  int resize_shorter = 256;
-  // Then a centered crop_size x crop_size square is cut out.
-  int crop_size = 224;
-  // Per-channel (R, G, B) normalisation of [0, 1] pixel values.
+// Resampling filters, with PIL's semantics (PIL.Image.Resampling.BICUBIC etc.).
+enum class Interpolation { kBicubic, kBilinear, kNearest };
+
+// "bicubic", "bilinear", "nearest".
+absl::string_view InterpolationName(Interpolation interpolation);
+// The inverse of InterpolationName; INVALID_ARGUMENT for any other name.
+absl::StatusOr<Interpolation> InterpolationFromName(absl::string_view name);
+
+struct PreprocessConfig {
+  // Side of the square model input, in pixels: 224 for ImageNet-1k ConvNeXts, 384 for the
+  // fine-tuned high-resolution ones. In [32, 4096].
+  int size = 224;
+  // For size < 384, the fraction of the resized shorter side the center crop keeps: the shorter
+  // side is resized to int(size / crop_pct) pixels. 0.875 = 224 / 256 is ConvNeXt's (and
+  // ImageNet's customary) value. In (0, 1]. Ignored for size >= 384, which squashes.
+  double crop_pct = 0.875;
+  Interpolation interpolation = Interpolation::kBicubic;
+  // Per-channel (R, G, B) normalisation of pixel values scaled to [0, 1]: (x - mean) / std.
+  // Defaults: the ImageNet statistics every ConvNeXt checkpoint was trained with.
   std::array<float, 3> mean = {0.485f, 0.456f, 0.406f};
   std::array<float, 3> std = {0.229f, 0.224f, 0.225f};
+
+  // Largest image accepted, width * height in pixels, both as decoded and (for size < 384) after
+  // the shorter-side resize, which for a very elongated image is far larger. 40 megapixels
+  // (120 MB decoded) is above what cameras deliver and bounds a request's memory. In [1, 2^30].
+  int64_t max_pixels = 40'000'000;
+  // Largest encoded image accepted, in bytes. 32 MiB is far above a 40-megapixel JPEG and caps
+  // the work a single (possibly hostile) input can cause. In [1, 2^31 - 1].
+  int64_t max_encoded_bytes = int64_t{32} << 20;
 };
 
-// Decodes an encoded image (JPEG, PNG, BMP, WebP, ...; EXIF orientation applied; gray and alpha
-// become RGB) and transforms it into a [1, 3, crop_size, crop_size] float32 tensor.
-// INVALID_ARGUMENT if the bytes are not an image OpenCV can decode.
-absl::StatusOr<at::Tensor> DecodeAndTransform(absl::string_view encoded,
-                                              const EvalTransform& transform);
+// OK, or INVALID_ARGUMENT naming the first bad field and its allowed range.
+absl::Status ValidatePreprocessConfig(const PreprocessConfig& config);
 
-// Reads the file at `path` and calls DecodeAndTransform.
-absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path, const EvalTransform& transform);
+// An 8-bit RGB image: `height` rows of `width` pixels, each 3 bytes R, G, B, no row padding.
+struct RgbImage {
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> pixels;  // width * height * 3 bytes.
+};
+
+// Decodes an encoded image (JPEG, PNG, WebP, BMP, TIFF, PNM, and whatever else OpenCV reads) into
+// RGB, as described above. Uses only config.max_encoded_bytes and config.max_pixels (but checks
+// the whole config). INVALID_ARGUMENT for empty input, too many bytes, not an image, truncated or
+// corrupt data, or more than max_pixels pixels.
+absl::StatusOr<RgbImage> DecodeImage(absl::string_view encoded, const PreprocessConfig& config);
+
+// The evaluation transform of a decoded image: a [1, 3, size, size] float32 tensor.
+absl::StatusOr<at::Tensor> TransformImage(const RgbImage& image, const PreprocessConfig& config);
+
+// DecodeImage then TransformImage.
+absl::StatusOr<at::Tensor> DecodeAndTransform(absl::string_view encoded,
+                                              const PreprocessConfig& config);
+
+// The evaluation transform of raw 8-bit pixels: `height` rows of `width` pixels of `channels`
+// bytes each (1: gray; 3: RGB, or BGR if `bgr`; 4: RGBA, or BGRA if `bgr`, alpha ignored), no
+// row padding. `num_bytes` must be exactly width * height * channels. INVALID_ARGUMENT for bad
+// sizes or more than max_pixels pixels.
+absl::StatusOr<at::Tensor> TransformPixels(const uint8_t* data, size_t num_bytes, int width,
+                                           int height, int channels, bool bgr,
+                                           const PreprocessConfig& config);
+
+// "Keep size" variants, for feature extraction at the image's own resolution (the Embed API's
+// KEEP_SIZE policy). No resize and no crop: the image is normalised at its native size into a
+// [1, 3, H32, W32] float32 tensor, H32 = 32 * ceil(height / 32), W32 = 32 * ceil(width / 32).
+// Pixel (y, x) of the image is at [0, :, y, x]; rows >= height and columns >= width (bottom and
+// right padding) are exactly 0.0, i.e. the mean colour after normalisation, as detection
+// pipelines pad with size_divisor = 32. Each ConvNeXt stage i (1..4) then has exactly
+// H32 / 2^(i+1) rows and W32 / 2^(i+1) columns. Limited to max_pixels image pixels.
+absl::StatusOr<at::Tensor> TransformImageKeepSize(const RgbImage& image,
+                                                  const PreprocessConfig& config);
+absl::StatusOr<at::Tensor> TransformPixelsKeepSize(const uint8_t* data, size_t num_bytes, int width,
+                                                   int height, int channels, bool bgr,
+                                                   const PreprocessConfig& config);
+
+// Reads the file at `path` (NOT_FOUND if it cannot be opened; at most max_encoded_bytes) and calls
+// DecodeAndTransform. Errors name the path.
+absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path, const PreprocessConfig& config);
 
 }  // namespace convnext
 

@@ -17,13 +17,14 @@ build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-pthread
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  libopencv-dev prometheus-cpp-dev nlohmann-json3-dev
+  libopencv-dev prometheus-cpp-dev nlohmann-json3-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev  # libFuzzer + sanitizers for fuzz/
 )
 test_pkgs=(
   python3 python3-torch python3-torchvision python3-numpy python3-pil
   python3-skimage python3-sklearn  # real photos and the digits data set for tests
+  python3-grpcio python3-protobuf  # a second-language gRPC client for end-to-end tests
 )
 
 if [[ "${1:-}" == "--runtime" ]]; then

@@ -132,6 +132,8 @@ def generate(out_dir, only):
         print(f"convnext_reference: {case}: {manifest['cases'][case]['params']} parameters",
               file=sys.stderr)
         del model, sd
+    import preprocess_reference
+    preprocess_reference.generate(os.path.join(out_dir, "preprocess"))
     return manifest
 
 
@@ -145,7 +147,7 @@ def main():
     only = [c for c in args.cases.split(",") if c]
     here = os.path.dirname(os.path.abspath(__file__))
     sha = hashlib.sha256(args.cases.encode())
-    for name in ("convnext_reference.py", "checkpoint_formats.py"):
+    for name in ("convnext_reference.py", "checkpoint_formats.py", "preprocess_reference.py"):
         with open(os.path.join(here, name), "rb") as f:
             sha.update(f.read())
     digest = sha.hexdigest()

@@ -1,0 +1,202 @@
+// Benchmark: gRPC Classify at saturation against the in-process model at the same batch size,
+// measured in the same run. Prints throughput, efficiency (gRPC / in-process), end-to-end latency
+// percentiles and the server's overhead (end-to-end minus queue, preprocess and compute). Not a
+// test: it asserts nothing.
+//
+//   build/bin/serving_bench [--checkpoint CKPT] [--image samples/chelsea.jpg]
+//       [--max_batch_size 8] [--concurrency 16] [--seconds 20] [--max_queue_delay_us 5000]
+//
+// The server (service, model host, batcher) runs in this process behind a real gRPC server on a
+// loopback port; the clients are synchronous C++ stubs on their own threads. Without
+// --checkpoint, a random-weight convnext_tiny is written to a temporary file first.
+#include <ATen/ATen.h>
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <thread>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "convnext/v1/image_model.grpc.pb.h"
+#include "model/convnext_config.h"
+#include "model/runtime.h"
+#include "model/safetensors.h"
+#include "server/model_host.h"
+#include "server/server_config.h"
+#include "server/service.h"
+#include "server/thread_pool.h"
+
+ABSL_FLAG(std::string, checkpoint, "", "Checkpoint; empty: random-weight convnext_tiny.");
+ABSL_FLAG(std::string, image, CONVNEXT_SOURCE_DIR "/samples/chelsea.jpg", "JPEG sent by clients.");
+ABSL_FLAG(int, max_batch_size, 8, "Server max_batch_size (and the in-process batch size).");
+ABSL_FLAG(int, max_queue_delay_us, 5000, "Server max_queue_delay_us.");
+ABSL_FLAG(int, concurrency, 16, "Concurrent client calls (>= 2 x max_batch_size saturates).");
+ABSL_FLAG(double, seconds, 20, "Measuring time for each side.");
+ABSL_FLAG(int, threads, 2, "Intra-op threads.");
+
+namespace convnext::serving {
+namespace {
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+std::string RandomTiny() {
+  const std::string path = "/tmp/convnext_serving_bench_tiny.safetensors";
+  StateDict weights;
+  for (const auto& [name, shape] : ExpectedParameters(*ConfigForVariant("convnext_tiny"))) {
+    weights[name] = at::randn(shape) * 0.02;
+  }
+  if (!WriteSafetensors(path, weights).ok()) std::exit(1);
+  return path;
+}
+
+int Main() {
+  ConfigureProcessForInference();
+  const std::string checkpoint =
+      absl::GetFlag(FLAGS_checkpoint).empty() ? RandomTiny() : absl::GetFlag(FLAGS_checkpoint);
+  std::ifstream in(absl::GetFlag(FLAGS_image), std::ios::binary);
+  const std::string jpeg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const int batch = absl::GetFlag(FLAGS_max_batch_size);
+  const double seconds = absl::GetFlag(FLAGS_seconds);
+  const int concurrency = absl::GetFlag(FLAGS_concurrency);
+
+  server::ServerConfig config;
+  server::ModelConfig* m = config.add_model();
+  m->set_name("model");
+  m->set_checkpoint(checkpoint);
+  m->mutable_batching()->set_max_batch_size(batch);
+  m->mutable_batching()->set_max_queue_delay_us(absl::GetFlag(FLAGS_max_queue_delay_us));
+  m->mutable_batching()->set_max_queue_size(std::max(64, 4 * concurrency));
+  NormalizeConfig(&config, 2);
+  if (absl::Status s = ValidateConfig(config); !s.ok()) {
+    std::fprintf(stderr, "%s\n", s.ToString().c_str());
+    return 1;
+  }
+  ThreadPool pool(2);
+  ModelHostOptions options;
+  options.config = config.model(0);
+  options.intra_op_threads = absl::GetFlag(FLAGS_threads);
+  options.preprocess_pool = &pool;
+  absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(options);
+  if (!host.ok()) {
+    std::fprintf(stderr, "%s\n", host.status().ToString().c_str());
+    return 1;
+  }
+
+  // In-process reference: the same model, the same batch size, preprocessed input.
+  absl::StatusOr<at::Tensor> one = DecodeAndTransform(jpeg, PreprocessConfig());
+  if (!one.ok()) {
+    std::fprintf(stderr, "%s\n", one.status().ToString().c_str());
+    return 1;
+  }
+  LoadOptions load;
+  load.path = checkpoint;
+  load.model.intra_op_threads = absl::GetFlag(FLAGS_threads);
+  absl::StatusOr<LoadedModel> direct = LoadModel(load);
+  const at::Tensor x = one->expand({batch, 3, 224, 224}).contiguous();
+  (void)direct->model->Forward(x, OutputRequest());
+  int n = 0;
+  absl::Time start = absl::Now();
+  while (absl::Now() - start < absl::Seconds(seconds)) {
+    (void)direct->model->Forward(x, OutputRequest());
+    ++n;
+  }
+  const double in_process = n * batch / absl::ToDoubleSeconds(absl::Now() - start);
+  direct->model.reset();
+
+  ImageModelServiceImpl service({{"model", host->get()}}, "model");
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  auto channel =
+      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+  v1::ClassifyRequest request;
+  request.add_images()->set_encoded(jpeg);
+
+  std::atomic<bool> stop{false};
+  std::atomic<bool> measuring{false};
+  std::vector<std::vector<double>> latency_ms(concurrency), overhead_us(concurrency);
+  std::vector<int> errors(concurrency, 0);
+  std::vector<std::thread> clients;
+  for (int c = 0; c < concurrency; ++c) {
+    clients.emplace_back([&, c] {
+      auto stub = v1::ImageModelService::NewStub(channel);
+      while (!stop) {
+        grpc::ClientContext ctx;
+        v1::ClassifyResponse response;
+        const absl::Time t0 = absl::Now();
+        grpc::Status s = stub->Classify(&ctx, request, &response);
+        const double us = absl::ToDoubleMicroseconds(absl::Now() - t0);
+        if (!measuring) continue;
+        if (!s.ok()) {
+          ++errors[c];
+          continue;
+        }
+        const v1::Timings& t = response.timings();
+        latency_ms[c].push_back(us / 1000);
+        overhead_us[c].push_back(us - t.queue_us() - t.preprocess_us() - t.compute_us());
+      }
+    });
+  }
+  absl::SleepFor(absl::Seconds(std::min(5.0, seconds / 4)));  // Warm-up: fill the pipeline.
+  const uint64_t images_before = (*host)->Info().stats().images();
+  measuring = true;
+  start = absl::Now();
+  absl::SleepFor(absl::Seconds(seconds));
+  measuring = false;
+  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+  const v1::ModelInfo info = (*host)->Info();
+  const double grpc_rate = (info.stats().images() - images_before) / elapsed;
+  stop = true;
+  for (auto& t : clients) t.join();
+  server->Shutdown();
+  (*host)->Shutdown();
+
+  std::vector<double> lat, over;
+  int errs = 0;
+  for (int c = 0; c < concurrency; ++c) {
+    lat.insert(lat.end(), latency_ms[c].begin(), latency_ms[c].end());
+    over.insert(over.end(), overhead_us[c].begin(), overhead_us[c].end());
+    errs += errors[c];
+  }
+  std::printf(
+      "serving bench: %s, max_batch_size %d, max_queue_delay_us %d, concurrency %d, "
+      "%d intra-op threads, %.0f s per side\n",
+      info.variant().c_str(), batch, absl::GetFlag(FLAGS_max_queue_delay_us), concurrency,
+      absl::GetFlag(FLAGS_threads), seconds);
+  std::printf("in-process batch %d:     %8.2f img/s\n", batch, in_process);
+  std::printf("gRPC Classify (JPEG):   %8.2f img/s   efficiency %.3f\n", grpc_rate,
+              grpc_rate / in_process);
+  std::printf(
+      "latency ms:             p50 %.1f  p90 %.1f  p99 %.1f  max %.1f  (%zu calls, %d "
+      "errors)\n",
+      Percentile(lat, 0.5), Percentile(lat, 0.9), Percentile(lat, 0.99), Percentile(lat, 1.0),
+      lat.size(), errs);
+  std::printf("server overhead us:     p50 %.0f  p90 %.0f  p99 %.0f\n", Percentile(over, 0.5),
+              Percentile(over, 0.9), Percentile(over, 0.99));
+  std::string sizes;
+  for (const auto& [size, count] : info.stats().batch_sizes()) {
+    absl::StrAppend(&sizes, " ", size, ":", count);
+  }
+  std::printf("batch sizes formed (size:count):%s\n", sizes.c_str());
+  return 0;
+}
+
+}  // namespace
+}  // namespace convnext::serving
+
+int main(int argc, char** argv) {
+  absl::ParseCommandLine(argc, argv);
+  return convnext::serving::Main();
+}

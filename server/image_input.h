@@ -1,0 +1,26 @@
+// Turning an API Image (encoded bytes, raw pixels or a preprocessed tensor) into the model's input
+// tensor [3, H, W], with the model's preprocessing and the request's resize policy. Runs on the
+// preprocessing pool.
+#ifndef CONVNEXT_SERVER_IMAGE_INPUT_H_
+#define CONVNEXT_SERVER_IMAGE_INPUT_H_
+
+#include <ATen/core/Tensor.h>
+
+#include "absl/status/statusor.h"
+#include "convnext/v1/image_model.pb.h"
+#include "model/preprocess.h"
+#include "server/config.pb.h"
+
+namespace convnext::serving {
+
+// The model-level preprocessing of a (normalised) server config, with the server's pixel limit.
+absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const server::PreprocessingConfig& config,
+                                                    uint64_t max_image_pixels);
+
+// INVALID_ARGUMENT for anything that is not a valid image of acceptable size.
+absl::StatusOr<at::Tensor> PrepareImage(const v1::Image& image, const PreprocessConfig& config,
+                                        v1::ResizePolicy resize);
+
+}  // namespace convnext::serving
+
+#endif  // CONVNEXT_SERVER_IMAGE_INPUT_H_

@@ -1,0 +1,299 @@
+#include "server/model_host.h"
+
+#include <ATen/ATen.h>
+#include <openssl/evp.h>
+
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "model/status_macros.h"
+#include "server/image_input.h"
+#include "server/tensor_proto.h"
+
+namespace convnext::serving {
+namespace {
+
+int64_t Micros(absl::Duration d) { return absl::ToInt64Microseconds(d); }
+
+absl::StatusOr<std::string> Sha256File(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read '", path, "'"));
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), buf.size());
+    EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), digest, &len);
+  std::string hex;
+  for (unsigned int i = 0; i < len; ++i)
+    absl::StrAppend(&hex, absl::Hex(digest[i], absl::kZeroPad2));
+  return hex;
+}
+
+absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path, int64_t classes) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("labels_file '", path, "' cannot be read"));
+  std::vector<std::string> labels;
+  for (std::string line; std::getline(in, line);) labels.push_back(line);
+  if (static_cast<int64_t>(labels.size()) != classes) {
+    return absl::InvalidArgumentError(absl::StrCat("labels_file '", path, "' has ", labels.size(),
+                                                   " lines, the model has ", classes, " classes"));
+  }
+  return labels;
+}
+
+std::string ShapeKey(InferenceRequest::Kind kind, const at::Tensor& t) {
+  return absl::StrCat(kind == InferenceRequest::Kind::kClassify ? "classify:" : "embed:",
+                      absl::StrJoin(t.sizes(), "x"));
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOptions& options) {
+  const server::ModelConfig& config = options.config;
+  auto annotate = [&config](const absl::Status& s) {
+    return absl::Status(s.code(), absl::StrCat("model '", config.name(), "': ", s.message()));
+  };
+  std::unique_ptr<ModelHost> host(new ModelHost(options));
+
+  LoadOptions load;
+  load.path = config.checkpoint();
+  load.variant = config.variant();
+  load.model.intra_op_threads = options.intra_op_threads;
+  try {
+    load.model.device = c10::Device(config.device());
+  } catch (const std::exception&) {
+    return annotate(absl::InvalidArgumentError(
+        absl::StrCat("device '", config.device(), "' is not a LibTorch device")));
+  }
+  absl::StatusOr<LoadedModel> loaded = LoadModel(load);
+  if (!loaded.ok()) return annotate(loaded.status());
+  host->loaded_ = *std::move(loaded);
+  host->labels_ = host->loaded_.labels;
+  if (!config.labels_file().empty()) {
+    absl::StatusOr<std::vector<std::string>> labels =
+        ReadLabels(config.labels_file(), host->model_config().num_classes);
+    if (!labels.ok()) return annotate(labels.status());
+    host->labels_ = *std::move(labels);
+  }
+  absl::StatusOr<std::string> sha = Sha256File(config.checkpoint());
+  if (!sha.ok()) return annotate(sha.status());
+  host->checkpoint_sha256_ = *sha;
+
+  absl::StatusOr<PreprocessConfig> preprocess =
+      ToPreprocessConfig(config.preprocessing(), options.max_image_pixels);
+  if (!preprocess.ok()) return annotate(preprocess.status());
+  host->preprocess_ = *preprocess;
+  if (absl::Status s = host->Warmup(); !s.ok()) return annotate(s);
+
+  BatcherOptions batcher;
+  batcher.queue.max_batch_size = config.batching().max_batch_size();
+  batcher.queue.max_queue_delay = absl::Microseconds(config.batching().max_queue_delay_us());
+  batcher.queue.max_queue_size = config.batching().max_queue_size();
+  batcher.num_executors = static_cast<int>(config.batching().instances());
+  ModelHost* raw = host.get();
+  absl::StatusOr<std::unique_ptr<Batcher<WorkPtr>>> b = Batcher<WorkPtr>::Create(
+      batcher,
+      [raw](std::vector<Batcher<WorkPtr>::Item> batch) { raw->ProcessBatch(std::move(batch)); },
+      [raw](WorkPtr work, DropReason reason) {
+        raw->End(*work,
+                 reason == DropReason::kDeadlineExceeded
+                     ? absl::DeadlineExceededError("the deadline passed while the image was queued")
+                     : absl::CancelledError("the call was cancelled or failed"));
+      },
+      [](const WorkPtr& work) { return work->request->Abandoned(); });
+  if (!b.ok()) return annotate(b.status());
+  host->batcher_ = *std::move(b);
+  host->ready_ = true;
+  return host;
+}
+
+ModelHost::~ModelHost() { Shutdown(); }
+
+void ModelHost::Shutdown() {
+  ready_ = false;
+  if (batcher_ != nullptr) batcher_->Shutdown();
+}
+
+absl::Status ModelHost::Warmup() {
+  const int64_t size = options_.config.preprocessing().size();
+  OutputRequest request;
+  request.logits = model_config().num_classes > 0;
+  request.stages = !request.logits;
+  for (int64_t batch : {int64_t{1}, int64_t{options_.config.batching().max_batch_size()}}) {
+    absl::StatusOr<ForwardOutputs> out =
+        loaded_.model->Forward(at::zeros({batch, model_config().in_channels, size, size}), request);
+    if (!out.ok()) return out.status();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
+                               const google::protobuf::RepeatedPtrField<v1::Image>& images) {
+  const int64_t n = images.size();
+  const int64_t limit = options_.config.batching().max_queue_size();
+  if (!ready_) return absl::UnavailableError(absl::StrCat("model '", name(), "' is not serving"));
+  if (pending_images_.fetch_add(n) + n > limit) {
+    pending_images_ -= n;
+    return absl::UnavailableError(absl::StrCat("model '", name(), "' has ", limit,
+                                               " images in flight, its limit; retry later"));
+  }
+  {
+    absl::MutexLock lock(&stats_mu_);
+    ++requests_;
+  }
+  const absl::Time now = absl::Now();
+  for (int i = 0; i < n; ++i) {
+    auto work = std::make_unique<Work>();
+    work->request = request;
+    work->index = i;
+    work->admitted = now;
+    const v1::Image* image = &images.Get(i);
+    options_.preprocess_pool->Schedule(
+        [this, w = work.release(), image] { Preprocess(WorkPtr(w), image); });
+  }
+  return absl::OkStatus();
+}
+
+void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
+  if (work->request->Abandoned()) {
+    End(*work, absl::CancelledError("the call was cancelled or failed"));
+    return;
+  }
+  const absl::Time start = absl::Now();
+  absl::StatusOr<at::Tensor> input =
+      PrepareImage(*image, preprocess_, work->request->params().resize);
+  if (!input.ok()) {
+    End(*work, absl::Status(input.status().code(),
+                            absl::StrCat("image ", work->index, ": ", input.status().message())));
+    return;
+  }
+  work->preprocess_us = Micros(absl::Now() - start);
+  work->input = *std::move(input);
+  const std::string key = ShapeKey(work->request->params().kind, work->input);
+  const absl::Time deadline = work->request->deadline();
+  absl::Status scheduled = batcher_->Schedule(work, key, deadline);
+  if (!scheduled.ok()) End(*work, scheduled);  // Schedule left `work` with us.
+}
+
+void ModelHost::End(const Work& work, const absl::Status& status) {
+  --pending_images_;
+  work.request->ImageDone(status);
+}
+
+void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
+  const absl::Time start = absl::Now();
+  OutputRequest what;
+  what.logits = false;
+  std::vector<at::Tensor> inputs;
+  for (const auto& item : batch) {
+    const InferenceRequest::Params& p = item.payload->request->params();
+    what.logits |= p.kind == InferenceRequest::Kind::kClassify;
+    what.embedding |= p.kind == InferenceRequest::Kind::kEmbed && p.include_embedding;
+    what.stages |= p.kind == InferenceRequest::Kind::kEmbed && !p.stages.empty();
+    inputs.push_back(item.payload->input);
+  }
+  absl::StatusOr<ForwardOutputs> out = absl::InternalError("no forward pass");
+  try {
+    out = loaded_.model->Forward(at::stack(inputs), what);
+  } catch (const std::exception& e) {
+    out = absl::InternalError(absl::StrCat("forming the batch failed: ", e.what()));
+  }
+  const int64_t compute_us = Micros(absl::Now() - start);
+  {
+    absl::MutexLock lock(&stats_mu_);
+    images_ += batch.size();
+    ++batch_sizes_[static_cast<uint32_t>(batch.size())];
+  }
+  for (size_t j = 0; j < batch.size(); ++j) {
+    Work& w = *batch[j].payload;
+    if (!out.ok()) {
+      End(w, out.status());
+      continue;
+    }
+    const InferenceRequest::Params& p = w.request->params();
+    w.request->RecordTimings(Micros(start - w.admitted) - w.preprocess_us, w.preprocess_us,
+                             compute_us);
+    try {
+      if (p.kind == InferenceRequest::Kind::kClassify) {
+        const at::Tensor probs = at::softmax(out->logits[j].to(at::kCPU, at::kFloat), 0);
+        const auto [scores, indices] = at::topk(probs, p.top_k);
+        const float* s = scores.data_ptr<float>();
+        const int64_t* idx = indices.data_ptr<int64_t>();
+        w.request->Fill([&](v1::ClassifyResponse* r, v1::EmbedResponse*) {
+          v1::Classification* c = r->mutable_results(w.index);
+          for (int k = 0; k < p.top_k; ++k) {
+            v1::ClassScore* score = c->add_classes();
+            score->set_index(static_cast<int32_t>(idx[k]));
+            score->set_score(s[k]);
+            if (idx[k] < static_cast<int64_t>(labels_.size())) score->set_label(labels_[idx[k]]);
+          }
+        });
+      } else {
+        v1::Embedding result;
+        if (p.include_embedding) {
+          at::Tensor e = out->embedding[j];
+          if (p.normalize) e = e / e.norm().clamp_min(1e-12);
+          ToProto(e, p.dtype, result.mutable_embedding());
+        }
+        for (int s : p.stages) ToProto(out->stages[s - 1][j], p.dtype, result.add_stages());
+        w.request->Fill([&](v1::ClassifyResponse*, v1::EmbedResponse* r) {
+          r->mutable_results(w.index)->Swap(&result);
+        });
+      }
+      End(w, absl::OkStatus());
+    } catch (const std::exception& e) {
+      End(w, absl::InternalError(absl::StrCat("writing the result failed: ", e.what())));
+    }
+  }
+}
+
+v1::ModelInfo ModelHost::Info() const {
+  v1::ModelInfo info;
+  const ConvNeXtConfig& c = model_config();
+  const server::ModelConfig& config = options_.config;
+  info.set_name(name());
+  info.set_variant(c.variant);
+  for (int64_t d : c.depths) info.add_depths(d);
+  for (int64_t d : c.dims) info.add_dims(d);
+  info.set_num_classes(c.num_classes);
+  v1::PreprocessingInfo* p = info.mutable_preprocessing();
+  p->set_size(config.preprocessing().size());
+  p->set_crop_pct(config.preprocessing().crop_pct());
+  p->set_interpolation(config.preprocessing().interpolation());
+  for (float v : config.preprocessing().mean()) p->add_mean(v);
+  for (float v : config.preprocessing().std()) p->add_std(v);
+  info.set_has_labels(!labels_.empty());
+  info.set_parameter_count(loaded_.model->parameter_count());
+  info.set_checkpoint_path(config.checkpoint());
+  info.set_checkpoint_sha256(checkpoint_sha256_);
+  info.set_checkpoint_format(loaded_.format);
+  info.set_checkpoint_layout(loaded_.layout);
+  info.set_device(loaded_.model->options().device.str());
+  v1::BatchingInfo* b = info.mutable_batching();
+  b->set_max_batch_size(config.batching().max_batch_size());
+  b->set_max_queue_delay_us(config.batching().max_queue_delay_us());
+  b->set_max_queue_size(config.batching().max_queue_size());
+  b->set_instances(config.batching().instances());
+  b->set_intra_op_threads(options_.intra_op_threads);
+  info.set_ready(ready_);
+  absl::MutexLock lock(&stats_mu_);
+  v1::ModelStats* stats = info.mutable_stats();
+  stats->set_requests(requests_);
+  stats->set_images(images_);
+  uint64_t batches = 0;
+  for (const auto& [size, count] : batch_sizes_) {
+    (*stats->mutable_batch_sizes())[size] = count;
+    batches += count;
+  }
+  stats->set_batches(batches);
+  return info;
+}
+
+}  // namespace convnext::serving

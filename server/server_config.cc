@@ -1,0 +1,160 @@
+#include "server/server_config.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <fstream>
+#include <iterator>
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace convnext::serving {
+namespace {
+
+// Collects text-format parse errors with their line and column.
+class ErrorCollector : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, int column, const std::string& message) override {
+    if (first_.empty())
+      first_ = absl::StrCat("line ", line + 1, ", column ", column + 1, ": ", message);
+  }
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string first_;
+};
+
+bool ValidName(const std::string& name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(c)) && c != '.' && c != '_' && c != '-') {
+      return false;
+    }
+  }
+  return true;
+}
+
+absl::Status Bad(const server::ModelConfig& model, absl::string_view field,
+                 absl::string_view what) {
+  return absl::InvalidArgumentError(absl::StrCat("model '", model.name(), "': ", field, " ", what));
+}
+
+}  // namespace
+
+absl::StatusOr<server::ServerConfig> ReadConfigFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("config file '", path, "' cannot be read"));
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  server::ServerConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  ErrorCollector errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &config)) {
+    return absl::InvalidArgumentError(absl::StrCat("config file '", path, "': ", errors.first()));
+  }
+  return config;
+}
+
+absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag) {
+  const size_t eq = flag.find('=');
+  if (eq == std::string::npos || eq == 0 || eq + 1 == flag.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model '", flag, "' is not of the form NAME=CHECKPOINT"));
+  }
+  server::ModelConfig model;
+  model.set_name(flag.substr(0, eq));
+  model.set_checkpoint(flag.substr(eq + 1));
+  return model;
+}
+
+void NormalizeConfig(server::ServerConfig* config, int cores) {
+  cores = std::max(cores, 1);
+  if (config->intra_op_threads() == 0) config->set_intra_op_threads(cores);
+  if (config->preprocess_threads() == 0) config->set_preprocess_threads(cores);
+  if (config->max_message_bytes() == 0) config->set_max_message_bytes(64 << 20);
+  if (config->max_image_pixels() == 0) config->set_max_image_pixels(40'000'000);
+  if (config->default_model().empty() && config->model_size() > 0) {
+    config->set_default_model(config->model(0).name());
+  }
+  for (server::ModelConfig& m : *config->mutable_model()) {
+    if (m.device().empty()) m.set_device("cpu");
+    server::PreprocessingConfig* p = m.mutable_preprocessing();
+    if (p->size() == 0) p->set_size(224);
+    if (p->crop_pct() == 0) p->set_crop_pct(p->size() >= 384 ? 1.0f : 0.875f);
+    if (p->interpolation().empty()) p->set_interpolation("bicubic");
+    if (p->mean_size() == 0) {
+      for (float v : {0.485f, 0.456f, 0.406f}) p->add_mean(v);
+    }
+    if (p->std_size() == 0) {
+      for (float v : {0.229f, 0.224f, 0.225f}) p->add_std(v);
+    }
+    server::BatchingConfig* b = m.mutable_batching();
+    if (b->max_batch_size() == 0) b->set_max_batch_size(8);
+    if (b->max_queue_delay_us() == 0) b->set_max_queue_delay_us(5000);
+    if (b->max_queue_size() == 0)
+      b->set_max_queue_size(std::max<uint32_t>(64, b->max_batch_size()));
+    if (b->instances() == 0) b->set_instances(1);
+  }
+}
+
+absl::Status ValidateConfig(const server::ServerConfig& config) {
+  if (config.model_size() == 0) {
+    return absl::InvalidArgumentError(
+        "no model to serve: pass --model NAME=CHECKPOINT or a --config file with a model");
+  }
+  std::set<std::string> names;
+  for (const server::ModelConfig& m : config.model()) {
+    if (!ValidName(m.name())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model name '", absl::CEscape(m.name()), "' must be 1-64 characters of [A-Za-z0-9._-]"));
+    }
+    if (!names.insert(m.name()).second) {
+      return absl::InvalidArgumentError(absl::StrCat("model name '", m.name(), "' is used twice"));
+    }
+    if (m.checkpoint().empty()) return Bad(m, "checkpoint", "is required");
+    const server::PreprocessingConfig& p = m.preprocessing();
+    if (p.size() < 32 || p.size() > 4096)
+      return Bad(m, "preprocessing.size", "must be in [32, 4096]");
+    if (!(p.crop_pct() > 0.0f && p.crop_pct() <= 1.0f)) {
+      return Bad(m, "preprocessing.crop_pct", "must be in (0, 1]");
+    }
+    if (p.interpolation() != "bicubic" && p.interpolation() != "bilinear" &&
+        p.interpolation() != "nearest") {
+      return Bad(m, "preprocessing.interpolation",
+                 absl::StrCat("'", p.interpolation(), "' is not bicubic, bilinear or nearest"));
+    }
+    if (p.mean_size() != 3 || p.std_size() != 3) {
+      return Bad(m, "preprocessing.mean/std", "must have 3 values each");
+    }
+    for (float s : p.std()) {
+      if (!(s > 0)) return Bad(m, "preprocessing.std", "values must be positive");
+    }
+    const server::BatchingConfig& b = m.batching();
+    if (b.max_batch_size() > 1024) return Bad(m, "batching.max_batch_size", "must be <= 1024");
+    if (b.max_queue_delay_us() > 10'000'000) {
+      return Bad(m, "batching.max_queue_delay_us", "must be <= 10 s");
+    }
+    if (b.max_queue_size() < b.max_batch_size()) {
+      return Bad(m, "batching.max_queue_size", "must be at least max_batch_size");
+    }
+    if (b.instances() > 64) return Bad(m, "batching.instances", "must be <= 64");
+  }
+  if (names.count(config.default_model()) == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("default_model '", config.default_model(),
+                                                   "' is not one of the models (",
+                                                   absl::StrJoin(names, ", "), ")"));
+  }
+  if (config.intra_op_threads() > 256) {
+    return absl::InvalidArgumentError("intra_op_threads must be <= 256");
+  }
+  if (config.preprocess_threads() > 256) {
+    return absl::InvalidArgumentError("preprocess_threads must be <= 256");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace convnext::serving

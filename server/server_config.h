@@ -1,0 +1,30 @@
+// Loading, normalising and validating convnext-server's configuration (config.proto): from a
+// protobuf text file and/or --model NAME=CHECKPOINT flags. Normalisation fills every unset field
+// with its documented default, so that validation and the rest of the server see complete values;
+// validation runs at start-up and names the model and field of any error.
+#ifndef CONVNEXT_SERVER_SERVER_CONFIG_H_
+#define CONVNEXT_SERVER_SERVER_CONFIG_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "server/config.pb.h"
+
+namespace convnext::serving {
+
+// Parses a protobuf text-format ServerConfig file.
+absl::StatusOr<server::ServerConfig> ReadConfigFile(const std::string& path);
+
+// Parses "NAME=CHECKPOINT" (a --model flag) into a ModelConfig with defaults left unset.
+absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag);
+
+// Fills unset fields with their defaults (see config.proto). `cores` is the machine's core count.
+void NormalizeConfig(server::ServerConfig* config, int cores);
+
+// Checks a normalised config. INVALID_ARGUMENT naming the model and the field.
+absl::Status ValidateConfig(const server::ServerConfig& config);
+
+}  // namespace convnext::serving
+
+#endif  // CONVNEXT_SERVER_SERVER_CONFIG_H_

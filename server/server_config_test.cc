@@ -1,0 +1,95 @@
+#include "server/server_config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+namespace convnext::serving {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string Write(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+absl::Status Check(server::ServerConfig config) {
+  NormalizeConfig(&config, 2);
+  return ValidateConfig(config);
+}
+
+TEST(ServerConfigTest, ReadsNormalisesAndValidatesATextProto) {
+  absl::StatusOr<server::ServerConfig> config = ReadConfigFile(Write("ok.textproto", R"pb(
+    model {
+      name: "a"
+      checkpoint: "/m/a.pth"
+      batching { max_batch_size: 16 }
+    }
+    model {
+      name: "b"
+      checkpoint: "/m/b.safetensors"
+      preprocessing { size: 384 }
+    }
+  )pb"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  NormalizeConfig(&*config, 2);
+  ASSERT_TRUE(ValidateConfig(*config).ok()) << ValidateConfig(*config);
+  EXPECT_EQ(config->default_model(), "a");
+  EXPECT_EQ(config->intra_op_threads(), 2u);
+  EXPECT_EQ(config->model(0).batching().max_batch_size(), 16u);
+  EXPECT_EQ(config->model(0).batching().max_queue_size(), 64u);
+  EXPECT_EQ(config->model(0).preprocessing().size(), 224u);
+  EXPECT_FLOAT_EQ(config->model(0).preprocessing().crop_pct(), 0.875f);
+  EXPECT_FLOAT_EQ(config->model(1).preprocessing().crop_pct(), 1.0f);  // Squash at >= 384.
+  EXPECT_EQ(config->model(1).device(), "cpu");
+}
+
+TEST(ServerConfigTest, SyntaxErrorsNameTheLine) {
+  absl::StatusOr<server::ServerConfig> config =
+      ReadConfigFile(Write("bad.textproto", "model {\n  name: \"a\"\n  nonsense: 3\n}\n"));
+  ASSERT_FALSE(config.ok());
+  EXPECT_THAT(std::string(config.status().message()), HasSubstr("line 3"));
+  EXPECT_THAT(std::string(config.status().message()), HasSubstr("nonsense"));
+}
+
+TEST(ServerConfigTest, ErrorsNameTheModelAndField) {
+  server::ServerConfig c;
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("no model to serve"));
+  server::ModelConfig* m = c.add_model();
+  m->set_name("tiny");
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("model 'tiny': checkpoint is required"));
+  m->set_checkpoint("x.pth");
+  m->mutable_preprocessing()->set_interpolation("lanczos");
+  EXPECT_THAT(std::string(Check(c).message()),
+              HasSubstr("model 'tiny': preprocessing.interpolation 'lanczos'"));
+  m->mutable_preprocessing()->set_interpolation("bilinear");
+  m->mutable_batching()->set_max_batch_size(32);
+  m->mutable_batching()->set_max_queue_size(8);
+  EXPECT_THAT(std::string(Check(c).message()),
+              HasSubstr("model 'tiny': batching.max_queue_size must be at least max_batch_size"));
+  m->mutable_batching()->set_max_queue_size(64);
+  EXPECT_TRUE(Check(c).ok());
+  *c.add_model() = *m;
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("'tiny' is used twice"));
+  c.mutable_model(1)->set_name("bad\nname");
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("must be 1-64 characters"));
+  c.mutable_model(1)->set_name("other");
+  c.set_default_model("missing");
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("default_model 'missing'"));
+}
+
+TEST(ServerConfigTest, ModelFlag) {
+  absl::StatusOr<server::ModelConfig> m = ParseModelFlag("tiny=/models/t.pth");
+  ASSERT_TRUE(m.ok());
+  EXPECT_EQ(m->name(), "tiny");
+  EXPECT_EQ(m->checkpoint(), "/models/t.pth");
+  EXPECT_FALSE(ParseModelFlag("tiny").ok());
+  EXPECT_FALSE(ParseModelFlag("=x").ok());
+  EXPECT_FALSE(ParseModelFlag("x=").ok());
+}
+
+}  // namespace
+}  // namespace convnext::serving

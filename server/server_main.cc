@@ -1,0 +1,181 @@
+// convnext-server: serves ConvNeXt models over gRPC (convnext.v1.ImageModelService), with
+// grpc.health.v1 health checking and server reflection.
+//
+//   convnext-server --model NAME=CHECKPOINT [--model ...] [--config server.textproto]
+//                   [--port 50051] [--default_model NAME] [--grace_period_s 30]
+//
+// Start-up: every model is loaded and warmed up before the port opens, so health is SERVING from
+// the first moment it can be asked. SIGTERM/SIGINT: health turns NOT_SERVING, new calls are
+// refused, admitted calls finish (up to the grace period), then the process exits 0.
+// Exit codes: 0 clean shutdown, 1 start-up failure (one line on stderr), 2 usage.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <signal.h>
+
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "model/runtime.h"
+#include "server/model_host.h"
+#include "server/server_config.h"
+#include "server/service.h"
+#include "server/thread_pool.h"
+
+// --model is repeatable, which absl flags are not: main() takes its occurrences out of argv
+// before absl parses the rest. Declared here only so that --help lists it.
+ABSL_FLAG(std::string, model, "",
+          "NAME=CHECKPOINT, repeatable: a model to serve with default settings.");
+ABSL_FLAG(std::string, config, "", "A ServerConfig file in protobuf text format (config.proto).");
+ABSL_FLAG(std::string, default_model, "", "Model an empty model name selects (default: first).");
+ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
+ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed at start).");
+ABSL_FLAG(int, grace_period_s, 30,
+          "On SIGTERM, how long admitted calls may take to finish before being cancelled.");
+ABSL_FLAG(int, max_batch_size, 0, "Override every model's max_batch_size (0: config/default).");
+ABSL_FLAG(int, max_queue_delay_us, -1,
+          "Override every model's max_queue_delay_us (-1: config/default).");
+
+namespace convnext::serving {
+
+absl::StatusOr<server::ServerConfig> BuildConfig(const std::vector<std::string>& model_flags) {
+  server::ServerConfig config;
+  if (!absl::GetFlag(FLAGS_config).empty()) {
+    absl::StatusOr<server::ServerConfig> file = ReadConfigFile(absl::GetFlag(FLAGS_config));
+    if (!file.ok()) return file.status();
+    config = *std::move(file);
+  }
+  for (const std::string& flag : model_flags) {
+    absl::StatusOr<server::ModelConfig> model = ParseModelFlag(flag);
+    if (!model.ok()) return model.status();
+    *config.add_model() = *std::move(model);
+  }
+  if (!absl::GetFlag(FLAGS_default_model).empty()) {
+    config.set_default_model(absl::GetFlag(FLAGS_default_model));
+  }
+  for (server::ModelConfig& m : *config.mutable_model()) {
+    if (absl::GetFlag(FLAGS_max_batch_size) > 0) {
+      m.mutable_batching()->set_max_batch_size(absl::GetFlag(FLAGS_max_batch_size));
+    }
+    if (absl::GetFlag(FLAGS_max_queue_delay_us) >= 0) {
+      // Zero means "unset" in the config, so an explicit 0 becomes 1 microsecond.
+      m.mutable_batching()->set_max_queue_delay_us(
+          std::max(1, absl::GetFlag(FLAGS_max_queue_delay_us)));
+    }
+  }
+  NormalizeConfig(&config, static_cast<int>(std::thread::hardware_concurrency()));
+  if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
+  return config;
+}
+
+// Removes every "--model V" / "--model=V" from argv and returns the values.
+std::vector<std::string> TakeModelFlags(int* argc, char** argv) {
+  std::vector<std::string> values;
+  int out = 1;
+  for (int i = 1; i < *argc; ++i) {
+    const std::string arg = argv[i];
+    if ((arg == "--model" || arg == "-model") && i + 1 < *argc) {
+      values.push_back(argv[++i]);
+    } else if (arg.rfind("--model=", 0) == 0 || arg.rfind("-model=", 0) == 0) {
+      values.push_back(arg.substr(arg.find('=') + 1));
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  *argc = out;
+  return values;
+}
+
+int Run(const std::vector<std::string>& model_flags) {
+  absl::StatusOr<server::ServerConfig> config = BuildConfig(model_flags);
+  if (!config.ok()) {
+    std::fprintf(stderr, "convnext-server: %s\n", std::string(config.status().message()).c_str());
+    return 1;
+  }
+  // Block the shutdown signals in every thread; one thread waits for them below.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  ThreadPool preprocess_pool(static_cast<int>(config->preprocess_threads()));
+  std::vector<std::unique_ptr<ModelHost>> hosts;
+  std::map<std::string, ModelHost*> by_name;
+  for (const server::ModelConfig& m : config->model()) {
+    const absl::Time start = absl::Now();
+    ModelHostOptions options;
+    options.config = m;
+    options.intra_op_threads = static_cast<int>(config->intra_op_threads());
+    options.max_image_pixels = config->max_image_pixels();
+    options.preprocess_pool = &preprocess_pool;
+    absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(options);
+    if (!host.ok()) {
+      std::fprintf(stderr, "convnext-server: %s\n", std::string(host.status().message()).c_str());
+      return 1;
+    }
+    std::printf("convnext-server: model '%s' (%s, %lld classes) loaded and warmed up in %.2f s\n",
+                m.name().c_str(), (*host)->model_config().variant.c_str(),
+                static_cast<long long>((*host)->model_config().num_classes),
+                absl::ToDoubleSeconds(absl::Now() - start));
+    by_name[m.name()] = host->get();
+    hosts.push_back(*std::move(host));
+  }
+
+  ImageModelServiceImpl service(by_name, config->default_model());
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int port = 0;
+  const std::string address =
+      absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
+  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_message_bytes()));
+  builder.SetMaxSendMessageSize(-1);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || port == 0) {
+    std::fprintf(stderr, "convnext-server: cannot listen on %s\n", address.c_str());
+    return 1;
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus(true);
+  std::printf("convnext-server: serving %zu model(s) on %s:%d (default '%s')\n", hosts.size(),
+              absl::GetFlag(FLAGS_host).c_str(), port, config->default_model().c_str());
+  std::fflush(stdout);
+
+  int signal = 0;
+  sigwait(&signals, &signal);
+  std::printf("convnext-server: %s: draining (grace period %d s)\n",
+              signal == SIGTERM ? "SIGTERM" : "SIGINT", absl::GetFlag(FLAGS_grace_period_s));
+  std::fflush(stdout);
+  health->SetServingStatus(false);
+  // Refuses new calls, waits for admitted ones (which the batchers keep computing), and cancels
+  // whatever is left when the grace period ends.
+  server->Shutdown(std::chrono::system_clock::now() +
+                   std::chrono::seconds(absl::GetFlag(FLAGS_grace_period_s)));
+  for (auto& host : hosts) host->Shutdown();
+  server->Wait();
+  std::printf("convnext-server: stopped\n");
+  return 0;
+}
+
+}  // namespace convnext::serving
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "convnext-server --model NAME=CHECKPOINT [--model ...] [--config FILE] [--port 50051]");
+  const std::vector<std::string> models = convnext::serving::TakeModelFlags(&argc, argv);
+  absl::ParseCommandLine(argc, argv);
+  convnext::ConfigureProcessForInference();
+  return convnext::serving::Run(models);
+}

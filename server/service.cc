@@ -1,0 +1,155 @@
+#include "server/service.h"
+
+#include <set>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "server/status_util.h"
+
+namespace convnext::serving {
+namespace {
+
+// Images per request at most: a request is admitted whole, so it must fit a model's queue.
+constexpr int kMaxImagesPerRequest = 1024;
+
+absl::Time DeadlineOf(const grpc::CallbackServerContext* ctx) {
+  if (ctx->raw_deadline().tv_sec == INT64_MAX) return absl::InfiniteFuture();  // No deadline.
+  return absl::FromChrono(ctx->deadline());
+}
+
+absl::Status CheckImages(int count) {
+  if (count == 0) return absl::InvalidArgumentError("the request has no images");
+  if (count > kMaxImagesPerRequest) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request has ", count, " images, more than ", kMaxImagesPerRequest));
+  }
+  return absl::OkStatus();
+}
+
+grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* ctx, const absl::Status& s) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(s));
+  return reactor;
+}
+
+}  // namespace
+
+ImageModelServiceImpl::ImageModelServiceImpl(std::map<std::string, ModelHost*> models,
+                                             std::string default_model)
+    : models_(std::move(models)), default_model_(std::move(default_model)) {}
+
+absl::StatusOr<ModelHost*> ImageModelServiceImpl::Find(const std::string& name) const {
+  const std::string& key = name.empty() ? default_model_ : name;
+  auto it = models_.find(key);
+  if (it == models_.end()) {
+    // CHexEscape keeps control characters of a hostile name out of the message.
+    return absl::NotFoundError(absl::StrCat("no model named '",
+                                            absl::CHexEscape(key.substr(0, 128)),
+                                            "'; ListModels shows the models served"));
+  }
+  return it->second;
+}
+
+grpc::ServerUnaryReactor* ImageModelServiceImpl::Classify(grpc::CallbackServerContext* ctx,
+                                                          const v1::ClassifyRequest* request,
+                                                          v1::ClassifyResponse* response) {
+  absl::StatusOr<ModelHost*> host = Find(request->model());
+  if (!host.ok()) return FinishNow(ctx, host.status());
+  if (absl::Status s = CheckImages(request->images_size()); !s.ok()) return FinishNow(ctx, s);
+  const int64_t classes = (*host)->model_config().num_classes;
+  if (classes == 0) {
+    return FinishNow(ctx, absl::FailedPreconditionError(absl::StrCat(
+                              "model '", (*host)->name(),
+                              "' has no classification head; use Embed for its features")));
+  }
+  InferenceRequest::Params params;
+  params.kind = InferenceRequest::Kind::kClassify;
+  params.top_k =
+      request->top_k() == 0 ? 5 : static_cast<int>(std::min<uint32_t>(request->top_k(), 1u << 30));
+  if (params.top_k > classes) {
+    return FinishNow(
+        ctx, absl::InvalidArgumentError(absl::StrCat(
+                 "top_k = ", request->top_k(), " is more than the model's ", classes, " classes")));
+  }
+  response->set_model((*host)->name());
+  for (int i = 0; i < request->images_size(); ++i) response->add_results();
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto inference = std::make_shared<InferenceRequest>(
+      params, request->images_size(), DeadlineOf(ctx), ctx, response, nullptr,
+      [reactor](const absl::Status& s) { reactor->Finish(ToGrpcStatus(s)); });
+  if (absl::Status s = (*host)->Submit(inference, request->images()); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerContext* ctx,
+                                                       const v1::EmbedRequest* request,
+                                                       v1::EmbedResponse* response) {
+  absl::StatusOr<ModelHost*> host = Find(request->model());
+  if (!host.ok()) return FinishNow(ctx, host.status());
+  if (absl::Status s = CheckImages(request->images_size()); !s.ok()) return FinishNow(ctx, s);
+  InferenceRequest::Params params;
+  params.kind = InferenceRequest::Kind::kEmbed;
+  params.include_embedding = request->include_embedding();
+  params.normalize = request->normalize();
+  std::set<int> seen;
+  for (int s : request->stages()) {
+    if (s < 1 || s > 4 || !seen.insert(s).second) {
+      return FinishNow(ctx, absl::InvalidArgumentError(
+                                absl::StrCat("stages must be distinct values in 1..4, got ", s)));
+    }
+    params.stages.push_back(s);
+  }
+  if (!params.include_embedding && params.stages.empty()) {
+    return FinishNow(ctx, absl::InvalidArgumentError(
+                              "nothing to compute: set include_embedding or list stages"));
+  }
+  if (params.include_embedding && (*host)->model_config().stage_norms) {
+    return FinishNow(ctx, absl::FailedPreconditionError(absl::StrCat(
+                              "model '", (*host)->name(),
+                              "' is a detection backbone without a pooled embedding; ask for "
+                              "stages")));
+  }
+  if (!v1::DataType_IsValid(request->dtype())) {
+    return FinishNow(ctx, absl::InvalidArgumentError(
+                              absl::StrCat("unknown dtype ", static_cast<int>(request->dtype()))));
+  }
+  params.dtype = request->dtype() == v1::FP16 ? v1::FP16 : v1::FP32;
+  if (!v1::ResizePolicy_IsValid(request->resize())) {
+    return FinishNow(ctx, absl::InvalidArgumentError(absl::StrCat(
+                              "unknown resize policy ", static_cast<int>(request->resize()))));
+  }
+  params.resize = request->resize() == v1::KEEP_SIZE ? v1::KEEP_SIZE : v1::CLASSIFICATION;
+  response->set_model((*host)->name());
+  for (int i = 0; i < request->images_size(); ++i) response->add_results();
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  auto inference = std::make_shared<InferenceRequest>(
+      params, request->images_size(), DeadlineOf(ctx), ctx, nullptr, response,
+      [reactor](const absl::Status& s) { reactor->Finish(ToGrpcStatus(s)); });
+  if (absl::Status s = (*host)->Submit(inference, request->images()); !s.ok()) {
+    reactor->Finish(ToGrpcStatus(s));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ImageModelServiceImpl::ListModels(grpc::CallbackServerContext* ctx,
+                                                            const v1::ListModelsRequest*,
+                                                            v1::ListModelsResponse* response) {
+  for (const auto& [name, host] : models_) *response->add_models() = host->Info();
+  response->set_default_model(default_model_);
+  return FinishNow(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* ImageModelServiceImpl::GetModel(grpc::CallbackServerContext* ctx,
+                                                          const v1::GetModelRequest* request,
+                                                          v1::ModelInfo* response) {
+  absl::StatusOr<ModelHost*> host = Find(request->name());
+  if (!host.ok()) return FinishNow(ctx, host.status());
+  *response = (*host)->Info();
+  return FinishNow(ctx, absl::OkStatus());
+}
+
+}  // namespace convnext::serving

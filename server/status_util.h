@@ -1,0 +1,19 @@
+// Conversion of absl::Status to grpc::Status: the one place where our error codes become the
+// codes a gRPC client sees. Messages longer than kMaxMessageBytes are truncated (a status message
+// travels in an HTTP/2 header).
+#ifndef CONVNEXT_SERVER_STATUS_UTIL_H_
+#define CONVNEXT_SERVER_STATUS_UTIL_H_
+
+#include <grpcpp/support/status.h>
+
+#include "absl/status/status.h"
+
+namespace convnext::serving {
+
+inline constexpr size_t kMaxMessageBytes = 1024;
+
+grpc::Status ToGrpcStatus(const absl::Status& status);
+
+}  // namespace convnext::serving
+
+#endif  // CONVNEXT_SERVER_STATUS_UTIL_H_

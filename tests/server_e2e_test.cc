@@ -1,0 +1,158 @@
+// End-to-end with the generated C++ stubs: the real service and model hosts behind a gRPC server
+// on a loopback port, called by C++ clients (the Python suite covers the convnext-server binary).
+#include <ATen/ATen.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "convnext/v1/image_model.grpc.pb.h"
+#include "model/testdata.h"
+#include "server/model_host.h"
+#include "server/server_config.h"
+#include "server/service.h"
+#include "server/thread_pool.h"
+
+namespace convnext::serving {
+namespace {
+
+class ServerE2eTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    pool_ = new ThreadPool(2);
+    server::ServerConfig config;
+    server::ModelConfig* m = config.add_model();
+    m->set_name("custom");
+    m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
+    m->mutable_batching()->set_max_batch_size(8);
+    m->mutable_batching()->set_max_queue_delay_us(20000);
+    NormalizeConfig(&config, 2);
+    ASSERT_TRUE(ValidateConfig(config).ok());
+    ModelHostOptions options;
+    options.config = config.model(0);
+    options.intra_op_threads = 2;
+    options.preprocess_pool = pool_;
+    absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(options);
+    ASSERT_TRUE(host.ok()) << host.status();
+    host_ = host->release();
+    service_ = new ImageModelServiceImpl({{"custom", host_}}, "custom");
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(service_);
+    server_ = builder.BuildAndStart().release();
+    ASSERT_NE(port_, 0);
+  }
+  static void TearDownTestSuite() {
+    server_->Shutdown();
+    host_->Shutdown();
+    delete server_;
+    delete service_;
+    delete host_;
+    delete pool_;
+  }
+
+  std::unique_ptr<v1::ImageModelService::Stub> Stub() {
+    return v1::ImageModelService::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
+  }
+
+  static v1::Image TensorImage(const at::Tensor& t) {
+    v1::Image image;
+    v1::Tensor* proto = image.mutable_tensor();
+    for (int64_t s : t.sizes()) proto->add_shape(s);
+    proto->set_dtype(v1::FP32);
+    const at::Tensor c = t.contiguous();
+    proto->set_data(c.data_ptr(), c.numel() * sizeof(float));
+    return image;
+  }
+
+  static inline ThreadPool* pool_ = nullptr;
+  static inline ModelHost* host_ = nullptr;
+  static inline ImageModelServiceImpl* service_ = nullptr;
+  static inline grpc::Server* server_ = nullptr;
+  static inline int port_ = 0;
+};
+
+TEST_F(ServerE2eTest, ClassifyMatchesTorchvisionLogits) {
+  const at::Tensor input = testing::ReadReference("custom.input.npy");    // [3, 3, 100, 72]
+  const at::Tensor logits = testing::ReadReference("custom.logits.npy");  // [3, 10]
+  v1::ClassifyRequest request;
+  for (int64_t i = 0; i < input.size(0); ++i) *request.add_images() = TensorImage(input[i]);
+  request.set_top_k(10);
+  v1::ClassifyResponse response;
+  grpc::ClientContext ctx;
+  ASSERT_TRUE(Stub()->Classify(&ctx, request, &response).ok());
+  ASSERT_EQ(response.results_size(), 3);
+  for (int i = 0; i < 3; ++i) {
+    const at::Tensor probs = at::softmax(logits[i], 0);
+    for (const v1::ClassScore& c : response.results(i).classes()) {
+      EXPECT_NEAR(c.score(), probs[c.index()].item<float>(), 1e-5);
+    }
+    EXPECT_EQ(response.results(i).classes(0).index(), probs.argmax().item<int64_t>());
+  }
+}
+
+TEST_F(ServerE2eTest, FiftyConcurrentClientsFormBatchesAndGetTheirOwnAnswers) {
+  const at::Tensor input = testing::ReadReference("custom.input.npy");
+  const uint64_t images_before = host_->Info().stats().images();
+  std::vector<v1::ClassifyResponse> responses(50);
+  std::vector<grpc::Status> statuses(50);
+  std::vector<std::thread> clients;
+  auto request_for = [&](int i) {
+    v1::ClassifyRequest r;
+    *r.add_images() = TensorImage(input[i % 3] * (1.0 + 0.01 * i));
+    r.set_top_k(10);
+    return r;
+  };
+  for (int i = 0; i < 50; ++i) {
+    clients.emplace_back([&, i] {
+      grpc::ClientContext ctx;
+      statuses[i] = Stub()->Classify(&ctx, request_for(i), &responses[i]);
+    });
+  }
+  for (auto& t : clients) t.join();
+  const v1::ModelInfo info = host_->Info();
+  EXPECT_EQ(info.stats().images() - images_before, 50u);
+  uint64_t largest = 0;
+  for (const auto& [size, count] : info.stats().batch_sizes())
+    largest = std::max<uint64_t>(largest, size);
+  EXPECT_GT(largest, 1u);
+  for (int i = 0; i < 50; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    v1::ClassifyResponse alone;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(Stub()->Classify(&ctx, request_for(i), &alone).ok());
+    for (int k = 0; k < 10; ++k) {
+      EXPECT_EQ(responses[i].results(0).classes(k).index(), alone.results(0).classes(k).index());
+      EXPECT_NEAR(responses[i].results(0).classes(k).score(), alone.results(0).classes(k).score(),
+                  1e-5);
+    }
+  }
+}
+
+TEST_F(ServerE2eTest, DeadlineUnknownModelAndEmptyRequest) {
+  const at::Tensor input = testing::ReadReference("custom.input.npy");
+  v1::ClassifyRequest request;
+  *request.add_images() = TensorImage(input[0]);
+  v1::ClassifyResponse response;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() - std::chrono::seconds(1));
+    EXPECT_EQ(Stub()->Classify(&ctx, request, &response).error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  {
+    grpc::ClientContext ctx;
+    request.set_model("unknown");
+    EXPECT_EQ(Stub()->Classify(&ctx, request, &response).error_code(), grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ClassifyRequest empty;
+    EXPECT_EQ(Stub()->Classify(&ctx, empty, &response).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+}
+
+}  // namespace
+}  // namespace convnext::serving
