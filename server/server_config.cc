@@ -56,6 +56,15 @@ absl::StatusOr<server::ServerConfig> ReadConfigFile(const std::string& path) {
   if (!parser.ParseFromString(text, &config)) {
     return absl::InvalidArgumentError(absl::StrCat("config file '", path, "': ", errors.first()));
   }
+  // Relative paths in a config file are relative to the file's directory.
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "" : path.substr(0, slash + 1);
+  for (server::ModelConfig& m : *config.mutable_model()) {
+    if (!m.checkpoint().empty() && m.checkpoint()[0] != '/') m.set_checkpoint(dir + m.checkpoint());
+    if (!m.labels_file().empty() && m.labels_file()[0] != '/') {
+      m.set_labels_file(dir + m.labels_file());
+    }
+  }
   return config;
 }
 

@@ -13,7 +13,8 @@
 
 namespace convnext::serving {
 
-// Parses a protobuf text-format ServerConfig file.
+// Parses a protobuf text-format ServerConfig file. Relative checkpoint and labels paths in it are
+// taken relative to the file's directory.
 absl::StatusOr<server::ServerConfig> ReadConfigFile(const std::string& path);
 
 // Parses "NAME=CHECKPOINT" (a --model flag) into a ModelConfig with defaults left unset.

@@ -12,6 +12,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <map>
@@ -35,7 +36,9 @@
 // before absl parses the rest. Declared here only so that --help lists it.
 ABSL_FLAG(std::string, model, "",
           "NAME=CHECKPOINT, repeatable: a model to serve with default settings.");
-ABSL_FLAG(std::string, config, "", "A ServerConfig file in protobuf text format (config.proto).");
+ABSL_FLAG(std::string, config, "",
+          "A ServerConfig file in protobuf text format (config.proto). Without --config and "
+          "--model, the embedded default model is served (models/digits/server.textproto).");
 ABSL_FLAG(std::string, default_model, "", "Model an empty model name selects (default: first).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed at start).");
@@ -47,10 +50,32 @@ ABSL_FLAG(int, max_queue_delay_us, -1,
 
 namespace convnext::serving {
 
+// The embedded default model's config: beside the installed binary (../share/convnext-serve/) or
+// in the source tree the binary was built in (build/bin/../../).
+std::string DefaultConfigPath() {
+  char exe[4096];
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  std::string dir = n > 0 ? std::string(exe, n) : std::string();
+  dir = dir.substr(0, dir.find_last_of('/') + 1);
+  for (const char* relative :
+       {"../share/convnext-serve/models/digits/server.textproto",
+        "../../models/digits/server.textproto"}) {
+    const std::string path = dir + relative;
+    if (access(path.c_str(), R_OK) == 0) return path;
+  }
+  return dir + "../share/convnext-serve/models/digits/server.textproto";
+}
+
 absl::StatusOr<server::ServerConfig> BuildConfig(const std::vector<std::string>& model_flags) {
   server::ServerConfig config;
-  if (!absl::GetFlag(FLAGS_config).empty()) {
-    absl::StatusOr<server::ServerConfig> file = ReadConfigFile(absl::GetFlag(FLAGS_config));
+  std::string config_path = absl::GetFlag(FLAGS_config);
+  if (config_path.empty() && model_flags.empty()) {
+    config_path = DefaultConfigPath();
+    std::printf("convnext-server: no --model or --config: serving the embedded default model "
+                "(%s)\n", config_path.c_str());
+  }
+  if (!config_path.empty()) {
+    absl::StatusOr<server::ServerConfig> file = ReadConfigFile(config_path);
     if (!file.ok()) return file.status();
     config = *std::move(file);
   }

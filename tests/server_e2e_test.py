@@ -7,6 +7,7 @@ import concurrent.futures
 import io
 import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -49,8 +50,9 @@ class Server:
             if not line:
                 break
             self.lines.append(line)
-            if " serving " in line:
-                self.port = int(line.rsplit(":", 1)[1].split()[0])
+            match = re.search(r"serving \d+ model\(s\) on [^ ]*:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
                 break
         if self.port is None:
             self.proc.kill()
@@ -320,8 +322,8 @@ class ShutdownAndOverloadTest(unittest.TestCase):
                             "x=/nonexistent.pth"], capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 1)
         self.assertIn("model 'x': checkpoint '/nonexistent.pth': no such file", r.stderr)
-        r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0"],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0", "--config",
+                            os.devnull], capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 1)
         self.assertIn("no model to serve", r.stderr)
 
