@@ -57,9 +57,8 @@ std::string DefaultConfigPath() {
   const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   std::string dir = n > 0 ? std::string(exe, n) : std::string();
   dir = dir.substr(0, dir.find_last_of('/') + 1);
-  for (const char* relative :
-       {"../share/convnext-serve/models/digits/server.textproto",
-        "../../models/digits/server.textproto"}) {
+  for (const char* relative : {"../share/convnext-serve/models/digits/server.textproto",
+                               "../../models/digits/server.textproto"}) {
     const std::string path = dir + relative;
     if (access(path.c_str(), R_OK) == 0) return path;
   }
@@ -71,8 +70,10 @@ absl::StatusOr<server::ServerConfig> BuildConfig(const std::vector<std::string>&
   std::string config_path = absl::GetFlag(FLAGS_config);
   if (config_path.empty() && model_flags.empty()) {
     config_path = DefaultConfigPath();
-    std::printf("convnext-server: no --model or --config: serving the embedded default model "
-                "(%s)\n", config_path.c_str());
+    std::printf(
+        "convnext-server: no --model or --config: serving the embedded default model "
+        "(%s)\n",
+        config_path.c_str());
   }
   if (!config_path.empty()) {
     absl::StatusOr<server::ServerConfig> file = ReadConfigFile(config_path);
