@@ -1,0 +1,193 @@
+#include "client/client.h"
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/clock.h"
+
+namespace convnext::client {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+absl::Duration Backoff(const ClientOptions& o, int retry) {
+  static thread_local std::mt19937_64 rng(std::random_device{}());
+  absl::Duration cap = o.initial_backoff;
+  for (int i = 1; i < retry && cap < o.max_backoff; ++i) cap *= 2;
+  cap = std::min(cap, o.max_backoff);
+  std::uniform_real_distribution<double> jitter(0.0, 1.0);
+  return cap * jitter(rng);  // "Full jitter": spreads the retries of many clients.
+}
+
+// Runs `attempt(ctx)` until it succeeds, fails with a non-retryable status, runs out of attempts
+// or would overrun the deadline.
+template <typename Attempt>
+absl::Status Call(const ClientOptions& o, Attempt attempt) {
+  const absl::Time deadline = absl::Now() + o.deadline;
+  absl::Status status;
+  for (int n = 1;; ++n) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(deadline));
+    status = FromGrpc(attempt(&ctx));
+    if (status.ok() || !IsRetryable(status.code()) || n >= o.max_attempts) return status;
+    const absl::Duration wait = Backoff(o, n);
+    if (absl::Now() + wait >= deadline) return status;
+    absl::SleepFor(wait);
+  }
+}
+
+// The asynchronous form of Call: one attempt per callback, retried from the callback thread
+// after a backoff (sleeping there is acceptable: it is a client-side gRPC thread).
+template <typename Req, typename Resp, typename Method>
+void CallAsync(const ClientOptions& o, Method method, std::shared_ptr<const Req> request,
+               std::function<void(absl::StatusOr<Resp>)> done, absl::Time deadline, int n) {
+  struct State {
+    grpc::ClientContext ctx;
+    Resp response;
+  };
+  auto state = std::make_shared<State>();
+  state->ctx.set_deadline(absl::ToChronoTime(deadline));
+  method(
+      &state->ctx, request.get(), &state->response,
+      [o, method, request, done = std::move(done), deadline, n, state](grpc::Status s) {
+        absl::Status status = FromGrpc(s);
+        if (status.ok()) return done(std::move(state->response));
+        const absl::Duration wait = Backoff(o, n);
+        if (!IsRetryable(status.code()) || n >= o.max_attempts || absl::Now() + wait >= deadline) {
+          return done(status);
+        }
+        absl::SleepFor(wait);
+        CallAsync<Req, Resp>(o, method, request, done, deadline, n + 1);
+      });
+}
+
+}  // namespace
+
+bool IsRetryable(absl::StatusCode code) {
+  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kResourceExhausted;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("empty target");
+  if (options.max_attempts < 1) return absl::InvalidArgumentError("max_attempts must be >= 1");
+  if (options.deadline <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("deadline must be positive");
+  }
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(options.max_message_bytes);
+  args.SetMaxSendMessageSize(options.max_message_bytes);
+  if (!options.load_balancing_policy.empty()) {
+    args.SetLoadBalancingPolicyName(options.load_balancing_policy);
+  }
+  auto channel =
+      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  return std::unique_ptr<Client>(new Client(options, std::move(channel)));
+}
+
+Client::Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
+    : options_(options),
+      channel_(std::move(channel)),
+      stub_(v1::ImageModelService::NewStub(channel_)) {}
+
+absl::StatusOr<v1::ClassifyResponse> Client::Classify(const v1::ClassifyRequest& request) {
+  v1::ClassifyResponse response;
+  absl::Status s = Call(
+      options_, [&](grpc::ClientContext* ctx) { return stub_->Classify(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<v1::EmbedResponse> Client::Embed(const v1::EmbedRequest& request) {
+  v1::EmbedResponse response;
+  absl::Status s = Call(
+      options_, [&](grpc::ClientContext* ctx) { return stub_->Embed(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<v1::ListModelsResponse> Client::ListModels() {
+  v1::ListModelsResponse response;
+  absl::Status s = Call(options_, [&](grpc::ClientContext* ctx) {
+    return stub_->ListModels(ctx, v1::ListModelsRequest(), &response);
+  });
+  if (!s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<v1::ModelInfo> Client::GetModel(const std::string& name) {
+  v1::GetModelRequest request;
+  request.set_name(name);
+  v1::ModelInfo response;
+  absl::Status s = Call(
+      options_, [&](grpc::ClientContext* ctx) { return stub_->GetModel(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return response;
+}
+
+absl::StatusOr<bool> Client::Health(const std::string& service) {
+  // grpc.health.v1.HealthCheckRequest{service} encoded by hand (field 1, length-delimited), so
+  // that the client needs no health stubs; the reply's field 1 is the ServingStatus enum.
+  if (service.size() > 127) return absl::InvalidArgumentError("service name too long");
+  std::string request;
+  if (!service.empty()) {
+    request.push_back('\x0a');
+    request.push_back(static_cast<char>(service.size()));
+    request += service;
+  }
+  grpc::GenericStub generic(channel_);
+  grpc::ByteBuffer reply;
+  absl::Status s = Call(options_, [&](grpc::ClientContext* ctx) {
+    grpc::Slice slice(request);
+    grpc::ByteBuffer buffer(&slice, 1);
+    grpc::Status status;
+    absl::Notification done;
+    generic.UnaryCall(ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &buffer, &reply,
+                      [&](grpc::Status st) {
+                        status = std::move(st);
+                        done.Notify();
+                      });
+    done.WaitForNotification();
+    return status;
+  });
+  if (!s.ok()) return s;
+  std::vector<grpc::Slice> slices;
+  if (!reply.Dump(&slices).ok()) return absl::InternalError("unreadable health reply");
+  std::string bytes;
+  for (const grpc::Slice& sl : slices)
+    bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  // SERVING = 1: bytes "\x08\x01". An empty message means UNKNOWN (0).
+  return bytes.size() == 2 && bytes[0] == '\x08' && bytes[1] == '\x01';
+}
+
+void Client::ClassifyAsync(const v1::ClassifyRequest& request,
+                           std::function<void(absl::StatusOr<v1::ClassifyResponse>)> done) {
+  auto method = [stub = stub_.get()](grpc::ClientContext* ctx, const v1::ClassifyRequest* req,
+                                     v1::ClassifyResponse* resp,
+                                     std::function<void(grpc::Status)> cb) {
+    stub->async()->Classify(ctx, req, resp, std::move(cb));
+  };
+  CallAsync<v1::ClassifyRequest, v1::ClassifyResponse>(
+      options_, method, std::make_shared<const v1::ClassifyRequest>(request), std::move(done),
+      absl::Now() + options_.deadline, 1);
+}
+
+void Client::EmbedAsync(const v1::EmbedRequest& request,
+                        std::function<void(absl::StatusOr<v1::EmbedResponse>)> done) {
+  auto method = [stub = stub_.get()](grpc::ClientContext* ctx, const v1::EmbedRequest* req,
+                                     v1::EmbedResponse* resp,
+                                     std::function<void(grpc::Status)> cb) {
+    stub->async()->Embed(ctx, req, resp, std::move(cb));
+  };
+  CallAsync<v1::EmbedRequest, v1::EmbedResponse>(
+      options_, method, std::make_shared<const v1::EmbedRequest>(request), std::move(done),
+      absl::Now() + options_.deadline, 1);
+}
+
+}  // namespace convnext::client
