@@ -61,6 +61,8 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
     return absl::Status(s.code(), absl::StrCat("model '", config.name(), "': ", s.message()));
   };
   std::unique_ptr<ModelHost> host(new ModelHost(options));
+  const absl::Time start = absl::Now();
+  host->metrics_ = Metrics::ForModel(config.name());
 
   LoadOptions load;
   load.path = config.checkpoint();
@@ -111,6 +113,7 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   if (!b.ok()) return annotate(b.status());
   host->batcher_ = *std::move(b);
   host->ready_ = true;
+  SetModelReady(host->metrics_, true, absl::ToDoubleSeconds(absl::Now() - start));
   return host;
 }
 
@@ -118,6 +121,7 @@ ModelHost::~ModelHost() { Shutdown(); }
 
 void ModelHost::Shutdown() {
   ready_ = false;
+  SetModelReady(metrics_, false, -1);
   if (batcher_ != nullptr) batcher_->Shutdown();
 }
 
@@ -139,11 +143,13 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
   const int64_t n = images.size();
   const int64_t limit = options_.config.batching().max_queue_size();
   if (!ready_) return absl::UnavailableError(absl::StrCat("model '", name(), "' is not serving"));
-  if (pending_images_.fetch_add(n) + n > limit) {
+  const int64_t pending = pending_images_.fetch_add(n) + n;
+  if (pending > limit) {
     pending_images_ -= n;
     return absl::UnavailableError(absl::StrCat("model '", name(), "' has ", limit,
                                                " images in flight, its limit; retry later"));
   }
+  SetQueueDepth(metrics_, pending);
   {
     absl::MutexLock lock(&stats_mu_);
     ++requests_;
@@ -183,7 +189,7 @@ void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
 }
 
 void ModelHost::End(const Work& work, const absl::Status& status) {
-  --pending_images_;
+  SetQueueDepth(metrics_, --pending_images_);
   work.request->ImageDone(status);
 }
 
@@ -211,6 +217,7 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
     images_ += batch.size();
     ++batch_sizes_[static_cast<uint32_t>(batch.size())];
   }
+  RecordBatch(metrics_, static_cast<int>(batch.size()), compute_us);
   for (size_t j = 0; j < batch.size(); ++j) {
     Work& w = *batch[j].payload;
     if (!out.ok()) {
@@ -218,8 +225,9 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
       continue;
     }
     const InferenceRequest::Params& p = w.request->params();
-    w.request->RecordTimings(Micros(start - w.admitted) - w.preprocess_us, w.preprocess_us,
-                             compute_us);
+    const int64_t queue_us = Micros(start - w.admitted) - w.preprocess_us;
+    w.request->RecordTimings(queue_us, w.preprocess_us, compute_us);
+    RecordImage(metrics_, queue_us, w.preprocess_us);
     try {
       if (p.kind == InferenceRequest::Kind::kClassify) {
         const at::Tensor probs = at::softmax(out->logits[j].to(at::kCPU, at::kFloat), 0);

@@ -25,6 +25,7 @@
 #include "server/batcher.h"
 #include "server/config.pb.h"
 #include "server/inference_request.h"
+#include "server/metrics.h"
 #include "server/thread_pool.h"
 
 namespace convnext::serving {
@@ -46,6 +47,8 @@ class ModelHost {
   const std::string& name() const { return options_.config.name(); }
   const ConvNeXtConfig& model_config() const { return loaded_.model->config(); }
   const std::vector<std::string>& labels() const { return labels_; }
+  // This model's Prometheus metrics; null when metrics are off.
+  ModelMetrics* metrics() const { return metrics_; }
 
   // Admits the request's images (all or none): UNAVAILABLE if the model's queue is full or it is
   // shutting down. On OK each image later ends through `request` (which owns the answer).
@@ -82,6 +85,7 @@ class ModelHost {
   std::unique_ptr<Batcher<WorkPtr>> batcher_;
   std::atomic<int64_t> pending_images_{0};  // Admitted and not yet ended.
   std::atomic<bool> ready_{false};
+  ModelMetrics* metrics_ = nullptr;
 
   mutable absl::Mutex stats_mu_;
   uint64_t requests_ ABSL_GUARDED_BY(stats_mu_) = 0;

@@ -25,8 +25,11 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "model/runtime.h"
+#include "server/log.h"
+#include "server/metrics.h"
 #include "server/model_host.h"
 #include "server/server_config.h"
 #include "server/service.h"
@@ -42,6 +45,11 @@ ABSL_FLAG(std::string, config, "",
 ABSL_FLAG(std::string, default_model, "", "Model an empty model name selects (default: first).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed at start).");
+ABSL_FLAG(int, metrics_port, 9090,
+          "Port of the Prometheus /metrics endpoint; 0 picks a free port; -1 disables metrics.");
+ABSL_FLAG(std::string, metrics_host, "0.0.0.0",
+          "Address the metrics endpoint binds to (e.g. 127.0.0.1 to keep it off the network).");
+ABSL_FLAG(bool, access_log, false, "Log one line per call (off: the default at high rates).");
 ABSL_FLAG(int, grace_period_s, 30,
           "On SIGTERM, how long admitted calls may take to finish before being cancelled.");
 ABSL_FLAG(int, max_batch_size, 0, "Override every model's max_batch_size (0: config/default).");
@@ -70,10 +78,7 @@ absl::StatusOr<server::ServerConfig> BuildConfig(const std::vector<std::string>&
   std::string config_path = absl::GetFlag(FLAGS_config);
   if (config_path.empty() && model_flags.empty()) {
     config_path = DefaultConfigPath();
-    std::printf(
-        "convnext-server: no --model or --config: serving the embedded default model "
-        "(%s)\n",
-        config_path.c_str());
+    Log("info", "default_model", {{"config", config_path}});
   }
   if (!config_path.empty()) {
     absl::StatusOr<server::ServerConfig> file = ReadConfigFile(config_path);
@@ -134,6 +139,18 @@ int Run(const std::vector<std::string>& model_flags) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  std::unique_ptr<Metrics> metrics;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    absl::StatusOr<std::unique_ptr<Metrics>> started = Metrics::Start(
+        absl::StrCat(absl::GetFlag(FLAGS_metrics_host), ":", absl::GetFlag(FLAGS_metrics_port)),
+        {CONVNEXT_VERSION, TORCH_VERSION, config->model(0).device()});
+    if (!started.ok()) {
+      std::fprintf(stderr, "convnext-server: %s\n",
+                   std::string(started.status().message()).c_str());
+      return 1;
+    }
+    metrics = *std::move(started);
+  }
   ThreadPool preprocess_pool(static_cast<int>(config->preprocess_threads()));
   std::vector<std::unique_ptr<ModelHost>> hosts;
   std::map<std::string, ModelHost*> by_name;
@@ -149,15 +166,19 @@ int Run(const std::vector<std::string>& model_flags) {
       std::fprintf(stderr, "convnext-server: %s\n", std::string(host.status().message()).c_str());
       return 1;
     }
-    std::printf("convnext-server: model '%s' (%s, %lld classes) loaded and warmed up in %.2f s\n",
-                m.name().c_str(), (*host)->model_config().variant.c_str(),
-                static_cast<long long>((*host)->model_config().num_classes),
-                absl::ToDoubleSeconds(absl::Now() - start));
+    Log("info", "model_loaded",
+        {{"model", m.name()},
+         {"variant", (*host)->model_config().variant},
+         {"classes", absl::StrCat((*host)->model_config().num_classes)},
+         {"checkpoint", m.checkpoint()},
+         {"seconds", absl::StrFormat("%.2f", absl::ToDoubleSeconds(absl::Now() - start))}});
     by_name[m.name()] = host->get();
     hosts.push_back(*std::move(host));
   }
 
-  ImageModelServiceImpl service(by_name, config->default_model());
+  ServiceOptions service_options;
+  service_options.access_log = absl::GetFlag(FLAGS_access_log);
+  ImageModelServiceImpl service(by_name, config->default_model(), service_options);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -175,15 +196,18 @@ int Run(const std::vector<std::string>& model_flags) {
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus(true);
-  std::printf("convnext-server: serving %zu model(s) on %s:%d (default '%s')\n", hosts.size(),
-              absl::GetFlag(FLAGS_host).c_str(), port, config->default_model().c_str());
-  std::fflush(stdout);
+  Log("info", "serving",
+      {{"models", absl::StrCat(hosts.size())},
+       {"host", absl::GetFlag(FLAGS_host)},
+       {"port", absl::StrCat(port)},
+       {"metrics_port", absl::StrCat(metrics != nullptr ? metrics->port() : -1)},
+       {"default_model", config->default_model()}});
 
   int signal = 0;
   sigwait(&signals, &signal);
-  std::printf("convnext-server: %s: draining (grace period %d s)\n",
-              signal == SIGTERM ? "SIGTERM" : "SIGINT", absl::GetFlag(FLAGS_grace_period_s));
-  std::fflush(stdout);
+  Log("info", "draining",
+      {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"},
+       {"grace_period_s", absl::StrCat(absl::GetFlag(FLAGS_grace_period_s))}});
   health->SetServingStatus(false);
   // Refuses new calls, waits for admitted ones (which the batchers keep computing), and cancels
   // whatever is left when the grace period ends.
@@ -191,7 +215,7 @@ int Run(const std::vector<std::string>& model_flags) {
                    std::chrono::seconds(absl::GetFlag(FLAGS_grace_period_s)));
   for (auto& host : hosts) host->Shutdown();
   server->Wait();
-  std::printf("convnext-server: stopped\n");
+  Log("info", "stopped", {});
   return 0;
 }
 

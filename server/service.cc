@@ -6,6 +6,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "server/log.h"
 #include "server/status_util.h"
 
 namespace convnext::serving {
@@ -28,17 +29,44 @@ absl::Status CheckImages(int count) {
   return absl::OkStatus();
 }
 
-grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* ctx, const absl::Status& s) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(s));
-  return reactor;
-}
+// The label of calls that name no served model: never the requested name, so that hostile
+// names cannot grow the metrics' label set.
+constexpr char kUnknownModel[] = "unknown";
 
 }  // namespace
 
 ImageModelServiceImpl::ImageModelServiceImpl(std::map<std::string, ModelHost*> models,
-                                             std::string default_model)
-    : models_(std::move(models)), default_model_(std::move(default_model)) {}
+                                             std::string default_model, ServiceOptions options)
+    : models_(std::move(models)), default_model_(std::move(default_model)), options_(options) {}
+
+void ImageModelServiceImpl::Answer(grpc::ServerUnaryReactor* reactor, const std::string& model,
+                                   Method method, absl::Time start, const absl::Status& status) {
+  const grpc::Status grpc_status = ToGrpcStatus(status);
+  const int64_t latency_us = absl::ToInt64Microseconds(absl::Now() - start);
+  auto host = models_.find(model);
+  RecordRequest(host != models_.end() ? host->second->metrics() : Metrics::ForModel(model), method,
+                grpc_status.error_code(), latency_us);
+  if (options_.access_log) {
+    static constexpr const char* kNames[] = {"Classify", "Embed", "ListModels", "GetModel"};
+    Log(status.ok() ? "info" : "warning", "request",
+        {{"model", model},
+         {"method", kNames[static_cast<int>(method)]},
+         {"request_id", absl::StrCat(next_request_id_++)},
+         {"status", absl::StatusCodeToString(status.code())},
+         {"latency_us", absl::StrCat(latency_us)},
+         {"message", std::string(status.message().substr(0, 200))}});
+  }
+  reactor->Finish(grpc_status);
+}
+
+grpc::ServerUnaryReactor* ImageModelServiceImpl::AnswerNow(grpc::CallbackServerContext* ctx,
+                                                           const std::string& model, Method method,
+                                                           absl::Time start,
+                                                           const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  Answer(reactor, model, method, start, status);
+  return reactor;
+}
 
 absl::StatusOr<ModelHost*> ImageModelServiceImpl::Find(const std::string& name) const {
   const std::string& key = name.empty() ? default_model_ : name;
@@ -55,32 +83,46 @@ absl::StatusOr<ModelHost*> ImageModelServiceImpl::Find(const std::string& name) 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::Classify(grpc::CallbackServerContext* ctx,
                                                           const v1::ClassifyRequest* request,
                                                           v1::ClassifyResponse* response) {
+  const absl::Time start = absl::Now();
+  constexpr Method kMethod = Method::kClassify;
   absl::StatusOr<ModelHost*> host = Find(request->model());
-  if (!host.ok()) return FinishNow(ctx, host.status());
-  if (absl::Status s = CheckImages(request->images_size()); !s.ok()) return FinishNow(ctx, s);
+  if (!host.ok()) return AnswerNow(ctx, kUnknownModel, kMethod, start, host.status());
+  const std::string& model = (*host)->name();
+  if (absl::Status s = CheckImages(request->images_size()); !s.ok()) {
+    return AnswerNow(ctx, model, kMethod, start, s);
+  }
   const int64_t classes = (*host)->model_config().num_classes;
   if (classes == 0) {
-    return FinishNow(ctx, absl::FailedPreconditionError(absl::StrCat(
-                              "model '", (*host)->name(),
-                              "' has no classification head; use Embed for its features")));
+    return AnswerNow(ctx, model, kMethod, start,
+                     absl::FailedPreconditionError(
+                         absl::StrCat("model '", model,
+                                      "' has no classification head; use Embed for its "
+                                      "features")));
   }
   InferenceRequest::Params params;
   params.kind = InferenceRequest::Kind::kClassify;
   params.top_k =
       request->top_k() == 0 ? 5 : static_cast<int>(std::min<uint32_t>(request->top_k(), 1u << 30));
   if (params.top_k > classes) {
-    return FinishNow(
-        ctx, absl::InvalidArgumentError(absl::StrCat(
-                 "top_k = ", request->top_k(), " is more than the model's ", classes, " classes")));
+    return AnswerNow(
+        ctx, model, kMethod, start,
+        absl::InvalidArgumentError(absl::StrCat(
+            "top_k = ", request->top_k(), " is more than the model's ", classes, " classes")));
   }
-  response->set_model((*host)->name());
+  response->set_model(model);
   for (int i = 0; i < request->images_size(); ++i) response->add_results();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  ModelMetrics* metrics = (*host)->metrics();
+  AddInFlight(metrics, 1);
   auto inference = std::make_shared<InferenceRequest>(
       params, request->images_size(), DeadlineOf(ctx), ctx, response, nullptr,
-      [reactor](const absl::Status& s) { reactor->Finish(ToGrpcStatus(s)); });
+      [this, reactor, model, start, metrics](const absl::Status& s) {
+        AddInFlight(metrics, -1);
+        Answer(reactor, model, kMethod, start, s);
+      });
   if (absl::Status s = (*host)->Submit(inference, request->images()); !s.ok()) {
-    reactor->Finish(ToGrpcStatus(s));
+    AddInFlight(metrics, -1);
+    Answer(reactor, model, kMethod, start, s);
   }
   return reactor;
 }
@@ -88,9 +130,13 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Classify(grpc::CallbackServerCo
 grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerContext* ctx,
                                                        const v1::EmbedRequest* request,
                                                        v1::EmbedResponse* response) {
+  const absl::Time start = absl::Now();
+  constexpr Method kMethod = Method::kEmbed;
   absl::StatusOr<ModelHost*> host = Find(request->model());
-  if (!host.ok()) return FinishNow(ctx, host.status());
-  if (absl::Status s = CheckImages(request->images_size()); !s.ok()) return FinishNow(ctx, s);
+  if (!host.ok()) return AnswerNow(ctx, kUnknownModel, kMethod, start, host.status());
+  const std::string& model = (*host)->name();
+  auto fail = [&](const absl::Status& s) { return AnswerNow(ctx, model, kMethod, start, s); };
+  if (absl::Status s = CheckImages(request->images_size()); !s.ok()) return fail(s);
   InferenceRequest::Params params;
   params.kind = InferenceRequest::Kind::kEmbed;
   params.include_embedding = request->include_embedding();
@@ -98,39 +144,45 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerConte
   std::set<int> seen;
   for (int s : request->stages()) {
     if (s < 1 || s > 4 || !seen.insert(s).second) {
-      return FinishNow(ctx, absl::InvalidArgumentError(
-                                absl::StrCat("stages must be distinct values in 1..4, got ", s)));
+      return fail(absl::InvalidArgumentError(
+          absl::StrCat("stages must be distinct values in 1..4, got ", s)));
     }
     params.stages.push_back(s);
   }
   if (!params.include_embedding && params.stages.empty()) {
-    return FinishNow(ctx, absl::InvalidArgumentError(
-                              "nothing to compute: set include_embedding or list stages"));
+    return fail(
+        absl::InvalidArgumentError("nothing to compute: set include_embedding or list stages"));
   }
   if (params.include_embedding && (*host)->model_config().stage_norms) {
-    return FinishNow(ctx, absl::FailedPreconditionError(absl::StrCat(
-                              "model '", (*host)->name(),
-                              "' is a detection backbone without a pooled embedding; ask for "
-                              "stages")));
+    return fail(absl::FailedPreconditionError(
+        absl::StrCat("model '", (*host)->name(),
+                     "' is a detection backbone without a pooled embedding; ask for "
+                     "stages")));
   }
   if (!v1::DataType_IsValid(request->dtype())) {
-    return FinishNow(ctx, absl::InvalidArgumentError(
-                              absl::StrCat("unknown dtype ", static_cast<int>(request->dtype()))));
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("unknown dtype ", static_cast<int>(request->dtype()))));
   }
   params.dtype = request->dtype() == v1::FP16 ? v1::FP16 : v1::FP32;
   if (!v1::ResizePolicy_IsValid(request->resize())) {
-    return FinishNow(ctx, absl::InvalidArgumentError(absl::StrCat(
-                              "unknown resize policy ", static_cast<int>(request->resize()))));
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat("unknown resize policy ", static_cast<int>(request->resize()))));
   }
   params.resize = request->resize() == v1::KEEP_SIZE ? v1::KEEP_SIZE : v1::CLASSIFICATION;
-  response->set_model((*host)->name());
+  response->set_model(model);
   for (int i = 0; i < request->images_size(); ++i) response->add_results();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  ModelMetrics* metrics = (*host)->metrics();
+  AddInFlight(metrics, 1);
   auto inference = std::make_shared<InferenceRequest>(
       params, request->images_size(), DeadlineOf(ctx), ctx, nullptr, response,
-      [reactor](const absl::Status& s) { reactor->Finish(ToGrpcStatus(s)); });
+      [this, reactor, model, start, metrics](const absl::Status& s) {
+        AddInFlight(metrics, -1);
+        Answer(reactor, model, kMethod, start, s);
+      });
   if (absl::Status s = (*host)->Submit(inference, request->images()); !s.ok()) {
-    reactor->Finish(ToGrpcStatus(s));
+    AddInFlight(metrics, -1);
+    Answer(reactor, model, kMethod, start, s);
   }
   return reactor;
 }
@@ -138,18 +190,20 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* ImageModelServiceImpl::ListModels(grpc::CallbackServerContext* ctx,
                                                             const v1::ListModelsRequest*,
                                                             v1::ListModelsResponse* response) {
+  const absl::Time start = absl::Now();
   for (const auto& [name, host] : models_) *response->add_models() = host->Info();
   response->set_default_model(default_model_);
-  return FinishNow(ctx, absl::OkStatus());
+  return AnswerNow(ctx, default_model_, Method::kListModels, start, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::GetModel(grpc::CallbackServerContext* ctx,
                                                           const v1::GetModelRequest* request,
                                                           v1::ModelInfo* response) {
+  const absl::Time start = absl::Now();
   absl::StatusOr<ModelHost*> host = Find(request->name());
-  if (!host.ok()) return FinishNow(ctx, host.status());
+  if (!host.ok()) return AnswerNow(ctx, kUnknownModel, Method::kGetModel, start, host.status());
   *response = (*host)->Info();
-  return FinishNow(ctx, absl::OkStatus());
+  return AnswerNow(ctx, (*host)->name(), Method::kGetModel, start, absl::OkStatus());
 }
 
 }  // namespace convnext::serving

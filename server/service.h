@@ -5,20 +5,30 @@
 #ifndef CONVNEXT_SERVER_SERVICE_H_
 #define CONVNEXT_SERVER_SERVICE_H_
 
+#include <atomic>
 #include <map>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "convnext/v1/image_model.grpc.pb.h"
+#include "server/metrics.h"
 #include "server/model_host.h"
 
 namespace convnext::serving {
 
+struct ServiceOptions {
+  // Log one line per call (model, method, request id, status, latency). Off by default: at
+  // thousands of calls per second the log would cost more than the call.
+  bool access_log = false;
+};
+
 class ImageModelServiceImpl final : public v1::ImageModelService::CallbackService {
  public:
   // `models` are owned by the caller and outlive the service; `default_model` is one of them.
-  ImageModelServiceImpl(std::map<std::string, ModelHost*> models, std::string default_model);
+  ImageModelServiceImpl(std::map<std::string, ModelHost*> models, std::string default_model,
+                        ServiceOptions options = {});
 
   grpc::ServerUnaryReactor* Classify(grpc::CallbackServerContext* ctx,
                                      const v1::ClassifyRequest* request,
@@ -34,9 +44,17 @@ class ImageModelServiceImpl final : public v1::ImageModelService::CallbackServic
 
  private:
   absl::StatusOr<ModelHost*> Find(const std::string& name) const;
+  // Answers a call: metrics, access log, then the reactor. Callable from any thread.
+  void Answer(grpc::ServerUnaryReactor* reactor, const std::string& model, Method method,
+              absl::Time start, const absl::Status& status);
+  // Answers at once on the handler's thread (validation errors, listings).
+  grpc::ServerUnaryReactor* AnswerNow(grpc::CallbackServerContext* ctx, const std::string& model,
+                                      Method method, absl::Time start, const absl::Status& status);
 
   const std::map<std::string, ModelHost*> models_;
   const std::string default_model_;
+  const ServiceOptions options_;
+  std::atomic<uint64_t> next_request_id_{1};
 };
 
 }  // namespace convnext::serving

@@ -40,19 +40,21 @@ class Server:
     def __init__(self, *args):
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "convnext-server"), "--host", "127.0.0.1", "--port", "0",
-             "--grace_period_s", "20", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             "--metrics_host", "127.0.0.1", "--metrics_port", "0", "--grace_period_s", "20",
+             *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines = []
         self.port = None
         deadline = time.time() + 180
         while time.time() < deadline:
-            line = self.proc.stdout.readline()
+            line = self.proc.stderr.readline()
             if not line:
                 break
             self.lines.append(line)
-            match = re.search(r"serving \d+ model\(s\) on [^ ]*:(\d+)", line)
+            match = re.search(r"event=serving .* port=(\d+) metrics_port=(-?\d+)", line)
             if match:
                 self.port = int(match.group(1))
+                self.metrics_port = int(match.group(2))
                 break
         if self.port is None:
             self.proc.kill()
@@ -64,8 +66,24 @@ class Server:
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self):
-        for line in self.proc.stdout:
+        for line in self.proc.stderr:
             self.lines.append(line)
+
+    def metrics(self):
+        """The /metrics page parsed into {(name, frozenset(labels)): value}."""
+        import urllib.request
+        text = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
+        out = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            head, value = line.rsplit(" ", 1)
+            name, _, labels = head.partition("{")
+            pairs = frozenset(tuple(kv.split("=", 1)) for kv in
+                              re.findall(r'(\w+="[^"]*")', labels))
+            out[(name, frozenset((k, v.strip('"')) for k, v in pairs))] = float(value)
+        return out
 
     def health(self):
         check = self.channel.unary_unary("/grpc.health.v1.Health/Check",

@@ -1,0 +1,92 @@
+// The server's Prometheus metrics, defined once (metrics.cc: names, help, labels, buckets) and
+// exposed in the Prometheus text format at GET /metrics on their own address (--metrics_port).
+//
+// The HTTP endpoint is a small responder of our own (metrics_http.h), not prometheus-cpp's
+// Exposer: its civetweb server fails to start (mg_start returns null) in any process that links
+// Debian's libtorch_cpu, which a five-line program reproduces.
+// Handlers and model hosts only call the Record/Set functions below.
+//
+// Metrics are created per model when the model loads (ForModel), so that the request path does
+// no label lookups and takes no lock: it bumps atomics inside prometheus-cpp's counters and
+// histograms. Status-code counters are pre-created for every gRPC code. All functions are no-ops
+// until Metrics::Start() has run (for example in unit tests and benchmarks with metrics off).
+//
+// Units are in the names: histograms of durations are in microseconds.
+#ifndef CONVNEXT_SERVER_METRICS_H_
+#define CONVNEXT_SERVER_METRICS_H_
+
+#include <grpcpp/support/status.h>
+
+#include <array>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace prometheus {
+class Counter;
+class Gauge;
+class Histogram;
+class Registry;
+}  // namespace prometheus
+
+namespace convnext::serving {
+
+enum class Method { kClassify = 0, kEmbed = 1, kListModels = 2, kGetModel = 3 };
+inline constexpr int kNumMethods = 4;
+inline constexpr int kNumStatusCodes = 17;  // OK .. UNAUTHENTICATED.
+
+// The metrics of one served model (or of "unknown" for calls naming no served model).
+struct ModelMetrics {
+  std::array<std::array<prometheus::Counter*, kNumStatusCodes>, kNumMethods> requests{};
+  std::array<prometheus::Histogram*, kNumMethods> latency{};
+  prometheus::Histogram* queue = nullptr;
+  prometheus::Histogram* preprocess = nullptr;
+  prometheus::Histogram* compute = nullptr;
+  prometheus::Histogram* batch_size = nullptr;
+  prometheus::Counter* images = nullptr;
+  prometheus::Gauge* queue_depth = nullptr;
+  prometheus::Gauge* in_flight = nullptr;
+  prometheus::Gauge* ready = nullptr;
+  prometheus::Gauge* load_seconds = nullptr;
+};
+
+class Metrics {
+ public:
+  struct BuildInfo {
+    std::string version;
+    std::string libtorch_version;
+    std::string device;
+  };
+
+  // Starts the exposer on `bind_address` ("0.0.0.0:9090", "127.0.0.1:0") and makes the Record
+  // functions live. Call once, from main, before models load.
+  static absl::StatusOr<std::unique_ptr<Metrics>> Start(const std::string& bind_address,
+                                                        const BuildInfo& build);
+  ~Metrics();
+
+  // The port the exposer listens on.
+  int port() const;
+
+  // The metrics of `model`, created on first use. Never null while metrics run; null otherwise.
+  static ModelMetrics* ForModel(const std::string& model);
+
+ private:
+  Metrics() = default;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<class MetricsHttpServer> http_;
+};
+
+// A finished call: counted by code, latency observed.
+void RecordRequest(ModelMetrics* m, Method method, grpc::StatusCode code, int64_t latency_us);
+// One image: its queue and preprocessing times.
+void RecordImage(ModelMetrics* m, int64_t queue_us, int64_t preprocess_us);
+// One forward pass.
+void RecordBatch(ModelMetrics* m, int batch_size, int64_t compute_us);
+void SetQueueDepth(ModelMetrics* m, int64_t images);
+void AddInFlight(ModelMetrics* m, int64_t delta);
+void SetModelReady(ModelMetrics* m, bool ready, double load_seconds);
+
+}  // namespace convnext::serving
+
+#endif  // CONVNEXT_SERVER_METRICS_H_
