@@ -27,6 +27,7 @@
 #include "model/convnext_config.h"
 #include "model/runtime.h"
 #include "model/safetensors.h"
+#include "server/metrics.h"
 #include "server/model_host.h"
 #include "server/server_config.h"
 #include "server/service.h"
@@ -39,6 +40,7 @@ ABSL_FLAG(int, max_queue_delay_us, 5000, "Server max_queue_delay_us.");
 ABSL_FLAG(int, concurrency, 16, "Concurrent client calls (>= 2 x max_batch_size saturates).");
 ABSL_FLAG(double, seconds, 20, "Measuring time for each side.");
 ABSL_FLAG(int, threads, 2, "Intra-op threads.");
+ABSL_FLAG(bool, metrics, true, "Record Prometheus metrics, as the server does by default.");
 
 namespace convnext::serving {
 namespace {
@@ -61,6 +63,8 @@ std::string RandomTiny() {
 
 int Main() {
   ConfigureProcessForInference();
+  std::unique_ptr<Metrics> metrics;
+  if (absl::GetFlag(FLAGS_metrics)) metrics = *Metrics::Start("127.0.0.1:0", {"bench", "", "cpu"});
   const std::string checkpoint =
       absl::GetFlag(FLAGS_checkpoint).empty() ? RandomTiny() : absl::GetFlag(FLAGS_checkpoint);
   std::ifstream in(absl::GetFlag(FLAGS_image), std::ios::binary);

@@ -25,7 +25,7 @@ test_pkgs=(
   python3 python3-torch python3-torchvision python3-numpy python3-pil
   python3-skimage python3-sklearn  # real photos and the digits data set for tests
   python3-grpcio python3-protobuf  # a second-language gRPC client for end-to-end tests
-  prometheus  # a real Prometheus scrapes the server in the metrics test
+  prometheus python3-yaml  # a real Prometheus scrapes the server in the metrics test
 )
 
 if [[ "${1:-}" == "--runtime" ]]; then
