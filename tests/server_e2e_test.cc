@@ -6,6 +6,8 @@
 
 #include <thread>
 
+#include "absl/synchronization/notification.h"
+#include "client/client.h"
 #include "convnext/v1/image_model.grpc.pb.h"
 #include "model/testdata.h"
 #include "server/model_host.h"
@@ -152,6 +154,69 @@ TEST_F(ServerE2eTest, DeadlineUnknownModelAndEmptyRequest) {
     EXPECT_EQ(Stub()->Classify(&ctx, empty, &response).error_code(),
               grpc::StatusCode::INVALID_ARGUMENT);
   }
+}
+
+TEST_F(ServerE2eTest, ClientLibraryBlockingAndAsyncCalls) {
+  client::ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", port_);
+  absl::StatusOr<std::unique_ptr<client::Client>> c = client::Client::Create(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  v1::ClassifyRequest request;
+  *request.add_images() = TensorImage(testing::ReadReference("custom.input.npy")[1]);
+  absl::StatusOr<v1::ClassifyResponse> blocking = (*c)->Classify(request);
+  ASSERT_TRUE(blocking.ok()) << blocking.status();
+  absl::Notification done;
+  absl::StatusOr<v1::ClassifyResponse> async = absl::UnknownError("not called");
+  (*c)->ClassifyAsync(request, [&](absl::StatusOr<v1::ClassifyResponse> r) {
+    async = std::move(r);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  ASSERT_TRUE(async.ok()) << async.status();
+  EXPECT_EQ(async->results(0).classes(0).index(), blocking->results(0).classes(0).index());
+  EXPECT_FLOAT_EQ(async->results(0).classes(0).score(), blocking->results(0).classes(0).score());
+
+  absl::StatusOr<v1::ModelInfo> info = (*c)->GetModel("");
+  ASSERT_TRUE(info.ok());
+  EXPECT_EQ(info->name(), "custom");
+  absl::StatusOr<v1::ClassifyResponse> missing = [&] {
+    v1::ClassifyRequest r = request;
+    r.set_model("missing");
+    return (*c)->Classify(r);
+  }();
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);  // Not retried, not hidden.
+
+  absl::Notification embedded;
+  v1::EmbedRequest embed;
+  *embed.add_images() = request.images(0);
+  embed.set_include_embedding(true);
+  (*c)->EmbedAsync(embed, [&](absl::StatusOr<v1::EmbedResponse> r) {
+    EXPECT_TRUE(r.ok()) << r.status();
+    if (r.ok()) {
+      EXPECT_EQ(r->results(0).embedding().shape(0), 64);
+    }
+    embedded.Notify();
+  });
+  embedded.WaitForNotification();
+}
+
+TEST_F(ServerE2eTest, ClientRetriesThenReportsUnavailable) {
+  client::ClientOptions options;
+  options.target = "127.0.0.1:1";  // Nothing listens there.
+  options.max_attempts = 3;
+  options.initial_backoff = absl::Milliseconds(1);
+  options.deadline = absl::Seconds(20);
+  auto c = client::Client::Create(options);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->ListModels().status().code(), absl::StatusCode::kUnavailable);
+  absl::Notification done;
+  (*c)->ClassifyAsync(v1::ClassifyRequest(), [&](absl::StatusOr<v1::ClassifyResponse> r) {
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+    done.Notify();
+  });
+  done.WaitForNotification();
+  EXPECT_TRUE(client::IsRetryable(absl::StatusCode::kResourceExhausted));
+  EXPECT_FALSE(client::IsRetryable(absl::StatusCode::kInvalidArgument));
 }
 
 }  // namespace
