@@ -59,6 +59,27 @@ void ImageModelServiceImpl::Answer(grpc::ServerUnaryReactor* reactor, const std:
   reactor->Finish(grpc_status);
 }
 
+grpc::ServerUnaryReactor* ImageModelServiceImpl::Run(
+    grpc::CallbackServerContext* ctx, ModelHost* host, const InferenceRequest::Params& params,
+    const google::protobuf::RepeatedPtrField<v1::Image>& images, v1::ClassifyResponse* classify,
+    v1::EmbedResponse* embed, Method method, absl::Time start) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  ModelMetrics* metrics = host->metrics();
+  const std::string& model = host->name();
+  AddInFlight(metrics, 1);
+  auto inference = std::make_shared<InferenceRequest>(
+      params, images.size(), DeadlineOf(ctx), ctx, classify, embed,
+      [this, reactor, model, method, start, metrics](const absl::Status& s) {
+        AddInFlight(metrics, -1);
+        Answer(reactor, model, method, start, s);
+      });
+  if (absl::Status s = host->Submit(inference, images); !s.ok()) {
+    AddInFlight(metrics, -1);
+    Answer(reactor, model, method, start, s);
+  }
+  return reactor;
+}
+
 grpc::ServerUnaryReactor* ImageModelServiceImpl::AnswerNow(grpc::CallbackServerContext* ctx,
                                                            const std::string& model, Method method,
                                                            absl::Time start,
@@ -111,20 +132,7 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Classify(grpc::CallbackServerCo
   }
   response->set_model(model);
   for (int i = 0; i < request->images_size(); ++i) response->add_results();
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  ModelMetrics* metrics = (*host)->metrics();
-  AddInFlight(metrics, 1);
-  auto inference = std::make_shared<InferenceRequest>(
-      params, request->images_size(), DeadlineOf(ctx), ctx, response, nullptr,
-      [this, reactor, model, start, metrics](const absl::Status& s) {
-        AddInFlight(metrics, -1);
-        Answer(reactor, model, kMethod, start, s);
-      });
-  if (absl::Status s = (*host)->Submit(inference, request->images()); !s.ok()) {
-    AddInFlight(metrics, -1);
-    Answer(reactor, model, kMethod, start, s);
-  }
-  return reactor;
+  return Run(ctx, *host, params, request->images(), response, nullptr, kMethod, start);
 }
 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerContext* ctx,
@@ -171,20 +179,7 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerConte
   params.resize = request->resize() == v1::KEEP_SIZE ? v1::KEEP_SIZE : v1::CLASSIFICATION;
   response->set_model(model);
   for (int i = 0; i < request->images_size(); ++i) response->add_results();
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  ModelMetrics* metrics = (*host)->metrics();
-  AddInFlight(metrics, 1);
-  auto inference = std::make_shared<InferenceRequest>(
-      params, request->images_size(), DeadlineOf(ctx), ctx, nullptr, response,
-      [this, reactor, model, start, metrics](const absl::Status& s) {
-        AddInFlight(metrics, -1);
-        Answer(reactor, model, kMethod, start, s);
-      });
-  if (absl::Status s = (*host)->Submit(inference, request->images()); !s.ok()) {
-    AddInFlight(metrics, -1);
-    Answer(reactor, model, kMethod, start, s);
-  }
-  return reactor;
+  return Run(ctx, *host, params, request->images(), nullptr, response, kMethod, start);
 }
 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::ListModels(grpc::CallbackServerContext* ctx,

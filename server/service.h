@@ -47,6 +47,13 @@ class ImageModelServiceImpl final : public v1::ImageModelService::CallbackServic
   // Answers a call: metrics, access log, then the reactor. Callable from any thread.
   void Answer(grpc::ServerUnaryReactor* reactor, const std::string& model, Method method,
               absl::Time start, const absl::Status& status);
+  // Admits a validated Classify or Embed call (one of classify/embed set) to the model; the
+  // answer comes from the completion path.
+  grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, ModelHost* host,
+                                const InferenceRequest::Params& params,
+                                const google::protobuf::RepeatedPtrField<v1::Image>& images,
+                                v1::ClassifyResponse* classify, v1::EmbedResponse* embed,
+                                Method method, absl::Time start);
   // Answers at once on the handler's thread (validation errors, listings).
   grpc::ServerUnaryReactor* AnswerNow(grpc::CallbackServerContext* ctx, const std::string& model,
                                       Method method, absl::Time start, const absl::Status& status);
