@@ -1,8 +1,37 @@
-# convnext-serve container image. NOT BUILT OR RUN HERE: no Docker engine is available on the
-# development machines. The build steps are the same scripts CI runs (scripts/install-deps.sh,
-# scripts/build.sh). The multi-stage runtime image, non-root user, health check and ports come
-# with the server (see the deployment issue).
-FROM debian:bookworm-slim AS build
+# convnext-serve container image.
+#
+#   docker build -t convnext-serve .
+#   docker run -p 50051:50051 -p 9090:9090 convnext-serve                      # embedded default model
+#   docker run -v /path/to/models:/models:ro -p 50051:50051 convnext-serve \
+#       --model tiny=/models/convnext_tiny_1k_224_ema.pth
+#
+# NOT BUILT OR RUN ON OUR MACHINES: they have no Docker engine. Its install and build steps are the
+# scripts CI runs (scripts/install-deps.sh, CMake), and tests/deploy_test.py checks that every
+# port, flag, path and metric name used here and in deploy/ exists in the server.
+#
+# GPU: BASE_IMAGE may name a CUDA image (e.g. nvidia/cuda:12.2.0-runtime-ubuntu22.04) with a
+# CUDA build of LibTorch installed in it; Debian's LibTorch is CPU-only, so that variant needs
+# its own LibTorch and is documented, NOT verified (no GPU here).
+ARG BASE_IMAGE=debian:bookworm-slim
+
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY . .
-RUN bash scripts/build.sh
+RUN bash scripts/install-deps.sh --build \
+ && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+ && cmake --build build --target convnext-server convnext
+
+FROM ${BASE_IMAGE}
+COPY scripts/install-deps.sh /tmp/install-deps.sh
+RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh
+COPY --from=build /src/build/bin/convnext-server /src/build/bin/convnext /usr/local/bin/
+# The embedded default model, where convnext-server looks for it (../share next to the binary).
+COPY models/digits/server.textproto models/digits/convnext_digits.safetensors \
+     models/digits/labels.txt /usr/local/share/convnext-serve/models/digits/
+RUN useradd --system --uid 10001 --no-create-home convnext && mkdir -p /models
+USER 10001
+# gRPC (ImageModelService, grpc.health.v1, reflection) and Prometheus /metrics.
+EXPOSE 50051 9090
+HEALTHCHECK --interval=10s --timeout=6s --start-period=60s --retries=3 \
+  CMD ["convnext", "health", "--target=127.0.0.1:50051", "--timeout_s=5", "--retries=0"]
+ENTRYPOINT ["convnext-server", "--port=50051", "--metrics_port=9090"]

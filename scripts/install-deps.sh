@@ -3,15 +3,16 @@
 # Idempotent and quiet; safe to run on a machine that already has everything (it then only checks).
 #
 #   scripts/install-deps.sh            build + runtime + test packages (what the README and CI use)
+#   scripts/install-deps.sh --build    build packages only (the Dockerfile's build stage)
 #   scripts/install-deps.sh --runtime  only what the built binaries need at run time (Docker final stage)
 set -euo pipefail
 
 runtime_pkgs=(
-  libtorch1.13             # LibTorch shared libraries (CPU build)
-  libopenblas0-pthread     # without it LibTorch falls back to reference BLAS: ConvNeXt-T 20x slower
-  libgrpc++1.51 libprotobuf32
-  libopencv-imgcodecs406 libopencv-imgproc406 libopencv-core406
-  libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
+  # What the convnext-server and convnext binaries link (readelf -d), by package.
+  libtorch1.13 libopenblas0-pthread  # without OpenBLAS, LibTorch uses the reference BLAS: 20x slower
+  libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libssl3
+  libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406
+  libprometheus-cpp-core1.0
 )
 build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config
@@ -30,6 +31,8 @@ test_pkgs=(
 
 if [[ "${1:-}" == "--runtime" ]]; then
   pkgs=("${runtime_pkgs[@]}")
+elif [[ "${1:-}" == "--build" ]]; then
+  pkgs=("${build_pkgs[@]}")
 else
   pkgs=("${build_pkgs[@]}" "${test_pkgs[@]}")
 fi

@@ -1,0 +1,149 @@
+"""The deployment files agree with the server: no Docker engine or Kubernetes cluster runs on our
+machines, so this checks what can be checked. Every YAML parses; every flag the Dockerfile,
+compose file and manifests pass exists in the binaries; ports and paths agree with the server's
+defaults and with each other; the metric the autoscaler uses is exported; and the runtime
+packages the image installs cover every library the binaries link.
+"""
+import os
+import re
+import subprocess
+import sys
+import unittest
+
+import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from server_e2e_test import BIN, Server  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEPLOY = os.path.join(ROOT, "deploy")
+
+
+def read(path):
+    with open(os.path.join(ROOT, path)) as f:
+        return f.read()
+
+
+def helpfull(binary):
+    r = subprocess.run([os.path.join(BIN, binary), "--helpfull"], capture_output=True, text=True,
+                       timeout=60)
+    return r.stdout + r.stderr
+
+
+def flag_names(args):
+    return {m.group(1) for a in args for m in [re.match(r"--([a-z_]+)(=|$)", a)] if m}
+
+
+class DeployTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.server_help = helpfull("convnext-server")
+        cls.cli_help = helpfull("convnext")
+        cls.dockerfile = read("Dockerfile")
+        cls.yaml_docs = {}
+        for dirpath, _, files in os.walk(DEPLOY):
+            for name in files:
+                if name.endswith((".yml", ".yaml")):
+                    path = os.path.join(dirpath, name)
+                    with open(path) as f:
+                        cls.yaml_docs[os.path.relpath(path, ROOT)] = list(yaml.safe_load_all(f))
+
+    def assert_server_flags(self, args, where):
+        for flag in flag_names(args):
+            self.assertIn(f"-{flag} ", self.server_help, f"{where}: --{flag} unknown to the server")
+
+    def default_of(self, flag):
+        match = re.search(rf"-{flag} \(.*?\); default: (-?\d+);", self.server_help, re.S)
+        self.assertIsNotNone(match, flag)
+        return int(match.group(1))
+
+    def test_every_yaml_parses(self):
+        expected = {"deploy/prometheus.yml", "deploy/prometheus-rules.yml",
+                    "deploy/prometheus-compose.yml", "deploy/docker-compose.yml",
+                    "deploy/k8s/deployment.yaml", "deploy/k8s/deployment-gpu.yaml",
+                    "deploy/k8s/services.yaml", "deploy/k8s/hpa.yaml", "deploy/k8s/podmonitor.yaml",
+                    "deploy/grafana/datasource.yml", "deploy/grafana/dashboards.yml"}
+        self.assertTrue(expected <= set(self.yaml_docs), set(self.yaml_docs))
+        for path, docs in self.yaml_docs.items():
+            self.assertTrue(docs and all(d is not None for d in docs), path)
+
+    def test_dockerfile_ports_flags_paths_and_user(self):
+        entry = re.search(r'^ENTRYPOINT (\[.*\])', self.dockerfile, re.M).group(1)
+        entry = yaml.safe_load(entry)
+        self.assertEqual(entry[0], "convnext-server")
+        self.assert_server_flags(entry[1:], "Dockerfile ENTRYPOINT")
+        self.assertIn("--port=50051", entry)
+        self.assertIn("--metrics_port=9090", entry)
+        self.assertEqual(self.default_of("port"), 50051)
+        self.assertEqual(self.default_of("metrics_port"), 9090)
+        self.assertEqual(re.search(r"^EXPOSE (.*)$", self.dockerfile, re.M).group(1).split(),
+                         ["50051", "9090"])
+        health = yaml.safe_load(re.search(r"CMD (\[.*\])\s*$",
+                                          self.dockerfile.split("HEALTHCHECK", 1)[1], re.M).group(1))
+        self.assertEqual(health[:2], ["convnext", "health"])
+        for flag in flag_names(health[2:]):
+            self.assertIn(f"-{flag} ", self.cli_help, f"HEALTHCHECK: --{flag}")
+        self.assertIn("--target=127.0.0.1:50051", health)
+        self.assertRegex(self.dockerfile, r"\nUSER 10001\n")
+        # The default model goes where the server looks for it: ../share next to the binary.
+        self.assertIn("/usr/local/bin/", self.dockerfile)
+        self.assertIn("/usr/local/share/convnext-serve/models/digits/", self.dockerfile)
+        self.assertIn('"../share/convnext-serve/models/digits/server.textproto"',
+                      read("server/server_main.cc"))
+        for copied in re.findall(r"models/digits/[\w.]+", self.dockerfile):
+            self.assertTrue(os.path.exists(os.path.join(ROOT, copied)), copied)
+        self.assertIn("mkdir -p /models", self.dockerfile)
+
+    def test_compose_and_kubernetes_agree_with_the_server(self):
+        compose = self.yaml_docs["deploy/docker-compose.yml"][0]["services"]
+        self.assert_server_flags(compose["convnext-serve"]["command"], "docker-compose")
+        self.assertEqual(compose["convnext-serve"]["ports"], ["50051:50051", "9090:9090"])
+        targets = self.yaml_docs["deploy/prometheus-compose.yml"][0]["scrape_configs"][0]
+        self.assertEqual(targets["static_configs"][0]["targets"], ["convnext-serve:9090"])
+        for path in ("deploy/k8s/deployment.yaml", "deploy/k8s/deployment-gpu.yaml"):
+            spec = self.yaml_docs[path][0]["spec"]["template"]["spec"]
+            self.assertEqual(spec["securityContext"]["runAsUser"], 10001)
+            c = spec["containers"][0]
+            self.assert_server_flags(c["args"], path)
+            ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+            self.assertEqual(ports, {"grpc": 50051, "metrics": 9090})
+            for probe in ("readinessProbe", "livenessProbe"):
+                self.assertEqual(c[probe]["grpc"]["port"], 50051, f"{path} {probe}")
+            self.assertEqual(c["volumeMounts"][0]["mountPath"], "/models")
+            grace = int(re.search(r"--grace_period_s=(\d+)", " ".join(c["args"])).group(1))
+            self.assertLess(grace, spec["terminationGracePeriodSeconds"])
+        services = self.yaml_docs["deploy/k8s/services.yaml"]
+        self.assertEqual(services[0]["spec"]["clusterIP"], "None")
+        monitor = self.yaml_docs["deploy/k8s/podmonitor.yaml"][0]
+        self.assertEqual(monitor["spec"]["podMetricsEndpoints"][0]["path"], "/metrics")
+
+    def test_autoscaler_metric_is_exported(self):
+        hpa = self.yaml_docs["deploy/k8s/hpa.yaml"][0]
+        names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+        server = Server()
+        try:
+            exported = {name for name, _ in server.metrics()}
+        finally:
+            server.stop()
+        for name in names:
+            self.assertIn(name, exported)
+
+    def test_runtime_packages_cover_every_linked_library(self):
+        script = read("scripts/install-deps.sh")
+        block = script[script.index("runtime_pkgs=("):]
+        block = block[:block.index("\n)\n")]
+        runtime = set(re.sub(r"#.*", "", block.split("(", 1)[1]).split())
+        needed = set()
+        for binary in ("convnext-server", "convnext"):
+            out = subprocess.run(["readelf", "-d", os.path.join(BIN, binary)], capture_output=True,
+                                 text=True, check=True).stdout
+            for lib in re.findall(r"\(NEEDED\).*\[(.+)\]", out):
+                owner = subprocess.run(["dpkg", "-S", f"*/{lib}"], capture_output=True,
+                                       text=True).stdout.split(":")[0]
+                needed.add(owner)
+        base = {"libc6", "libgcc-s1", "libstdc++6", "libc6-i386"}  # In every Debian image.
+        self.assertEqual(sorted(needed - base - runtime), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
