@@ -18,7 +18,7 @@ FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY . .
 RUN bash scripts/install-deps.sh --build \
- && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+ && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONVNEXT_BUILD_TESTS=OFF \
  && cmake --build build --target convnext-server convnext
 
 FROM ${BASE_IMAGE}
