@@ -86,8 +86,17 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
   if (!options.load_balancing_policy.empty()) {
     args.SetLoadBalancingPolicyName(options.load_balancing_policy);
   }
-  auto channel =
-      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!options.tls_root_certs.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = options.tls_root_certs;
+    ssl.pem_cert_chain = options.tls_cert_chain;
+    ssl.pem_private_key = options.tls_private_key;
+    credentials = grpc::SslCredentials(ssl);
+  } else if (!options.tls_cert_chain.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs tls_root_certs (TLS)");
+  }
+  auto channel = grpc::CreateCustomChannel(options.target, credentials, args);
   return std::unique_ptr<Client>(new Client(options, std::move(channel)));
 }
 

@@ -41,6 +41,11 @@ struct ClientOptions {
   // gRPC load-balancing policy: "" (pick_first) or "round_robin", which spreads calls over every
   // address a DNS name resolves to (e.g. a Kubernetes headless Service).
   std::string load_balancing_policy;
+  // TLS: PEM contents (not paths). Empty tls_root_certs means plaintext. tls_cert_chain and
+  // tls_private_key present a client certificate (mutual TLS).
+  std::string tls_root_certs;
+  std::string tls_cert_chain;
+  std::string tls_private_key;
 };
 
 class Client {

@@ -41,6 +41,9 @@ ABSL_FLAG(std::string, target, "localhost:50051", "Server address.");
 ABSL_FLAG(double, timeout_s, 60, "Deadline of each call, seconds.");
 ABSL_FLAG(int, retries, 2, "Retries of UNAVAILABLE/RESOURCE_EXHAUSTED (bench: none).");
 ABSL_FLAG(std::string, model, "", "Model name; empty: the server's default.");
+ABSL_FLAG(std::string, tls_ca, "", "PEM file of the CA that signed the server: use TLS.");
+ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS; with --tls_key).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(int, top_k, 5, "classify: classes per image.");
 ABSL_FLAG(bool, json, false, "Print JSON instead of a table.");
 ABSL_FLAG(std::string, stages, "", "embed: stages to return, e.g. 1,2,3,4.");
@@ -358,6 +361,14 @@ int main(int argc, char** argv) {
   options.target = absl::GetFlag(FLAGS_target);
   options.deadline = absl::Seconds(absl::GetFlag(FLAGS_timeout_s));
   options.max_attempts = 1 + std::max(absl::GetFlag(FLAGS_retries), 0);
+  for (auto [flag, field] : {std::pair{absl::GetFlag(FLAGS_tls_ca), &options.tls_root_certs},
+                             std::pair{absl::GetFlag(FLAGS_tls_cert), &options.tls_cert_chain},
+                             std::pair{absl::GetFlag(FLAGS_tls_key), &options.tls_private_key}}) {
+    if (flag.empty()) continue;
+    absl::StatusOr<std::string> pem = convnext::client::ReadFile(flag);
+    if (!pem.ok()) return convnext::client::Fail(3, std::string(pem.status().message()));
+    *field = *std::move(pem);
+  }
   if (command == "bench") return convnext::client::Bench(options, files);
   absl::StatusOr<std::unique_ptr<convnext::client::Client>> client =
       convnext::client::Client::Create(options);

@@ -27,6 +27,7 @@ test_pkgs=(
   python3-skimage python3-sklearn  # real photos and the digits data set for tests
   python3-grpcio python3-protobuf  # a second-language gRPC client for end-to-end tests
   prometheus python3-yaml  # a real Prometheus scrapes the server in the metrics test
+  openssl  # certificates for the TLS tests
 )
 
 if [[ "${1:-}" == "--runtime" ]]; then

@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -28,6 +30,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "model/runtime.h"
+#include "model/status_macros.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/model_host.h"
@@ -50,6 +53,11 @@ ABSL_FLAG(int, metrics_port, 9090,
 ABSL_FLAG(std::string, metrics_host, "0.0.0.0",
           "Address the metrics endpoint binds to (e.g. 127.0.0.1 to keep it off the network).");
 ABSL_FLAG(bool, access_log, false, "Log one line per call (off: the default at high rates).");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the server: serve gRPC over TLS (with --tls_key).");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: require and verify client certificates (mutual TLS). Needs --tls_cert.");
 ABSL_FLAG(int, grace_period_s, 30,
           "On SIGTERM, how long admitted calls may take to finish before being cancelled.");
 ABSL_FLAG(int, max_batch_size, 0, "Override every model's max_batch_size (0: config/default).");
@@ -106,6 +114,36 @@ absl::StatusOr<server::ServerConfig> BuildConfig(const std::vector<std::string>&
   NormalizeConfig(&config, static_cast<int>(std::thread::hardware_concurrency()));
   if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
   return config;
+}
+
+absl::StatusOr<std::string> ReadPem(const std::string& flag, const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("--", flag, " '", path, "' cannot be read"));
+  std::string pem((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (pem.find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, " '", path, "' is not PEM"));
+  }
+  return pem;
+}
+
+// Insecure by default; TLS with --tls_cert/--tls_key; mutual TLS with --tls_client_ca.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials() {
+  const std::string cert = absl::GetFlag(FLAGS_tls_cert), key = absl::GetFlag(FLAGS_tls_key),
+                    client_ca = absl::GetFlag(FLAGS_tls_client_ca);
+  if (cert.empty() && key.empty() && client_ca.empty()) return grpc::InsecureServerCredentials();
+  if (cert.empty() || key.empty()) {
+    return absl::InvalidArgumentError("TLS needs both --tls_cert and --tls_key");
+  }
+  grpc::SslServerCredentialsOptions options;
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ASSIGN_OR_RETURN(pair.cert_chain, ReadPem("tls_cert", cert));
+  ASSIGN_OR_RETURN(pair.private_key, ReadPem("tls_key", key));
+  options.pem_key_cert_pairs.push_back(std::move(pair));
+  if (!client_ca.empty()) {
+    ASSIGN_OR_RETURN(options.pem_root_certs, ReadPem("tls_client_ca", client_ca));
+    options.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(options);
 }
 
 // Removes every "--model V" / "--model=V" from argv and returns the values.
@@ -185,7 +223,13 @@ int Run(const std::vector<std::string>& model_flags) {
   int port = 0;
   const std::string address =
       absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials();
+  if (!credentials.ok()) {
+    std::fprintf(stderr, "convnext-server: %s\n",
+                 std::string(credentials.status().message()).c_str());
+    return 1;
+  }
+  builder.AddListeningPort(address, *credentials, &port);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_message_bytes()));
   builder.SetMaxSendMessageSize(-1);
   builder.RegisterService(&service);
