@@ -189,7 +189,8 @@ int Run(const std::vector<std::string>& model_flags) {
     }
     metrics = *std::move(started);
   }
-  ThreadPool preprocess_pool(static_cast<int>(config->preprocess_threads()));
+  auto preprocess_pool =
+      std::make_unique<ThreadPool>(static_cast<int>(config->preprocess_threads()));
   std::vector<std::unique_ptr<ModelHost>> hosts;
   std::map<std::string, ModelHost*> by_name;
   for (const server::ModelConfig& m : config->model()) {
@@ -198,7 +199,7 @@ int Run(const std::vector<std::string>& model_flags) {
     options.config = m;
     options.intra_op_threads = static_cast<int>(config->intra_op_threads());
     options.max_image_pixels = config->max_image_pixels();
-    options.preprocess_pool = &preprocess_pool;
+    options.preprocess_pool = preprocess_pool.get();
     absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(options);
     if (!host.ok()) {
       std::fprintf(stderr, "convnext-server: %s\n", std::string(host.status().message()).c_str());
@@ -257,6 +258,11 @@ int Run(const std::vector<std::string>& model_flags) {
   // whatever is left when the grace period ends.
   server->Shutdown(std::chrono::system_clock::now() +
                    std::chrono::seconds(absl::GetFlag(FLAGS_grace_period_s)));
+  // Then finish what was admitted, in pipeline order: images still being preprocessed (the pool
+  // runs all queued work before it is destroyed; they reach the batchers), then the batchers.
+  // Calls cancelled by the grace deadline are still completed internally, so nothing outlives
+  // the objects it uses.
+  preprocess_pool.reset();
   for (auto& host : hosts) host->Shutdown();
   server->Wait();
   Log("info", "stopped", {});
