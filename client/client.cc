@@ -68,6 +68,19 @@ void CallAsync(const ClientOptions& o, Method method, std::shared_ptr<const Req>
       });
 }
 
+// A blocking unary call of `method` with retries (Call).
+template <typename Req, typename Resp>
+absl::StatusOr<Resp> Unary(const ClientOptions& o, v1::ImageModelService::Stub* stub,
+                           grpc::Status (v1::ImageModelService::Stub::*method)(grpc::ClientContext*,
+                                                                               const Req&, Resp*),
+                           const Req& request) {
+  Resp response;
+  absl::Status s =
+      Call(o, [&](grpc::ClientContext* ctx) { return (stub->*method)(ctx, request, &response); });
+  if (!s.ok()) return s;
+  return response;
+}
+
 }  // namespace
 
 bool IsRetryable(absl::StatusCode code) {
@@ -106,38 +119,22 @@ Client::Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> chan
       stub_(v1::ImageModelService::NewStub(channel_)) {}
 
 absl::StatusOr<v1::ClassifyResponse> Client::Classify(const v1::ClassifyRequest& request) {
-  v1::ClassifyResponse response;
-  absl::Status s = Call(
-      options_, [&](grpc::ClientContext* ctx) { return stub_->Classify(ctx, request, &response); });
-  if (!s.ok()) return s;
-  return response;
+  return Unary(options_, stub_.get(), &v1::ImageModelService::Stub::Classify, request);
 }
 
 absl::StatusOr<v1::EmbedResponse> Client::Embed(const v1::EmbedRequest& request) {
-  v1::EmbedResponse response;
-  absl::Status s = Call(
-      options_, [&](grpc::ClientContext* ctx) { return stub_->Embed(ctx, request, &response); });
-  if (!s.ok()) return s;
-  return response;
+  return Unary(options_, stub_.get(), &v1::ImageModelService::Stub::Embed, request);
 }
 
 absl::StatusOr<v1::ListModelsResponse> Client::ListModels() {
-  v1::ListModelsResponse response;
-  absl::Status s = Call(options_, [&](grpc::ClientContext* ctx) {
-    return stub_->ListModels(ctx, v1::ListModelsRequest(), &response);
-  });
-  if (!s.ok()) return s;
-  return response;
+  return Unary(options_, stub_.get(), &v1::ImageModelService::Stub::ListModels,
+               v1::ListModelsRequest());
 }
 
 absl::StatusOr<v1::ModelInfo> Client::GetModel(const std::string& name) {
   v1::GetModelRequest request;
   request.set_name(name);
-  v1::ModelInfo response;
-  absl::Status s = Call(
-      options_, [&](grpc::ClientContext* ctx) { return stub_->GetModel(ctx, request, &response); });
-  if (!s.ok()) return s;
-  return response;
+  return Unary(options_, stub_.get(), &v1::ImageModelService::Stub::GetModel, request);
 }
 
 absl::StatusOr<bool> Client::Health(const std::string& service) {

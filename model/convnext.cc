@@ -5,6 +5,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <exception>
+#include <set>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -64,11 +65,12 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
     }
   }
   if (weights.size() != expected.size()) {
+    std::set<std::string> known;
+    for (const auto& e : expected) known.insert(e.first);
     std::vector<std::string> extra;
     for (const auto& [name, tensor] : weights) {
-      bool known = false;
-      for (const auto& e : expected) known = known || e.first == name;
-      if (!known) extra.push_back(absl::StrCat(named(name), " ", ShapeToString(ShapeOf(tensor))));
+      if (known.count(name) == 0)
+        extra.push_back(absl::StrCat(named(name), " ", ShapeToString(ShapeOf(tensor))));
     }
     const size_t shown = std::min<size_t>(extra.size(), 5);
     return absl::InvalidArgumentError(absl::StrCat(

@@ -218,6 +218,16 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
     ++batch_sizes_[static_cast<uint32_t>(batch.size())];
   }
   RecordBatch(metrics_, static_cast<int>(batch.size()), compute_us);
+  // Class probabilities for the whole batch at once (rows of Classify and Embed calls alike
+  // when both are batched together; Embed rows are simply not read).
+  at::Tensor probs;
+  if (out.ok() && what.logits) {
+    try {
+      probs = at::softmax(out->logits.to(at::kCPU, at::kFloat), 1);
+    } catch (const std::exception& e) {
+      out = absl::InternalError(absl::StrCat("softmax failed: ", e.what()));
+    }
+  }
   for (size_t j = 0; j < batch.size(); ++j) {
     Work& w = *batch[j].payload;
     if (!out.ok()) {
@@ -230,8 +240,7 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
     RecordImage(metrics_, queue_us, w.preprocess_us);
     try {
       if (p.kind == InferenceRequest::Kind::kClassify) {
-        const at::Tensor probs = at::softmax(out->logits[j].to(at::kCPU, at::kFloat), 0);
-        const auto [scores, indices] = at::topk(probs, p.top_k);
+        const auto [scores, indices] = at::topk(probs[j], p.top_k);
         const float* s = scores.data_ptr<float>();
         const int64_t* idx = indices.data_ptr<int64_t>();
         w.request->Fill([&](v1::ClassifyResponse* r, v1::EmbedResponse*) {
