@@ -1,9 +1,12 @@
 // Benchmark: in-process ConvNeXt throughput against torchvision eager, measured in the same run
-// with the same number of threads. Prints images/s per batch size and the ratio. Not a test: it
-// asserts nothing.
+// with the same number of threads. Prints, per batch size: images/s of our CPU fast path (fused
+// oneDNN blocks), of our ATen path (the operators torchvision also runs), of torchvision eager,
+// the ratio fast path / torchvision, the fast path's GFLOP/s and its share of this machine's GEMM
+// ceiling, which it measures first (the best oneDNN matrix-product rate over the model's own
+// pointwise-layer shapes). Not a test: it asserts nothing.
 //
 //   build/bin/model_throughput [--variant convnext_tiny] [--batches 1,8] [--threads 2]
-//                              [--seconds 10] [--reference=true]
+//                              [--seconds 10] [--reference=true] [--aten=true]
 //
 // Weights are random (speed does not depend on their values). The reference side runs
 // bench/torchvision_eager.py with Debian's /usr/bin/python3.
@@ -20,10 +23,12 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "model/convnext.h"
 #include "model/convnext_config.h"
 #include "model/runtime.h"
+#include "oneapi/dnnl/dnnl.hpp"
 
 ABSL_FLAG(std::string, variant, "convnext_tiny", "Named ConvNeXt variant.");
 ABSL_FLAG(std::string, batches, "1,8", "Comma-separated batch sizes.");
@@ -31,6 +36,7 @@ ABSL_FLAG(int, threads, 2, "Intra-op threads, for both sides.");
 ABSL_FLAG(double, seconds, 10.0, "Minimum measuring time per batch size and side.");
 ABSL_FLAG(int, size, 224, "Input side in pixels.");
 ABSL_FLAG(bool, reference, true, "Also measure torchvision eager (python3-torchvision).");
+ABSL_FLAG(bool, aten, true, "Also measure our ATen path (ModelOptions::cpu_fast_path = false).");
 ABSL_FLAG(std::string, reference_script, CONVNEXT_SOURCE_DIR "/bench/torchvision_eager.py",
           "The reference benchmark script.");
 
@@ -43,13 +49,14 @@ struct Result {
   double ms_per_batch = 0;
 };
 
-std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, int threads) {
+std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, int threads, bool fast) {
   StateDict weights;
   for (const auto& [name, shape] : ExpectedParameters(config)) {
     weights[name] = at::randn(shape) * 0.02;
   }
   ModelOptions options;
   options.intra_op_threads = threads;
+  options.cpu_fast_path = fast;
   absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
@@ -75,6 +82,45 @@ Result Measure(const ConvNeXt& model, int batch, int size, double seconds) {
     elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   } while (elapsed < seconds || n < 3);
   return {batch, n * batch / elapsed, 1000 * elapsed / n};
+}
+
+// The best rate, in GFLOP/s, of a oneDNN float32 matrix product (weights prepacked, as the fast
+// path does) over the pointwise layers' shapes of `config` at `batch` images of size x size.
+double MeasureGemmCeiling(const ConvNeXtConfig& config, int batch, int size) {
+  using dnnl::memory;
+  const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  double best = 0;
+  int64_t side = size / 4;
+  for (int i = 0; i < kNumStages; ++i, side /= 2) {
+    const int64_t m = batch * side * side, c = config.dims[i];
+    for (const auto& [k, n] : {std::make_pair(c, 4 * c), std::make_pair(4 * c, c)}) {
+      const memory::desc a_md({m, k}, memory::data_type::f32, memory::format_tag::ab);
+      const memory::desc c_md({m, n}, memory::data_type::f32, memory::format_tag::ab);
+      const memory::desc w_any({k, n}, memory::data_type::f32, memory::format_tag::any);
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, w_any, c_md), engine);
+      memory a(a_md, engine), w(pd.weights_desc(), engine), out(c_md, engine);
+      for (memory* mem : {&a, &w}) {
+        float* p = static_cast<float*>(mem->get_data_handle());
+        for (size_t j = 0; j < mem->get_desc().get_size() / sizeof(float); ++j) p[j] = 0.01f;
+      }
+      const dnnl::matmul mm(pd);
+      using Clock = std::chrono::steady_clock;
+      for (int rep = 0; rep < 3; ++rep) {  // Best of three bursts of >= 0.2 s.
+        const auto start = Clock::now();
+        int runs = 0;
+        double elapsed = 0;
+        do {
+          mm.execute(stream, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, out}});
+          stream.wait();
+          ++runs;
+          elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+        } while (elapsed < 0.2);
+        best = std::max(best, 2.0 * m * k * n * runs / elapsed / 1e9);
+      }
+    }
+  }
+  return best;
 }
 
 // Runs the torchvision side and parses its JSON lines.
@@ -117,34 +163,54 @@ int Main() {
 
   std::printf("%s at %dx%d, %d intra-op threads, >= %.0f s per measurement\n", variant.c_str(),
               size, size, threads, seconds);
-  std::unique_ptr<ConvNeXt> model = RandomModel(*config, threads);
-  std::vector<Result> ours;
+  const double gflop_per_image = ForwardFlops(*config, size, size) / 1e9;
+  std::vector<Result> fast, aten;
+  double ceiling = 0;
   // The model runs on a thread of its own, as in the server (its executors). Measured here, a
   // forward pass on the process's main thread with 2 OpenMP intra-op threads is up to 2x slower
   // than the same call on any other thread.
   std::thread([&] {
-    for (int b : batches) ours.push_back(Measure(*model, b, size, seconds));
+    // The ATen path first: once oneDNN's OpenMP threads have run, they spin while OpenBLAS's own
+    // threads (which the ATen path's matrix products use) want the same two cores.
+    if (absl::GetFlag(FLAGS_aten)) {
+      std::unique_ptr<ConvNeXt> model = RandomModel(*config, threads, /*fast=*/false);
+      for (int b : batches) aten.push_back(Measure(*model, b, size, seconds));
+    }
+    std::unique_ptr<ConvNeXt> model = RandomModel(*config, threads, /*fast=*/true);
+    ceiling = MeasureGemmCeiling(*config, 8, size);
+    for (int b : batches) fast.push_back(Measure(*model, b, size, seconds));
   }).join();
-  model.reset();
 
   std::vector<Result> reference;
   if (absl::GetFlag(FLAGS_reference)) {
     reference = MeasureReference(variant, absl::GetFlag(FLAGS_batches), threads, seconds, size);
   }
-  std::printf("%6s %14s %12s %18s %8s\n", "batch", "convnext-serve", "ms/batch",
-              "torchvision eager", "ratio");
-  for (const Result& r : ours) {
-    const Result* ref = nullptr;
-    for (const Result& t : reference) {
-      if (t.batch == r.batch) ref = &t;
+  auto find = [](const std::vector<Result>& results, int batch) -> const Result* {
+    for (const Result& r : results) {
+      if (r.batch == batch) return &r;
     }
-    if (ref != nullptr) {
-      std::printf("%6d %10.2f img/s %12.1f %12.2f img/s %7.2fx\n", r.batch, r.images_per_s,
-                  r.ms_per_batch, ref->images_per_s, r.images_per_s / ref->images_per_s);
-    } else {
-      std::printf("%6d %10.2f img/s %12.1f %18s %8s\n", r.batch, r.images_per_s, r.ms_per_batch,
-                  "-", "-");
-    }
+    return nullptr;
+  };
+  auto cell = [](const Result* r) {
+    return r == nullptr ? std::string("-") : absl::StrFormat("%.2f", r->images_per_s);
+  };
+  std::printf(
+      "GEMM ceiling (best oneDNN matmul on the model's pointwise shapes, batch 8): "
+      "%.1f GFLOP/s; model: %.2f GFLOP per image\n",
+      ceiling, gflop_per_image);
+  std::printf("%6s %10s %9s %10s %10s %12s %8s %9s %8s\n", "batch", "fast img/s", "ms/batch",
+              "ATen img/s", "tv img/s", "fast/tv", "fast/ATen", "GFLOP/s", "ceiling");
+  for (const Result& r : fast) {
+    const Result* ref = find(reference, r.batch);
+    const Result* slow = find(aten, r.batch);
+    const double gflops = r.images_per_s * gflop_per_image;
+    std::printf(
+        "%6d %10.2f %9.1f %10s %10s %11sx %8sx %9.1f %7.0f%%\n", r.batch, r.images_per_s,
+        r.ms_per_batch, cell(slow).c_str(), cell(ref).c_str(),
+        ref == nullptr ? "-" : absl::StrFormat("%.2f", r.images_per_s / ref->images_per_s).c_str(),
+        slow == nullptr ? "-"
+                        : absl::StrFormat("%.2f", r.images_per_s / slow->images_per_s).c_str(),
+        gflops, 100 * gflops / ceiling);
   }
   return 0;
 }

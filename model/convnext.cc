@@ -110,6 +110,13 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         stage.blocks.push_back(std::move(block));
       }
     }
+    const bool fast =
+        options.cpu_fast_path && options.device.is_cpu() && options.dtype == c10::ScalarType::Float;
+    for (Stage& stage : model->stages_) {
+      if (!fast) break;
+      ASSIGN_OR_RETURN(stage.fast, OneDnnStage::Create(stage.blocks, config.layer_norm_eps));
+      stage.blocks.clear();  // The fast path holds its own copy, in oneDNN's layouts.
+    }
     if (config.stage_norms) {
       for (int i = 0; i < kNumStages; ++i) {
         model->stages_[i].out_norm_weight =
@@ -150,6 +157,58 @@ at::Tensor ConvNeXt::RunBlock(const Block& block, const at::Tensor& x) const {
   return x + y.permute({0, 3, 1, 2});
 }
 
+at::Tensor ConvNeXt::RunStagesAten(at::Tensor x, std::vector<at::Tensor>* stages) const {
+  for (int i = 0; i < kNumStages; ++i) {
+    const Stage& stage = stages_[i];
+    if (i == 0) {
+      x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4});
+      x = LayerNormChannelsFirst(x, stage.ds_norm_weight, stage.ds_norm_bias);
+    } else {
+      x = LayerNormChannelsFirst(x, stage.ds_norm_weight, stage.ds_norm_bias);
+      x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{2, 2});
+    }
+    for (const Block& block : stage.blocks) x = RunBlock(block, x);
+    if (stages != nullptr) {
+      stages->push_back(
+          config_.stage_norms
+              ? LayerNormChannelsFirst(x, stage.out_norm_weight, stage.out_norm_bias).contiguous()
+              : x.contiguous());
+    }
+  }
+  return x.mean({-2, -1});
+}
+
+absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x,
+                                                   std::vector<at::Tensor>* stages) const {
+  // Between stages x is a contiguous NHWC tensor [N, H, W, C]: the LayerNorms normalise its last
+  // dimension with no permute copy, and the strided convolutions read it as a channels-last NCHW
+  // view.
+  auto norm_last = [this](const at::Tensor& t, const at::Tensor& weight, const at::Tensor& bias) {
+    return at::layer_norm(t, {t.size(3)}, weight, bias, config_.layer_norm_eps);
+  };
+  auto to_nhwc = [](const at::Tensor& nchw) { return nchw.permute({0, 2, 3, 1}).contiguous(); };
+  auto to_nchw = [](const at::Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}); };
+  for (int i = 0; i < kNumStages; ++i) {
+    const Stage& stage = stages_[i];
+    if (i == 0) {
+      x = to_nhwc(at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4}));
+      x = norm_last(x, stage.ds_norm_weight, stage.ds_norm_bias);
+    } else {
+      x = norm_last(x, stage.ds_norm_weight, stage.ds_norm_bias);
+      x = to_nhwc(
+          at::conv2d(to_nchw(x), stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{2, 2}));
+    }
+    RETURN_IF_ERROR(stage.fast->Run(x));
+    if (stages != nullptr) {
+      stages->push_back(to_nchw(config_.stage_norms
+                                    ? norm_last(x, stage.out_norm_weight, stage.out_norm_bias)
+                                    : x)
+                            .contiguous());
+    }
+  }
+  return x.mean({1, 2});
+}
+
 absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
                                                  const OutputRequest& request) const {
   if (!images.defined() || images.dim() != 4) {
@@ -180,29 +239,19 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
   }
 
   ForwardOutputs out;
+  std::vector<at::Tensor>* stages = request.stages ? &out.stages : nullptr;
+  at::Tensor pooled;
   try {
     c10::InferenceMode guard;
     at::Tensor x = images.to(options_.device, options_.dtype);
-    for (int i = 0; i < kNumStages; ++i) {
-      const Stage& stage = stages_[i];
-      if (i == 0) {
-        x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4});
-        x = LayerNormChannelsFirst(x, stage.ds_norm_weight, stage.ds_norm_bias);
-      } else {
-        x = LayerNormChannelsFirst(x, stage.ds_norm_weight, stage.ds_norm_bias);
-        x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{2, 2});
-      }
-      for (const Block& block : stage.blocks) x = RunBlock(block, x);
-      if (request.stages) {
-        out.stages.push_back(
-            config_.stage_norms
-                ? LayerNormChannelsFirst(x, stage.out_norm_weight, stage.out_norm_bias).contiguous()
-                : x.contiguous());
-      }
+    if (stages_[0].fast != nullptr) {
+      ASSIGN_OR_RETURN(pooled, RunStagesFast(std::move(x), stages));
+    } else {
+      pooled = RunStagesAten(std::move(x), stages);
     }
     if (request.logits || request.embedding) {
-      at::Tensor pooled = at::layer_norm(x.mean({-2, -1}), {x.size(1)}, norm_weight_, norm_bias_,
-                                         config_.head_norm_eps);
+      pooled =
+          at::layer_norm(pooled, {pooled.size(1)}, norm_weight_, norm_bias_, config_.head_norm_eps);
       if (request.logits) out.logits = at::linear(pooled, head_weight_, head_bias_);
       if (request.embedding) out.embedding = std::move(pooled);
     }

@@ -169,6 +169,23 @@ int64_t ParameterCount(const ConvNeXtConfig& config) {
   return total;
 }
 
+int64_t ForwardFlops(const ConvNeXtConfig& config, int64_t height, int64_t width) {
+  int64_t h = height / 4, w = width / 4;  // After the 4x4 stem.
+  int64_t macs = h * w * config.dims[0] * config.in_channels * 16;
+  for (int i = 0; i < kNumStages; ++i) {
+    const int64_t c = config.dims[i];
+    if (i > 0) {
+      h /= 2;
+      w /= 2;
+      macs += h * w * c * config.dims[i - 1] * 4;  // 2x2 stride-2 downsampling.
+    }
+    // Per block: depthwise 7x7, then C -> 4C -> C.
+    macs += config.depths[i] * h * w * (c * 49 + 2 * c * 4 * c);
+  }
+  macs += config.dims[kNumStages - 1] * config.num_classes;
+  return 2 * macs;
+}
+
 absl::StatusOr<ConvNeXtConfig> InferConfig(
     const std::map<std::string, std::vector<int64_t>>& shapes) {
   ConvNeXtConfig config;

@@ -72,6 +72,11 @@ ParameterShapes ExpectedParameters(const ConvNeXtConfig& config);
 // Total number of scalar parameters (28,589,128 for convnext_tiny with 1000 classes).
 int64_t ParameterCount(const ConvNeXtConfig& config);
 
+// Floating-point operations of one image's forward pass at height x width: 2 per multiply-add of
+// every convolution and linear layer (LayerNorm, GELU and additions are not counted, as in the
+// paper's GFLOPs). convnext_tiny at 224x224: 8.9e9.
+int64_t ForwardFlops(const ConvNeXtConfig& config, int64_t height, int64_t width);
+
 // Infers depths, dims, in_channels, num_classes and stage_norms from the shapes of a state dict in
 // canonical names. Fails with INVALID_ARGUMENT naming the key when the shapes do not describe a
 // ConvNeXt. Does not check every tensor: the loader compares all shapes against

@@ -24,6 +24,21 @@ TEST(ConvNeXtConfigTest, NamedVariantsHaveThePapersParameterCounts) {
   }
 }
 
+TEST(ConvNeXtConfigTest, ForwardFlopsMatchThePapersGFlops) {
+  // Table 1 of the paper (multiply-adds at 224x224, which it calls FLOPs): 4.5G, 8.7G, 15.4G,
+  // 34.4G, 60.9G. ForwardFlops counts 2 per multiply-add.
+  const std::pair<const char*, double> expected[] = {
+      {"convnext_tiny", 4.5},   {"convnext_small", 8.7},   {"convnext_base", 15.4},
+      {"convnext_large", 34.4}, {"convnext_xlarge", 60.9},
+  };
+  for (const auto& [name, gmacs] : expected) {
+    const ConvNeXtConfig config = *ConfigForVariant(name);
+    EXPECT_NEAR(ForwardFlops(config, 224, 224) / 2e9, gmacs, 0.05) << name;
+  }
+  // At 384x384 the work grows with the pixels: (384/224)^2 = 2.94x (the paper: 15.4G -> 45.1G).
+  EXPECT_NEAR(ForwardFlops(*ConfigForVariant("convnext_base"), 384, 384) / 2e9, 45.1, 0.05);
+}
+
 TEST(ConvNeXtConfigTest, UnknownVariantListsTheKnownOnes) {
   absl::StatusOr<ConvNeXtConfig> config = ConfigForVariant("convnext_huge");
   ASSERT_FALSE(config.ok());

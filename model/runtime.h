@@ -13,6 +13,9 @@ namespace convnext {
 // trimming so that the heap keeps the (steady) working set of the forward pass. Call once, early
 // in main(), before threads start. The cost: freed memory is not returned to the OS, so resident
 // memory stays at the peak working set.
+//
+// Also makes OpenBLAS single-threaded (unless OPENBLAS_NUM_THREADS is set): its own thread pool
+// only competed with LibTorch's and oneDNN's OpenMP threads (see runtime.cc for the figures).
 void ConfigureProcessForInference();
 
 }  // namespace convnext

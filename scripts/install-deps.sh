@@ -10,13 +10,14 @@ set -euo pipefail
 runtime_pkgs=(
   # What the convnext-server and convnext binaries link (readelf -d), by package.
   libtorch1.13 libopenblas0-pthread  # without OpenBLAS, LibTorch uses the reference BLAS: 20x slower
+  libdnnl2  # oneDNN: the CPU fast path's fused kernels (model/onednn_stage.h)
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libssl3
   libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406
   libprometheus-cpp-core1.0
 )
 build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config
-  libtorch-dev libopenblas0-pthread
+  libtorch-dev libopenblas0-pthread libdnnl-dev
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libopencv-dev prometheus-cpp-dev nlohmann-json3-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev

@@ -1,0 +1,240 @@
+#include "model/onednn_stage.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <tuple>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "oneapi/dnnl/dnnl.hpp"
+
+namespace convnext {
+namespace {
+
+using dnnl::memory;
+using Tag = memory::format_tag;
+constexpr memory::data_type kF32 = memory::data_type::f32;
+
+// Largest number of activation shapes whose primitives are kept. A server sees a handful (one per
+// batch size and input size); past this the cache is emptied and refilled.
+constexpr size_t kMaxCachedShapes = 64;
+
+const dnnl::engine& CpuEngine() {
+  static const dnnl::engine* engine = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *engine;
+}
+
+// Wraps a contiguous float32 tensor's storage (no copy); the tensor must outlive the memory.
+memory Wrap(const at::Tensor& t, const memory::desc& md) {
+  return memory(md, CpuEngine(), const_cast<float*>(t.data_ptr<float>()));
+}
+
+// Copies `plain` (a tensor in the layout `plain_md` describes) into a new oneDNN buffer laid out
+// as `packed_md`.
+memory Pack(const at::Tensor& plain, const memory::desc& plain_md, const memory::desc& packed_md) {
+  memory src = Wrap(plain, plain_md);
+  memory dst(packed_md, CpuEngine());
+  dnnl::stream stream(CpuEngine());
+  dnnl::reorder(src, dst).execute(stream, src, dst);
+  stream.wait();
+  return dst;
+}
+
+// The primitive descriptors of one block for activations [n, h, w, c], with the weight layouts
+// that the kernels want (`any` lets oneDNN choose them).
+struct Descriptors {
+  dnnl::convolution_forward::primitive_desc dwconv;
+  dnnl::layer_normalization_forward::primitive_desc norm;
+  dnnl::matmul::primitive_desc fc1;
+  dnnl::matmul::primitive_desc fc2;
+};
+
+// Weight descriptors: `any` (oneDNN chooses) or a given layout.
+struct WeightDescs {
+  memory::desc dw, fc1, fc2;
+};
+
+Descriptors MakeDescriptors(int64_t n, int64_t h, int64_t w, int64_t c, float eps,
+                            const WeightDescs& weights) {
+  const dnnl::engine& engine = CpuEngine();
+  const int64_t m = n * h * w;
+  const memory::desc act_nhwc({n, c, h, w}, kF32, Tag::nhwc);
+  const memory::desc bias_c({c}, kF32, Tag::x);
+  const dnnl::convolution_forward::desc dwconv(
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, act_nhwc, weights.dw,
+      bias_c, act_nhwc, /*strides=*/{1, 1}, /*padding_l=*/{3, 3},
+      /*padding_r=*/{3, 3});
+
+  const memory::desc rows_c({m, c}, kF32, Tag::ab);
+  const dnnl::layer_normalization_forward::desc norm(
+      dnnl::prop_kind::forward_inference, rows_c, eps,
+      dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift);
+
+  const memory::desc rows_4c({m, 4 * c}, kF32, Tag::ab);
+  dnnl::post_ops gelu;
+  gelu.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  dnnl::primitive_attr fc1_attr;
+  fc1_attr.set_post_ops(gelu);
+  const dnnl::matmul::desc fc1(rows_c, weights.fc1, memory::desc({1, 4 * c}, kF32, Tag::ab),
+                               rows_4c);
+
+  dnnl::post_ops residual;
+  residual.append_sum(1.0f);
+  dnnl::primitive_attr fc2_attr;
+  fc2_attr.set_post_ops(residual);
+  const dnnl::matmul::desc fc2(rows_4c, weights.fc2, memory::desc({1, c}, kF32, Tag::ab), rows_c);
+
+  return Descriptors{
+      dnnl::convolution_forward::primitive_desc(dwconv, engine),
+      dnnl::layer_normalization_forward::primitive_desc(norm, engine),
+      dnnl::matmul::primitive_desc(fc1, fc1_attr, engine),
+      dnnl::matmul::primitive_desc(fc2, fc2_attr, engine),
+  };
+}
+
+struct PackedBlock {
+  memory dw_weight, fc1_weight, fc2_weight;  // In the kernels' layouts.
+  at::Tensor dw_bias, norm_weight, norm_bias, fc1_bias, fc2_bias;
+};
+
+struct Primitives {
+  dnnl::convolution_forward dwconv;
+  dnnl::layer_normalization_forward norm;
+  dnnl::matmul fc1, fc2;
+};
+
+}  // namespace
+
+struct OneDnnStage::Impl {
+  int64_t channels = 0;
+  float eps = 0;
+  WeightDescs packed_descs;  // The layouts the weights were packed in.
+  std::vector<PackedBlock> blocks;
+
+  mutable absl::Mutex mu;
+  mutable std::map<std::tuple<int64_t, int64_t, int64_t>, std::shared_ptr<const Primitives>> cache
+      ABSL_GUARDED_BY(mu);
+
+  // The primitives for activations [n, h, w, channels], from the cache or created.
+  std::shared_ptr<const Primitives> PrimitivesFor(int64_t n, int64_t h, int64_t w) const {
+    const auto key = std::make_tuple(n, h, w);
+    {
+      absl::MutexLock lock(&mu);
+      auto it = cache.find(key);
+      if (it != cache.end()) return it->second;
+    }
+    // Weights stay in the layout they were packed in; oneDNN has kernels for it at every shape
+    // (the layout depends on the channel counts and the instruction set, not on the batch).
+    const Descriptors d = MakeDescriptors(n, h, w, channels, eps, packed_descs);
+    auto made = std::make_shared<const Primitives>(
+        Primitives{dnnl::convolution_forward(d.dwconv), dnnl::layer_normalization_forward(d.norm),
+                   dnnl::matmul(d.fc1), dnnl::matmul(d.fc2)});
+    absl::MutexLock lock(&mu);
+    if (cache.size() >= kMaxCachedShapes) cache.clear();
+    return cache.emplace(key, std::move(made)).first->second;
+  }
+};
+
+OneDnnStage::OneDnnStage(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+OneDnnStage::~OneDnnStage() = default;
+
+absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(
+    const std::vector<BlockWeights>& blocks, double layer_norm_eps) {
+  if (blocks.empty()) return absl::InvalidArgumentError("a stage needs at least one block");
+  auto impl = std::make_unique<Impl>();
+  const int64_t c = blocks[0].dw_weight.size(0);
+  impl->channels = c;
+  impl->eps = static_cast<float>(layer_norm_eps);
+  try {
+    // Let oneDNN choose the weight layouts for a typical shape, then pack every block's weights
+    // in them once.
+    const WeightDescs any{memory::desc({c, 1, 1, 7, 7}, kF32, Tag::any),
+                          memory::desc({c, 4 * c}, kF32, Tag::any),
+                          memory::desc({4 * c, c}, kF32, Tag::any)};
+    const Descriptors chosen = MakeDescriptors(/*n=*/1, /*h=*/14, /*w=*/14, c, impl->eps, any);
+    impl->packed_descs = WeightDescs{chosen.dwconv.weights_desc(), chosen.fc1.weights_desc(),
+                                     chosen.fc2.weights_desc()};
+    // The reference layouts: dwconv [C,1,1,7,7] (groups first); fc weights are [out, in]
+    // row-major, which as matmul's [in, out] matrix is the transposed layout `ba`.
+    const memory::desc dw_plain({c, 1, 1, 7, 7}, kF32, Tag::goihw);
+    const memory::desc fc1_plain({c, 4 * c}, kF32, Tag::ba);
+    const memory::desc fc2_plain({4 * c, c}, kF32, Tag::ba);
+    for (const BlockWeights& b : blocks) {
+      auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
+      PackedBlock p;
+      p.dw_weight = Pack(f32(b.dw_weight), dw_plain, impl->packed_descs.dw);
+      p.fc1_weight = Pack(f32(b.fc1_weight), fc1_plain, impl->packed_descs.fc1);
+      p.fc2_weight = Pack(f32(b.fc2_weight), fc2_plain, impl->packed_descs.fc2);
+      p.dw_bias = f32(b.dw_bias);
+      p.norm_weight = f32(b.norm_weight);
+      p.norm_bias = f32(b.norm_bias);
+      p.fc1_bias = f32(b.fc1_bias);
+      p.fc2_bias = f32(b.fc2_bias);
+      impl->blocks.push_back(std::move(p));
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("preparing oneDNN kernels for a stage of ", c, " channels: ", e.what()));
+  }
+  return std::unique_ptr<OneDnnStage>(new OneDnnStage(std::move(impl)));
+}
+
+absl::Status OneDnnStage::Run(at::Tensor& x) const {
+  const int64_t c = impl_->channels;
+  if (!x.defined() || x.dim() != 4 || x.size(3) != c || x.scalar_type() != at::kFloat ||
+      !x.is_contiguous() || !x.device().is_cpu()) {
+    return absl::InternalError(absl::StrCat("oneDNN stage of ", c,
+                                            " channels needs a contiguous float32 CPU tensor "
+                                            "[N, H, W, ",
+                                            c, "]"));
+  }
+  const int64_t n = x.size(0), h = x.size(1), w = x.size(2), m = n * h * w;
+  try {
+    // oneDNN parallelises with OpenMP on the calling thread: give it LibTorch's thread count.
+    at::internal::lazy_init_num_threads();
+    std::shared_ptr<const Primitives> prims = impl_->PrimitivesFor(n, h, w);
+    at::Tensor y = at::empty({m, c}, x.options());
+    at::Tensor hidden = at::empty({m, 4 * c}, x.options());
+    const memory::desc act_nhwc({n, c, h, w}, kF32, Tag::nhwc);
+    const memory::desc rows_c({m, c}, kF32, Tag::ab);
+    const memory::desc rows_4c({m, 4 * c}, kF32, Tag::ab);
+    const memory::desc vec_c({c}, kF32, Tag::x);
+    memory x_act = Wrap(x, act_nhwc), x_rows = Wrap(x, rows_c);
+    memory y_act = Wrap(y, act_nhwc), y_rows = Wrap(y, rows_c);
+    memory h_rows = Wrap(hidden, rows_4c);
+    dnnl::stream stream(CpuEngine());
+    for (const PackedBlock& b : impl_->blocks) {
+      prims->dwconv.execute(stream, {{DNNL_ARG_SRC, x_act},
+                                     {DNNL_ARG_WEIGHTS, b.dw_weight},
+                                     {DNNL_ARG_BIAS, Wrap(b.dw_bias, vec_c)},
+                                     {DNNL_ARG_DST, y_act}});
+      prims->norm.execute(stream, {{DNNL_ARG_SRC, y_rows},
+                                   {DNNL_ARG_DST, y_rows},
+                                   {DNNL_ARG_SCALE, Wrap(b.norm_weight, vec_c)},
+                                   {DNNL_ARG_SHIFT, Wrap(b.norm_bias, vec_c)}});
+      prims->fc1.execute(
+          stream, {{DNNL_ARG_SRC, y_rows},
+                   {DNNL_ARG_WEIGHTS, b.fc1_weight},
+                   {DNNL_ARG_BIAS, Wrap(b.fc1_bias, memory::desc({1, 4 * c}, kF32, Tag::ab))},
+                   {DNNL_ARG_DST, h_rows}});
+      prims->fc2.execute(stream,
+                         {{DNNL_ARG_SRC, h_rows},
+                          {DNNL_ARG_WEIGHTS, b.fc2_weight},
+                          {DNNL_ARG_BIAS, Wrap(b.fc2_bias, memory::desc({1, c}, kF32, Tag::ab))},
+                          {DNNL_ARG_DST, x_rows}});
+    }
+    stream.wait();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("oneDNN stage of ", c, " channels on [", n, ", ", h,
+                                            ", ", w, ", ", c, "]: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace convnext

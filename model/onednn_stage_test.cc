@@ -1,0 +1,166 @@
+// The CPU fast path (fused oneDNN blocks) against the ATen path on the same weights: every output,
+// many shapes (so that cached primitives are reused, created anew and evicted), and several
+// threads at once. The ATen path itself is held to torchvision by convnext_parity_test.cc.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "model/convnext.h"
+#include "model/convnext_config.h"
+
+namespace convnext {
+namespace {
+
+constexpr double kTolerance = 1e-4;
+
+ConvNeXtConfig SmallConfig(bool stage_norms = false) {
+  ConvNeXtConfig config;
+  config.depths = {2, 1, 3, 1};
+  config.dims = {16, 24, 40, 64};
+  config.num_classes = stage_norms ? 0 : 10;
+  config.stage_norms = stage_norms;
+  return config;
+}
+
+// Weights drawn so that every block changes its input noticeably (as the parity tests do): a
+// layer scale of 1e-6, the reference initialisation, would hide a wrong block.
+StateDict RandomWeights(const ConvNeXtConfig& config) {
+  StateDict weights;
+  for (const auto& [name, shape] : ExpectedParameters(config)) {
+    weights[name] =
+        name.find("norm") != std::string::npos && name.find("weight") != std::string::npos
+            ? 1 + 0.1 * at::randn(shape)
+            : 0.2 * at::randn(shape);
+  }
+  return weights;
+}
+
+std::unique_ptr<ConvNeXt> Make(const ConvNeXtConfig& config, const StateDict& weights, bool fast) {
+  ModelOptions options;
+  options.cpu_fast_path = fast;
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? *std::move(model) : nullptr;
+}
+
+double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
+  EXPECT_EQ(a.sizes(), b.sizes());
+  return (a - b).abs().max().item<double>();
+}
+
+// Compares every output of the two models on `input`.
+void ExpectSameOutputs(const ConvNeXt& fast, const ConvNeXt& aten, const at::Tensor& input) {
+  OutputRequest request;
+  request.logits = fast.config().num_classes > 0;
+  request.embedding = !fast.config().stage_norms;
+  request.stages = true;
+  absl::StatusOr<ForwardOutputs> a = fast.Forward(input, request);
+  absl::StatusOr<ForwardOutputs> b = aten.Forward(input, request);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  const std::string where = ::testing::PrintToString(input.sizes());
+  if (request.logits) {
+    EXPECT_LE(MaxAbsDiff(a->logits, b->logits), kTolerance) << where;
+  }
+  if (request.embedding) {
+    EXPECT_LE(MaxAbsDiff(a->embedding, b->embedding), kTolerance) << where;
+  }
+  ASSERT_EQ(a->stages.size(), static_cast<size_t>(kNumStages));
+  ASSERT_EQ(b->stages.size(), static_cast<size_t>(kNumStages));
+  for (int i = 0; i < kNumStages; ++i) {
+    EXPECT_TRUE(a->stages[i].is_contiguous());
+    EXPECT_LE(MaxAbsDiff(a->stages[i], b->stages[i]), kTolerance) << where << " stage " << i;
+  }
+}
+
+TEST(FastPathTest, MatchesTheAtenPathOnManyShapes) {
+  at::manual_seed(1);
+  const ConvNeXtConfig config = SmallConfig();
+  const StateDict weights = RandomWeights(config);
+  std::unique_ptr<ConvNeXt> fast = Make(config, weights, /*fast=*/true);
+  std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
+  ASSERT_NE(fast, nullptr);
+  ASSERT_NE(aten, nullptr);
+  // Batch sizes 1..5, square and not, sides that are not multiples of 32 (floored by the strided
+  // convolutions), and a first shape repeated after others (a cached primitive reused).
+  const std::vector<std::vector<int64_t>> shapes = {
+      {1, 3, 64, 64}, {2, 3, 64, 64},  {5, 3, 96, 64}, {1, 3, 65, 97},
+      {3, 3, 33, 47}, {1, 3, 224, 32}, {1, 3, 64, 64}, {4, 3, 128, 128},
+  };
+  for (const auto& shape : shapes) ExpectSameOutputs(*fast, *aten, at::randn(shape));
+}
+
+TEST(FastPathTest, EvictsCachedShapesAndStaysCorrect) {
+  at::manual_seed(2);
+  ConvNeXtConfig config = SmallConfig();
+  config.depths = {1, 1, 1, 1};
+  const StateDict weights = RandomWeights(config);
+  std::unique_ptr<ConvNeXt> fast = Make(config, weights, /*fast=*/true);
+  std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
+  ASSERT_NE(fast, nullptr);
+  ASSERT_NE(aten, nullptr);
+  // More distinct shapes than the cache keeps (64), then the first ones again.
+  for (int64_t side = 32; side < 32 + 70; ++side) {
+    ExpectSameOutputs(*fast, *aten, at::randn({1, 3, side, 32}));
+  }
+  ExpectSameOutputs(*fast, *aten, at::randn({1, 3, 32, 32}));
+}
+
+TEST(FastPathTest, DetectionBackboneStageNormsMatch) {
+  at::manual_seed(3);
+  const ConvNeXtConfig config = SmallConfig(/*stage_norms=*/true);
+  const StateDict weights = RandomWeights(config);
+  std::unique_ptr<ConvNeXt> fast = Make(config, weights, /*fast=*/true);
+  std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
+  ASSERT_NE(fast, nullptr);
+  ASSERT_NE(aten, nullptr);
+  ExpectSameOutputs(*fast, *aten, at::randn({2, 3, 96, 128}));
+}
+
+TEST(FastPathTest, ConcurrentCallsOfDifferentShapesEachGetTheirOwnAnswer) {
+  at::manual_seed(4);
+  const ConvNeXtConfig config = SmallConfig();
+  const StateDict weights = RandomWeights(config);
+  std::unique_ptr<ConvNeXt> fast = Make(config, weights, /*fast=*/true);
+  std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
+  ASSERT_NE(fast, nullptr);
+  ASSERT_NE(aten, nullptr);
+  constexpr int kThreads = 4;
+  std::vector<at::Tensor> inputs, expected(kThreads), got(kThreads);
+  for (int t = 0; t < kThreads; ++t) inputs.push_back(at::randn({1 + t, 3, 64 + 32 * (t % 2), 64}));
+  for (int t = 0; t < kThreads; ++t) expected[t] = aten->Forward(inputs[t], {})->logits;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int rep = 0; rep < 5; ++rep) {
+        absl::StatusOr<ForwardOutputs> out = fast->Forward(inputs[t], {});
+        if (!out.ok()) return;  // `got` stays undefined and the check below fails.
+        got[t] = out->logits;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int t = 0; t < kThreads; ++t) {
+    ASSERT_TRUE(got[t].defined()) << "thread " << t;
+    EXPECT_LE(MaxAbsDiff(got[t], expected[t]), kTolerance) << "thread " << t;
+  }
+}
+
+TEST(FastPathTest, OtherDtypesUseTheAtenPath) {
+  // float64 is not on the fast path: the model still loads and runs (through ATen).
+  const ConvNeXtConfig config = SmallConfig();
+  ModelOptions options;
+  options.dtype = at::kDouble;
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> model =
+      ConvNeXt::Create(config, RandomWeights(config), options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  absl::StatusOr<ForwardOutputs> out = (*model)->Forward(at::randn({1, 3, 64, 64}), {});
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->logits.scalar_type(), at::kDouble);
+}
+
+}  // namespace
+}  // namespace convnext
