@@ -114,8 +114,10 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         options.cpu_fast_path && options.device.is_cpu() && options.dtype == c10::ScalarType::Float;
     for (Stage& stage : model->stages_) {
       if (!fast) break;
-      ASSIGN_OR_RETURN(stage.fast, OneDnnStage::Create(stage.blocks, config.layer_norm_eps));
-      stage.blocks.clear();  // The fast path holds its own copy, in oneDNN's layouts.
+      // The fast path keeps its own copy of the blocks' weights, in oneDNN's layouts.
+      ASSIGN_OR_RETURN(stage.fast,
+                       OneDnnStage::Create(std::move(stage.blocks), config.layer_norm_eps));
+      stage.blocks.clear();
     }
     if (config.stage_norms) {
       for (int i = 0; i < kNumStages; ++i) {

@@ -55,19 +55,24 @@ struct Descriptors {
   dnnl::matmul::primitive_desc fc2;
 };
 
-// Weight descriptors: `any` (oneDNN chooses) or a given layout.
-struct WeightDescs {
-  memory::desc dw, fc1, fc2;
-};
+// The pointwise layers' weights, [out, in] row-major in the reference layout, are used as they
+// are: as matmul's [in, out] matrix that is the transposed layout `ba`. Measured with
+// bench/model_throughput (convnext_tiny, batch 1 and 8), letting oneDNN repack them made no
+// difference beyond the run-to-run noise (about 5%), and using them in place keeps loading at one
+// copy of the weights.
+memory::desc Fc1WeightDesc(int64_t c) { return memory::desc({c, 4 * c}, kF32, Tag::ba); }
+memory::desc Fc2WeightDesc(int64_t c) { return memory::desc({4 * c, c}, kF32, Tag::ba); }
 
+// `dw_weights`: the depthwise weights' layout, `any` to let oneDNN choose (its depthwise kernels
+// want a blocked layout).
 Descriptors MakeDescriptors(int64_t n, int64_t h, int64_t w, int64_t c, float eps,
-                            const WeightDescs& weights) {
+                            const memory::desc& dw_weights) {
   const dnnl::engine& engine = CpuEngine();
   const int64_t m = n * h * w;
   const memory::desc act_nhwc({n, c, h, w}, kF32, Tag::nhwc);
   const memory::desc bias_c({c}, kF32, Tag::x);
   const dnnl::convolution_forward::desc dwconv(
-      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, act_nhwc, weights.dw,
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, act_nhwc, dw_weights,
       bias_c, act_nhwc, /*strides=*/{1, 1}, /*padding_l=*/{3, 3},
       /*padding_r=*/{3, 3});
 
@@ -81,14 +86,15 @@ Descriptors MakeDescriptors(int64_t n, int64_t h, int64_t w, int64_t c, float ep
   gelu.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
   dnnl::primitive_attr fc1_attr;
   fc1_attr.set_post_ops(gelu);
-  const dnnl::matmul::desc fc1(rows_c, weights.fc1, memory::desc({1, 4 * c}, kF32, Tag::ab),
+  const dnnl::matmul::desc fc1(rows_c, Fc1WeightDesc(c), memory::desc({1, 4 * c}, kF32, Tag::ab),
                                rows_4c);
 
   dnnl::post_ops residual;
   residual.append_sum(1.0f);
   dnnl::primitive_attr fc2_attr;
   fc2_attr.set_post_ops(residual);
-  const dnnl::matmul::desc fc2(rows_4c, weights.fc2, memory::desc({1, c}, kF32, Tag::ab), rows_c);
+  const dnnl::matmul::desc fc2(rows_4c, Fc2WeightDesc(c), memory::desc({1, c}, kF32, Tag::ab),
+                               rows_c);
 
   return Descriptors{
       dnnl::convolution_forward::primitive_desc(dwconv, engine),
@@ -98,9 +104,11 @@ Descriptors MakeDescriptors(int64_t n, int64_t h, int64_t w, int64_t c, float ep
   };
 }
 
+// One block's weights as oneDNN memories. The depthwise weights are a repacked copy; the others
+// wrap the tensors in `owners`.
 struct PackedBlock {
-  memory dw_weight, fc1_weight, fc2_weight;  // In the kernels' layouts.
-  at::Tensor dw_bias, norm_weight, norm_bias, fc1_bias, fc2_bias;
+  memory dw_weight, dw_bias, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias;
+  std::vector<at::Tensor> owners;
 };
 
 struct Primitives {
@@ -114,7 +122,7 @@ struct Primitives {
 struct OneDnnStage::Impl {
   int64_t channels = 0;
   float eps = 0;
-  WeightDescs packed_descs;  // The layouts the weights were packed in.
+  memory::desc dw_desc;  // The layout the depthwise weights were packed in.
   std::vector<PackedBlock> blocks;
 
   mutable absl::Mutex mu;
@@ -129,9 +137,9 @@ struct OneDnnStage::Impl {
       auto it = cache.find(key);
       if (it != cache.end()) return it->second;
     }
-    // Weights stay in the layout they were packed in; oneDNN has kernels for it at every shape
-    // (the layout depends on the channel counts and the instruction set, not on the batch).
-    const Descriptors d = MakeDescriptors(n, h, w, channels, eps, packed_descs);
+    // The depthwise weights stay in the layout they were packed in: it depends on the channel
+    // count and the instruction set, not on the activation shape.
+    const Descriptors d = MakeDescriptors(n, h, w, channels, eps, dw_desc);
     auto made = std::make_shared<const Primitives>(
         Primitives{dnnl::convolution_forward(d.dwconv), dnnl::layer_normalization_forward(d.norm),
                    dnnl::matmul(d.fc1), dnnl::matmul(d.fc2)});
@@ -144,39 +152,37 @@ struct OneDnnStage::Impl {
 OneDnnStage::OneDnnStage(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 OneDnnStage::~OneDnnStage() = default;
 
-absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(
-    const std::vector<BlockWeights>& blocks, double layer_norm_eps) {
+absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<BlockWeights> blocks,
+                                                                 double layer_norm_eps) {
   if (blocks.empty()) return absl::InvalidArgumentError("a stage needs at least one block");
   auto impl = std::make_unique<Impl>();
   const int64_t c = blocks[0].dw_weight.size(0);
   impl->channels = c;
   impl->eps = static_cast<float>(layer_norm_eps);
   try {
-    // Let oneDNN choose the weight layouts for a typical shape, then pack every block's weights
-    // in them once.
-    const WeightDescs any{memory::desc({c, 1, 1, 7, 7}, kF32, Tag::any),
-                          memory::desc({c, 4 * c}, kF32, Tag::any),
-                          memory::desc({4 * c, c}, kF32, Tag::any)};
-    const Descriptors chosen = MakeDescriptors(/*n=*/1, /*h=*/14, /*w=*/14, c, impl->eps, any);
-    impl->packed_descs = WeightDescs{chosen.dwconv.weights_desc(), chosen.fc1.weights_desc(),
-                                     chosen.fc2.weights_desc()};
-    // The reference layouts: dwconv [C,1,1,7,7] (groups first); fc weights are [out, in]
-    // row-major, which as matmul's [in, out] matrix is the transposed layout `ba`.
-    const memory::desc dw_plain({c, 1, 1, 7, 7}, kF32, Tag::goihw);
-    const memory::desc fc1_plain({c, 4 * c}, kF32, Tag::ba);
-    const memory::desc fc2_plain({4 * c, c}, kF32, Tag::ba);
-    for (const BlockWeights& b : blocks) {
+    // Let oneDNN choose the depthwise weights' layout, then pack every block's in it once.
+    const Descriptors chosen = MakeDescriptors(/*n=*/1, /*h=*/14, /*w=*/14, c, impl->eps,
+                                               memory::desc({c, 1, 1, 7, 7}, kF32, Tag::any));
+    impl->dw_desc = chosen.dwconv.weights_desc();
+    const memory::desc dw_plain({c, 1, 1, 7, 7}, kF32, Tag::goihw);  // Groups first.
+    for (BlockWeights& b : blocks) {
       auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
       PackedBlock p;
-      p.dw_weight = Pack(f32(b.dw_weight), dw_plain, impl->packed_descs.dw);
-      p.fc1_weight = Pack(f32(b.fc1_weight), fc1_plain, impl->packed_descs.fc1);
-      p.fc2_weight = Pack(f32(b.fc2_weight), fc2_plain, impl->packed_descs.fc2);
-      p.dw_bias = f32(b.dw_bias);
-      p.norm_weight = f32(b.norm_weight);
-      p.norm_bias = f32(b.norm_bias);
-      p.fc1_bias = f32(b.fc1_bias);
-      p.fc2_bias = f32(b.fc2_bias);
+      p.dw_weight = Pack(f32(b.dw_weight), dw_plain, impl->dw_desc);
+      auto keep = [&](const at::Tensor& t, const memory::desc& md) {
+        p.owners.push_back(f32(t));
+        return Wrap(p.owners.back(), md);
+      };
+      const memory::desc vec_c({c}, kF32, Tag::x);
+      p.dw_bias = keep(b.dw_bias, vec_c);
+      p.norm_weight = keep(b.norm_weight, vec_c);
+      p.norm_bias = keep(b.norm_bias, vec_c);
+      p.fc1_weight = keep(b.fc1_weight, Fc1WeightDesc(c));
+      p.fc1_bias = keep(b.fc1_bias, memory::desc({1, 4 * c}, kF32, Tag::ab));
+      p.fc2_weight = keep(b.fc2_weight, Fc2WeightDesc(c));
+      p.fc2_bias = keep(b.fc2_bias, memory::desc({1, c}, kF32, Tag::ab));
       impl->blocks.push_back(std::move(p));
+      b = BlockWeights();
     }
   } catch (const std::exception& e) {
     return absl::InternalError(
@@ -204,7 +210,6 @@ absl::Status OneDnnStage::Run(at::Tensor& x) const {
     const memory::desc act_nhwc({n, c, h, w}, kF32, Tag::nhwc);
     const memory::desc rows_c({m, c}, kF32, Tag::ab);
     const memory::desc rows_4c({m, 4 * c}, kF32, Tag::ab);
-    const memory::desc vec_c({c}, kF32, Tag::x);
     memory x_act = Wrap(x, act_nhwc), x_rows = Wrap(x, rows_c);
     memory y_act = Wrap(y, act_nhwc), y_rows = Wrap(y, rows_c);
     memory h_rows = Wrap(hidden, rows_4c);
@@ -212,22 +217,20 @@ absl::Status OneDnnStage::Run(at::Tensor& x) const {
     for (const PackedBlock& b : impl_->blocks) {
       prims->dwconv.execute(stream, {{DNNL_ARG_SRC, x_act},
                                      {DNNL_ARG_WEIGHTS, b.dw_weight},
-                                     {DNNL_ARG_BIAS, Wrap(b.dw_bias, vec_c)},
+                                     {DNNL_ARG_BIAS, b.dw_bias},
                                      {DNNL_ARG_DST, y_act}});
       prims->norm.execute(stream, {{DNNL_ARG_SRC, y_rows},
                                    {DNNL_ARG_DST, y_rows},
-                                   {DNNL_ARG_SCALE, Wrap(b.norm_weight, vec_c)},
-                                   {DNNL_ARG_SHIFT, Wrap(b.norm_bias, vec_c)}});
-      prims->fc1.execute(
-          stream, {{DNNL_ARG_SRC, y_rows},
-                   {DNNL_ARG_WEIGHTS, b.fc1_weight},
-                   {DNNL_ARG_BIAS, Wrap(b.fc1_bias, memory::desc({1, 4 * c}, kF32, Tag::ab))},
-                   {DNNL_ARG_DST, h_rows}});
-      prims->fc2.execute(stream,
-                         {{DNNL_ARG_SRC, h_rows},
-                          {DNNL_ARG_WEIGHTS, b.fc2_weight},
-                          {DNNL_ARG_BIAS, Wrap(b.fc2_bias, memory::desc({1, c}, kF32, Tag::ab))},
-                          {DNNL_ARG_DST, x_rows}});
+                                   {DNNL_ARG_SCALE, b.norm_weight},
+                                   {DNNL_ARG_SHIFT, b.norm_bias}});
+      prims->fc1.execute(stream, {{DNNL_ARG_SRC, y_rows},
+                                  {DNNL_ARG_WEIGHTS, b.fc1_weight},
+                                  {DNNL_ARG_BIAS, b.fc1_bias},
+                                  {DNNL_ARG_DST, h_rows}});
+      prims->fc2.execute(stream, {{DNNL_ARG_SRC, h_rows},
+                                  {DNNL_ARG_WEIGHTS, b.fc2_weight},
+                                  {DNNL_ARG_BIAS, b.fc2_bias},
+                                  {DNNL_ARG_DST, x_rows}});
     }
     stream.wait();
   } catch (const std::exception& e) {

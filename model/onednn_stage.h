@@ -11,7 +11,8 @@
 //   fc2 + bias (layer scale folded) + x       h -> x       (matmul, sum post-op: the residual
 //                                                           is accumulated into x in place)
 //
-// Weights are reordered once, at load, into the blocked layouts oneDNN's kernels choose. The
+// The depthwise weights are reordered once, at load, into the blocked layout oneDNN's kernel
+// wants; the pointwise layers' weights are used in place (repacking them measured no faster). The
 // primitives depend on the activation shape (N, H, W): each is created on the first batch of a
 // shape and cached (a bounded cache; creating one costs about a millisecond). Numerics: the same
 // operations in float32, with oneDNN's erf; results agree with the ATen path to about 1e-6 (the
@@ -43,10 +44,10 @@ struct BlockWeights {
 
 class OneDnnStage {
  public:
-  // Prepares the stage's blocks. The weights are copied into oneDNN's layouts; the caller may
-  // release its tensors afterwards. INTERNAL if oneDNN has no kernel for them.
-  static absl::StatusOr<std::unique_ptr<OneDnnStage>> Create(
-      const std::vector<BlockWeights>& blocks, double layer_norm_eps);
+  // Prepares the stage's blocks. Keeps the pointwise weights (float32, contiguous) without a
+  // copy; repacks the small depthwise ones. INTERNAL if oneDNN has no kernel for them.
+  static absl::StatusOr<std::unique_ptr<OneDnnStage>> Create(std::vector<BlockWeights> blocks,
+                                                             double layer_norm_eps);
   ~OneDnnStage();
 
   OneDnnStage(const OneDnnStage&) = delete;
