@@ -211,6 +211,19 @@ absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x,
   return x.mean({1, 2});
 }
 
+absl::Status ConvNeXt::Prepare(int64_t batch, int64_t height, int64_t width) const {
+  int64_t h = height / 4, w = width / 4;  // After the stem.
+  for (int i = 0; i < kNumStages && uses_fast_path(); ++i) {
+    if (i > 0) {
+      h /= 2;
+      w /= 2;
+    }
+    if (h < 1 || w < 1) break;
+    RETURN_IF_ERROR(stages_[i].fast->Prepare(batch, h, w));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
                                                  const OutputRequest& request) const {
   if (!images.defined() || images.dim() != 4) {
@@ -246,7 +259,7 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
   try {
     c10::InferenceMode guard;
     at::Tensor x = images.to(options_.device, options_.dtype);
-    if (stages_[0].fast != nullptr) {
+    if (uses_fast_path()) {
       ASSIGN_OR_RETURN(pooled, RunStagesFast(std::move(x), stages));
     } else {
       pooled = RunStagesAten(std::move(x), stages);

@@ -82,6 +82,14 @@ class ConvNeXt {
   absl::StatusOr<ForwardOutputs> Forward(const at::Tensor& images,
                                          const OutputRequest& request) const;
 
+  // Prepares, without computing anything, what the first forward pass of a batch of this shape
+  // would otherwise create on the fly (the fast path's kernels for its activation shapes), so
+  // that no request pays for it. A no-op on the ATen path. INTERNAL if that fails.
+  absl::Status Prepare(int64_t batch, int64_t height, int64_t width) const;
+
+  // Whether the blocks run on the CPU fast path (ModelOptions::cpu_fast_path, CPU, float32).
+  bool uses_fast_path() const { return stages_[0].fast != nullptr; }
+
   const ConvNeXtConfig& config() const { return config_; }
   const ModelOptions& options() const { return options_; }
   // Scalar parameters, counted as the reference implementations count them.

@@ -191,6 +191,17 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
   return std::unique_ptr<OneDnnStage>(new OneDnnStage(std::move(impl)));
 }
 
+absl::Status OneDnnStage::Prepare(int64_t n, int64_t h, int64_t w) const {
+  try {
+    impl_->PrimitivesFor(n, h, w);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("oneDNN stage of ", impl_->channels,
+                                            " channels: preparing [", n, ", ", h, ", ", w,
+                                            "]: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status OneDnnStage::Run(at::Tensor& x) const {
   const int64_t c = impl_->channels;
   if (!x.defined() || x.dim() != 4 || x.size(3) != c || x.scalar_type() != at::kFloat ||

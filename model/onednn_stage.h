@@ -57,6 +57,10 @@ class OneDnnStage {
   // updated in place (each block adds its residual to it). INTERNAL if oneDNN fails.
   absl::Status Run(at::Tensor& x) const;
 
+  // Creates (and caches) the primitives for activations [n, h, w, C] without running them, so
+  // that the first batch of that shape does not pay for it. INTERNAL if oneDNN fails.
+  absl::Status Prepare(int64_t n, int64_t h, int64_t w) const;
+
  private:
   struct Impl;
   explicit OneDnnStage(std::unique_ptr<Impl> impl);

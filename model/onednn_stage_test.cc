@@ -90,6 +90,11 @@ TEST(FastPathTest, MatchesTheAtenPathOnManyShapes) {
       {1, 3, 64, 64}, {2, 3, 64, 64},  {5, 3, 96, 64}, {1, 3, 65, 97},
       {3, 3, 33, 47}, {1, 3, 224, 32}, {1, 3, 64, 64}, {4, 3, 128, 128},
   };
+  // Two of them prepared ahead, as the server's warm-up does.
+  ASSERT_TRUE(fast->Prepare(2, 64, 64).ok());
+  ASSERT_TRUE(fast->Prepare(4, 128, 128).ok());
+  EXPECT_TRUE(fast->uses_fast_path());
+  EXPECT_FALSE(aten->uses_fast_path());
   for (const auto& shape : shapes) ExpectSameOutputs(*fast, *aten, at::randn(shape));
 }
 

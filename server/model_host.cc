@@ -135,6 +135,10 @@ absl::Status ModelHost::Warmup() {
         loaded_.model->Forward(at::zeros({batch, model_config().in_channels, size, size}), request);
     if (!out.ok()) return out.status();
   }
+  // The batch sizes in between get their kernels prepared without running them.
+  for (int64_t batch = 2; batch < options_.config.batching().max_batch_size(); ++batch) {
+    RETURN_IF_ERROR(loaded_.model->Prepare(batch, size, size));
+  }
   return absl::OkStatus();
 }
 
