@@ -1,10 +1,12 @@
 // Benchmark: gRPC Classify at saturation against the in-process model at the same batch size,
 // measured in the same run. Prints throughput, efficiency (gRPC / in-process), end-to-end latency
-// percentiles and the server's overhead (end-to-end minus queue, preprocess and compute). Not a
-// test: it asserts nothing.
+// percentiles and the overhead: end-to-end minus queue, preprocess and compute, both as the client
+// sees it and inside the server (Timings.server_us), beside the floor of a no-op gRPC round trip
+// measured in the same run. Not a test: it asserts nothing.
 //
 //   build/bin/serving_bench [--checkpoint CKPT] [--image samples/chelsea.jpg]
-//       [--max_batch_size 8] [--concurrency 16] [--seconds 20] [--max_queue_delay_us 5000]
+//       [--max_batch_size 8] [--concurrency 16] [--seconds 20] [--rounds 4]
+//       [--max_queue_delay_us 5000]
 //
 // The server (service, model host, batcher) runs in this process behind a real gRPC server on a
 // loopback port; the clients are synchronous C++ stubs on their own threads. Without
@@ -39,6 +41,7 @@ ABSL_FLAG(int, max_batch_size, 8, "Server max_batch_size (and the in-process bat
 ABSL_FLAG(int, max_queue_delay_us, 5000, "Server max_queue_delay_us.");
 ABSL_FLAG(int, concurrency, 16, "Concurrent client calls (>= 2 x max_batch_size saturates).");
 ABSL_FLAG(double, seconds, 20, "Measuring time for each side.");
+ABSL_FLAG(int, rounds, 4, "Alternations of the in-process and gRPC sides.");
 ABSL_FLAG(int, threads, 2, "Intra-op threads.");
 ABSL_FLAG(bool, metrics, true, "Record Prometheus metrics, as the server does by default.");
 
@@ -106,23 +109,11 @@ int Main() {
   load.path = checkpoint;
   load.model.intra_op_threads = absl::GetFlag(FLAGS_threads);
   absl::StatusOr<LoadedModel> direct = LoadModel(load);
+  if (!direct.ok()) {
+    std::fprintf(stderr, "%s\n", direct.status().ToString().c_str());
+    return 1;
+  }
   const at::Tensor x = one->expand({batch, 3, 224, 224}).contiguous();
-  double in_process = 0;
-  // On a thread of its own, as the server's executors run the model: measured here, LibTorch's
-  // OpenMP intra-op threads make a forward pass on the process's main thread up to 2x slower
-  // than on any other thread (see README, Performance).
-  std::thread([&] {
-    (void)direct->model->Forward(x, OutputRequest());
-    int n = 0;
-    const absl::Time t0 = absl::Now();
-    while (absl::Now() - t0 < absl::Seconds(seconds)) {
-      (void)direct->model->Forward(x, OutputRequest());
-      ++n;
-    }
-    in_process = n * batch / absl::ToDoubleSeconds(absl::Now() - t0);
-  }).join();
-  direct->model.reset();
-  absl::Time start;
 
   ImageModelServiceImpl service({{"model", host->get()}}, "model");
   grpc::ServerBuilder builder;
@@ -135,50 +126,106 @@ int Main() {
   v1::ClassifyRequest request;
   request.add_images()->set_encoded(jpeg);
 
-  std::atomic<bool> stop{false};
-  std::atomic<bool> measuring{false};
-  std::vector<std::vector<double>> latency_ms(concurrency), overhead_us(concurrency);
+  // The floor: a no-op round trip (GetModel) over the same channel, with the server idle.
+  std::vector<double> noop_us;
+  {
+    auto stub = v1::ImageModelService::NewStub(channel);
+    v1::GetModelRequest get;
+    get.set_name("model");
+    for (int i = 0; i < 500; ++i) {
+      grpc::ClientContext ctx;
+      v1::ModelInfo info;
+      const absl::Time t0 = absl::Now();
+      grpc::Status s = stub->GetModel(&ctx, get, &info);
+      if (s.ok() && i >= 50) noop_us.push_back(absl::ToDoubleMicroseconds(absl::Now() - t0));
+    }
+  }
+
+  // Clients send while `sending`; `measuring` selects the calls that count.
+  std::atomic<bool> stop{false}, sending{false}, measuring{false};
+  std::atomic<int> in_flight{0};
+  std::vector<std::vector<double>> latency_ms(concurrency), overhead_us(concurrency),
+      server_overhead_us(concurrency);
   std::vector<int> errors(concurrency, 0);
   std::vector<std::thread> clients;
   for (int c = 0; c < concurrency; ++c) {
     clients.emplace_back([&, c] {
       auto stub = v1::ImageModelService::NewStub(channel);
       while (!stop) {
+        if (!sending) {
+          absl::SleepFor(absl::Milliseconds(1));
+          continue;
+        }
+        ++in_flight;
         grpc::ClientContext ctx;
         v1::ClassifyResponse response;
         const absl::Time t0 = absl::Now();
         grpc::Status s = stub->Classify(&ctx, request, &response);
         const double us = absl::ToDoubleMicroseconds(absl::Now() - t0);
-        if (!measuring) continue;
+        const bool counted = measuring;
+        --in_flight;
+        if (!counted) continue;
         if (!s.ok()) {
           ++errors[c];
           continue;
         }
         const v1::Timings& t = response.timings();
         latency_ms[c].push_back(us / 1000);
-        overhead_us[c].push_back(us - t.queue_us() - t.preprocess_us() - t.compute_us());
+        const double inner = t.queue_us() + t.preprocess_us() + t.compute_us();
+        overhead_us[c].push_back(us - inner);
+        server_overhead_us[c].push_back(t.server_us() - inner);
       }
     });
   }
-  absl::SleepFor(absl::Seconds(std::min(5.0, seconds / 4)));  // Warm-up: fill the pipeline.
-  const uint64_t images_before = (*host)->Info().stats().images();
-  measuring = true;
-  start = absl::Now();
-  absl::SleepFor(absl::Seconds(seconds));
-  measuring = false;
-  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
+
+  // The two sides alternate in `rounds` slices, so that both see the same machine (its speed
+  // drifts by several percent over a minute here).
+  const int rounds = std::max(1, absl::GetFlag(FLAGS_rounds));
+  const absl::Duration slice = absl::Seconds(seconds / rounds);
+  double in_process_images = 0, in_process_s = 0, grpc_images = 0, grpc_s = 0;
+  for (int r = 0; r < rounds; ++r) {
+    sending = false;
+    while (in_flight > 0) absl::SleepFor(absl::Milliseconds(1));
+    // On a thread of its own, as the server's executors run the model: measured here, LibTorch's
+    // OpenMP intra-op threads make a forward pass on the process's main thread up to 2x slower
+    // than on any other thread (see README, Performance).
+    std::thread([&] {
+      (void)direct->model->Forward(x, OutputRequest());
+      int n = 0;
+      const absl::Time t0 = absl::Now();
+      while (absl::Now() - t0 < slice) {
+        (void)direct->model->Forward(x, OutputRequest());
+        ++n;
+      }
+      in_process_images += n * batch;
+      in_process_s += absl::ToDoubleSeconds(absl::Now() - t0);
+    }).join();
+
+    sending = true;
+    absl::SleepFor(std::min(absl::Seconds(2), slice / 4));  // Fill the pipeline.
+    const uint64_t images_before = (*host)->Info().stats().images();
+    const absl::Time start = absl::Now();
+    measuring = true;
+    absl::SleepFor(slice);
+    measuring = false;
+    grpc_s += absl::ToDoubleSeconds(absl::Now() - start);
+    grpc_images += (*host)->Info().stats().images() - images_before;
+  }
+  const double in_process = in_process_images / in_process_s;
+  const double grpc_rate = grpc_images / grpc_s;
   const v1::ModelInfo info = (*host)->Info();
-  const double grpc_rate = (info.stats().images() - images_before) / elapsed;
   stop = true;
   for (auto& t : clients) t.join();
   server->Shutdown();
   (*host)->Shutdown();
 
-  std::vector<double> lat, over;
+  std::vector<double> lat, over, server_over;
   int errs = 0;
   for (int c = 0; c < concurrency; ++c) {
     lat.insert(lat.end(), latency_ms[c].begin(), latency_ms[c].end());
     over.insert(over.end(), overhead_us[c].begin(), overhead_us[c].end());
+    server_over.insert(server_over.end(), server_overhead_us[c].begin(),
+                       server_overhead_us[c].end());
     errs += errors[c];
   }
   std::printf(
@@ -194,8 +241,16 @@ int Main() {
       "errors)\n",
       Percentile(lat, 0.5), Percentile(lat, 0.9), Percentile(lat, 0.99), Percentile(lat, 1.0),
       lat.size(), errs);
-  std::printf("server overhead us:     p50 %.0f  p90 %.0f  p99 %.0f\n", Percentile(over, 0.5),
-              Percentile(over, 0.9), Percentile(over, 0.99));
+  std::printf(
+      "overhead us (end-to-end at the client - queue - preprocess - compute): "
+      "p50 %.0f  p90 %.0f  p99 %.0f\n",
+      Percentile(over, 0.5), Percentile(over, 0.9), Percentile(over, 0.99));
+  std::printf(
+      "server's own overhead us (server_us - queue - preprocess - compute): "
+      "p50 %.0f  p90 %.0f  p99 %.0f\n",
+      Percentile(server_over, 0.5), Percentile(server_over, 0.9), Percentile(server_over, 0.99));
+  std::printf("gRPC no-op round trip (GetModel, idle server) us: p50 %.0f  p90 %.0f\n",
+              Percentile(noop_us, 0.5), Percentile(noop_us, 0.9));
   std::string sizes;
   for (const auto& [size, count] : info.stats().batch_sizes()) {
     absl::StrAppend(&sizes, " ", size, ":", count);

@@ -54,6 +54,7 @@ class InferenceRequest {
         classify_(classify),
         embed_(embed),
         done_(std::move(done)),
+        received_(absl::Now()),
         remaining_(num_images) {}
 
   InferenceRequest(const InferenceRequest&) = delete;
@@ -100,6 +101,7 @@ class InferenceRequest {
         t->set_queue_us(queue_us_);
         t->set_preprocess_us(preprocess_us_);
         t->set_compute_us(compute_us_);
+        t->set_server_us(absl::ToInt64Microseconds(absl::Now() - received_));
       }
     }
     done_(final_status);
@@ -114,6 +116,7 @@ class InferenceRequest {
   v1::ClassifyResponse* const classify_ ABSL_PT_GUARDED_BY(mu_);
   v1::EmbedResponse* const embed_ ABSL_PT_GUARDED_BY(mu_);
   const DoneFn done_;
+  const absl::Time received_;
   int remaining_ ABSL_GUARDED_BY(mu_);
   absl::Status status_ ABSL_GUARDED_BY(mu_);
   int64_t queue_us_ ABSL_GUARDED_BY(mu_) = 0;

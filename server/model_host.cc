@@ -3,8 +3,10 @@
 #include <ATen/ATen.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <fstream>
 #include <thread>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -224,10 +226,18 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
   RecordBatch(metrics_, static_cast<int>(batch.size()), compute_us);
   // Class probabilities for the whole batch at once (rows of Classify and Embed calls alike
   // when both are batched together; Embed rows are simply not read).
-  at::Tensor probs;
+  // Class probabilities and the best classes for the whole batch at once (rows of Classify and
+  // Embed calls alike when both are batched together; Embed rows are simply not read): k is the
+  // largest top_k asked for in the batch, and each call reads its own first top_k.
+  at::Tensor top_scores, top_indices;
   if (out.ok() && what.logits) {
+    int64_t k = 1;
+    for (const auto& item : batch) k = std::max<int64_t>(k, item.payload->request->params().top_k);
     try {
-      probs = at::softmax(out->logits.to(at::kCPU, at::kFloat), 1);
+      at::Tensor probs = at::softmax(out->logits.to(at::kCPU, at::kFloat), 1);
+      std::tie(top_scores, top_indices) = at::topk(probs, k, /*dim=*/1);
+      top_scores = top_scores.contiguous();
+      top_indices = top_indices.contiguous();
     } catch (const std::exception& e) {
       out = absl::InternalError(absl::StrCat("softmax failed: ", e.what()));
     }
@@ -244,9 +254,9 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
     RecordImage(metrics_, queue_us, w.preprocess_us);
     try {
       if (p.kind == InferenceRequest::Kind::kClassify) {
-        const auto [scores, indices] = at::topk(probs[j], p.top_k);
-        const float* s = scores.data_ptr<float>();
-        const int64_t* idx = indices.data_ptr<int64_t>();
+        const int64_t k = top_scores.size(1);
+        const float* s = top_scores.data_ptr<float>() + j * k;
+        const int64_t* idx = top_indices.data_ptr<int64_t>() + j * k;
         w.request->Fill([&](v1::ClassifyResponse* r, v1::EmbedResponse*) {
           v1::Classification* c = r->mutable_results(w.index);
           for (int k = 0; k < p.top_k; ++k) {
