@@ -157,7 +157,7 @@ class ServerTest(unittest.TestCase):
         import hashlib
         with open(os.path.join(DATA, "tiny.safetensors"), "rb") as f:
             self.assertEqual(tiny.checkpoint_sha256, hashlib.sha256(f.read()).hexdigest())
-        self.assertEqual(tiny.batching.max_batch_size, 8)
+        self.assertEqual(tiny.batching.max_batch_size, 4)  # The default.
 
     def test_classify_real_photos_matches_the_python_reference_top5(self):
         import torch
