@@ -121,8 +121,14 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
 
 ModelHost::~ModelHost() { Shutdown(); }
 
-void ModelHost::Shutdown() {
+void ModelHost::StopAdmitting() {
+  stopping_ = true;
   ready_ = false;
+  SetModelReady(metrics_, false, -1);
+}
+
+void ModelHost::Shutdown() {
+  StopAdmitting();
   SetModelReady(metrics_, false, -1);
   if (batcher_ != nullptr) batcher_->Shutdown();
 }
@@ -148,7 +154,10 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
                                const google::protobuf::RepeatedPtrField<v1::Image>& images) {
   const int64_t n = images.size();
   const int64_t limit = options_.config.batching().max_queue_size();
-  if (!ready_) return absl::UnavailableError(absl::StrCat("model '", name(), "' is not serving"));
+  if (!ready_) {
+    return absl::UnavailableError(absl::StrCat("model '", name(), "' is not serving",
+                                               stopping_ ? ": the server is shutting down" : ""));
+  }
   const int64_t pending = pending_images_.fetch_add(n) + n;
   if (pending > limit) {
     pending_images_ -= n;

@@ -58,6 +58,12 @@ class ModelHost {
   // Description and statistics (ListModels / GetModel).
   v1::ModelInfo Info() const;
 
+  // Stops admitting: from now on Submit() answers UNAVAILABLE ("shutting down") while what was
+  // admitted keeps running. The first step of a graceful shutdown.
+  void StopAdmitting();
+  // Images admitted and not yet answered.
+  int64_t pending_images() const { return pending_images_; }
+
   // Computes everything admitted, then stops the executors.
   void Shutdown();
 
@@ -85,6 +91,7 @@ class ModelHost {
   std::unique_ptr<Batcher<WorkPtr>> batcher_;
   std::atomic<int64_t> pending_images_{0};  // Admitted and not yet ended.
   std::atomic<bool> ready_{false};
+  std::atomic<bool> stopping_{false};  // StopAdmitting() was called.
   ModelMetrics* metrics_ = nullptr;
 
   mutable absl::Mutex stats_mu_;

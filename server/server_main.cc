@@ -253,11 +253,21 @@ int Run(const std::vector<std::string>& model_flags) {
   Log("info", "draining",
       {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"},
        {"grace_period_s", absl::StrCat(absl::GetFlag(FLAGS_grace_period_s))}});
+  // Drain while still answering: health says NOT_SERVING (load balancers and probes can see it),
+  // new inference calls are refused with UNAVAILABLE, and admitted ones run to their answers.
+  const absl::Time grace_end = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_grace_period_s));
   health->SetServingStatus(false);
-  // Refuses new calls, waits for admitted ones (which the batchers keep computing), and cancels
-  // whatever is left when the grace period ends.
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::seconds(absl::GetFlag(FLAGS_grace_period_s)));
+  for (auto& host : hosts) host->StopAdmitting();
+  auto pending = [&hosts] {
+    int64_t n = 0;
+    for (const auto& host : hosts) n += host->pending_images();
+    return n;
+  };
+  while (pending() > 0 && absl::Now() < grace_end) absl::SleepFor(absl::Milliseconds(5));
+  Log("info", "drained", {{"pending_images", absl::StrCat(pending())}});
+  // Then stop gRPC: refuses new calls, waits for those still running, and cancels whatever is
+  // left when the grace period ends.
+  server->Shutdown(absl::ToChronoTime(grace_end));
   // Then finish what was admitted, in pipeline order: images still being preprocessed (the pool
   // runs all queued work before it is destroyed; they reach the batchers), then the batchers.
   // Calls cancelled by the grace deadline are still completed internally, so nothing outlives
