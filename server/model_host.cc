@@ -222,9 +222,11 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
   }
   absl::StatusOr<ForwardOutputs> out = absl::InternalError("no forward pass");
   try {
-    out = loaded_.model->Forward(at::stack(inputs), what);
+    const at::Tensor stacked = at::stack(inputs);
+    if (options_.before_forward_for_testing) options_.before_forward_for_testing(stacked);
+    out = loaded_.model->Forward(stacked, what);
   } catch (const std::exception& e) {
-    out = absl::InternalError(absl::StrCat("forming the batch failed: ", e.what()));
+    out = absl::InternalError(absl::StrCat("the forward pass failed: ", e.what()));
   }
   const int64_t compute_us = Micros(absl::Now() - start);
   {

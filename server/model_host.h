@@ -12,6 +12,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -35,6 +36,11 @@ struct ModelHostOptions {
   int intra_op_threads = 1;
   uint64_t max_image_pixels = 40'000'000;
   ThreadPool* preprocess_pool = nullptr;  // Not owned; outlives the host.
+  // Fault injection for tests: if set, called with each batch's stacked input [N, 3, H, W] on the
+  // executor just before the forward pass, as part of it: an exception it throws fails that batch
+  // exactly as a failing model would (INTERNAL for the batch's images, nothing else). Unset in
+  // the server.
+  std::function<void(const at::Tensor& batch)> before_forward_for_testing;
 };
 
 class ModelHost {

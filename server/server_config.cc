@@ -49,6 +49,11 @@ absl::StatusOr<server::ServerConfig> ReadConfigFile(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("config file '", path, "' cannot be read"));
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return ParseConfigText(text, path);
+}
+
+absl::StatusOr<server::ServerConfig> ParseConfigText(const std::string& text,
+                                                     const std::string& path) {
   server::ServerConfig config;
   google::protobuf::TextFormat::Parser parser;
   ErrorCollector errors;

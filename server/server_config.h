@@ -17,6 +17,10 @@ namespace convnext::serving {
 // taken relative to the file's directory.
 absl::StatusOr<server::ServerConfig> ReadConfigFile(const std::string& path);
 
+// The same for the text of such a file; `path` names it in messages and anchors relative paths.
+absl::StatusOr<server::ServerConfig> ParseConfigText(const std::string& text,
+                                                     const std::string& path);
+
 // Parses "NAME=CHECKPOINT" (a --model flag) into a ModelConfig with defaults left unset.
 absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag);
 

@@ -58,7 +58,10 @@ class ServerE2eTest : public ::testing::Test {
         grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
   }
 
-  static v1::Image TensorImage(const at::Tensor& t) {
+  static v1::Image TensorImage(const at::Tensor& t) { return TensorImageFor(t); }
+
+ public:
+  static v1::Image TensorImageFor(const at::Tensor& t) {
     v1::Image image;
     v1::Tensor* proto = image.mutable_tensor();
     for (int64_t s : t.sizes()) proto->add_shape(s);
@@ -68,6 +71,7 @@ class ServerE2eTest : public ::testing::Test {
     return image;
   }
 
+ protected:
   static inline ThreadPool* pool_ = nullptr;
   static inline ModelHost* host_ = nullptr;
   static inline ImageModelServiceImpl* service_ = nullptr;
@@ -217,6 +221,104 @@ TEST_F(ServerE2eTest, ClientRetriesThenReportsUnavailable) {
   done.WaitForNotification();
   EXPECT_TRUE(client::IsRetryable(absl::StatusCode::kResourceExhausted));
   EXPECT_FALSE(client::IsRetryable(absl::StatusCode::kInvalidArgument));
+}
+
+// A model that throws during compute: only the calls in its batch fail (INTERNAL), the server
+// keeps serving. The fault is injected for batches containing a "poison" image (all 7s).
+class ModelFaultTest : public ::testing::Test {
+ protected:
+  void Start(int max_batch_size) {
+    pool_ = std::make_unique<ThreadPool>(2);
+    server::ServerConfig config;
+    server::ModelConfig* m = config.add_model();
+    m->set_name("custom");
+    m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
+    m->mutable_batching()->set_max_batch_size(max_batch_size);
+    // Long enough that a batch closes only when full: which calls share a batch is then known.
+    m->mutable_batching()->set_max_queue_delay_us(5'000'000);
+    NormalizeConfig(&config, 2);
+    ASSERT_TRUE(ValidateConfig(config).ok());
+    ModelHostOptions options;
+    options.config = config.model(0);
+    options.preprocess_pool = pool_.get();
+    options.before_forward_for_testing = [](const at::Tensor& batch) {
+      if (batch.eq(7).flatten(1).all(1).any().item<bool>()) {
+        throw std::runtime_error("injected fault");
+      }
+    };
+    absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(options);
+    ASSERT_TRUE(host.ok()) << host.status();
+    host_ = *std::move(host);
+    service_ = std::make_unique<ImageModelServiceImpl>(
+        std::map<std::string, ModelHost*>{{"custom", host_.get()}}, "custom");
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    stub_ = v1::ImageModelService::NewStub(
+        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override {
+    if (server_ != nullptr) server_->Shutdown();
+    if (host_ != nullptr) host_->Shutdown();
+  }
+
+  grpc::Status Classify(const at::Tensor& image) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::ClassifyRequest request;
+    *request.add_images() = ServerE2eTest::TensorImageFor(image);
+    v1::ClassifyResponse response;
+    return stub_->Classify(&ctx, request, &response);
+  }
+
+  const at::Tensor poison_ = at::full({3, 64, 64}, 7.0f);
+  const at::Tensor normal_ = at::randn({3, 64, 64});
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<ModelHost> host_;
+  std::unique_ptr<ImageModelServiceImpl> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<v1::ImageModelService::Stub> stub_;
+  int port_ = 0;
+};
+
+TEST_F(ModelFaultTest, OnlyTheFailingBatchGetsInternalAndServingContinues) {
+  Start(/*max_batch_size=*/1);
+  // The poisoned call and four others at once: each is its own batch, so only the poisoned fails.
+  grpc::Status poisoned;
+  std::vector<grpc::Status> others(4);
+  std::vector<std::thread> threads;
+  threads.emplace_back([&] { poisoned = Classify(poison_); });
+  for (int i = 0; i < 4; ++i) threads.emplace_back([&, i] { others[i] = Classify(normal_); });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(poisoned.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_NE(poisoned.error_message().find("injected fault"), std::string::npos)
+      << poisoned.error_message();
+  for (const grpc::Status& s : others) EXPECT_TRUE(s.ok()) << s.error_message();
+  // Unharmed afterwards, and the failure can repeat without consequence.
+  EXPECT_EQ(Classify(poison_).error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_TRUE(Classify(normal_).ok());
+}
+
+TEST_F(ModelFaultTest, EveryCallOfTheFailingBatchGetsInternal) {
+  Start(/*max_batch_size=*/2);
+  // Two calls in flight fill one batch of two: both fail with it.
+  grpc::Status a, b;
+  std::thread ta([&] { a = Classify(poison_); });
+  std::thread tb([&] { b = Classify(normal_); });
+  ta.join();
+  tb.join();
+  EXPECT_EQ(a.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_EQ(b.error_code(), grpc::StatusCode::INTERNAL);
+  // The next batch (two clean calls) is served.
+  grpc::Status c, d;
+  std::thread tc([&] { c = Classify(normal_); });
+  std::thread td([&] { d = Classify(normal_); });
+  tc.join();
+  td.join();
+  EXPECT_TRUE(c.ok()) << c.error_message();
+  EXPECT_TRUE(d.ok()) << d.error_message();
+  EXPECT_EQ(host_->Info().stats().batch_sizes().at(2), 2u);
 }
 
 }  // namespace
