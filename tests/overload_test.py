@@ -49,9 +49,11 @@ class OpenLoop:
         self.calls = []  # [sent_at, done_at, code name, response]
         self.lock = threading.Lock()
         start = time.monotonic()
+        next_send = start
         while time.monotonic() - start < seconds:
             self.send(stub, request)
-            time.sleep(interval)
+            next_send += interval  # On a fixed schedule: sending itself takes time.
+            time.sleep(max(0.0, next_send - time.monotonic()))
 
     def send(self, stub, request):
         record = [time.monotonic(), None, None, None]
