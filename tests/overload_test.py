@@ -93,8 +93,9 @@ class OpenLoop:
 class OverloadTest(unittest.TestCase):
     def setUp(self):
         self.config = tempfile.NamedTemporaryFile("w", suffix=".textproto", delete=False)
+        checkpoint = os.path.abspath(os.path.join(DATA, "tiny.safetensors"))
         self.config.write(
-            f'model {{ name: "tiny" checkpoint: "{os.path.join(DATA, "tiny.safetensors")}"'
+            f'model {{ name: "tiny" checkpoint: "{checkpoint}"'
             f' batching {{ max_batch_size: 4 max_queue_size: {MAX_QUEUE}'
             ' max_queue_delay_us: 2000 } }')
         self.config.close()
