@@ -70,6 +70,7 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   load.path = config.checkpoint();
   load.variant = config.variant();
   load.model.intra_op_threads = options.intra_op_threads;
+  load.model.cpu_fast_path = !config.disable_cpu_fast_path();
   try {
     load.model.device = c10::Device(config.device());
   } catch (const std::exception&) {
@@ -318,6 +319,7 @@ v1::ModelInfo ModelHost::Info() const {
   info.set_checkpoint_format(loaded_.format);
   info.set_checkpoint_layout(loaded_.layout);
   info.set_device(loaded_.model->options().device.str());
+  info.set_cpu_fast_path(loaded_.model->uses_fast_path());
   v1::BatchingInfo* b = info.mutable_batching();
   b->set_max_batch_size(config.batching().max_batch_size());
   b->set_max_queue_delay_us(config.batching().max_queue_delay_us());

@@ -209,6 +209,7 @@ int Run(const std::vector<std::string>& model_flags) {
         {{"model", m.name()},
          {"variant", (*host)->model_config().variant},
          {"classes", absl::StrCat((*host)->model_config().num_classes)},
+         {"cpu_fast_path", (*host)->Info().cpu_fast_path() ? "true" : "false"},
          {"checkpoint", m.checkpoint()},
          {"seconds", absl::StrFormat("%.2f", absl::ToDoubleSeconds(absl::Now() - start))}});
     by_name[m.name()] = host->get();

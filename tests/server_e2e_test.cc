@@ -227,7 +227,7 @@ TEST_F(ServerE2eTest, ClientRetriesThenReportsUnavailable) {
 // keeps serving. The fault is injected for batches containing a "poison" image (all 7s).
 class ModelFaultTest : public ::testing::Test {
  protected:
-  void Start(int max_batch_size) {
+  void Start(int max_batch_size, bool disable_cpu_fast_path = false) {
     pool_ = std::make_unique<ThreadPool>(2);
     server::ServerConfig config;
     server::ModelConfig* m = config.add_model();
@@ -236,6 +236,7 @@ class ModelFaultTest : public ::testing::Test {
     m->mutable_batching()->set_max_batch_size(max_batch_size);
     // Long enough that a batch closes only when full: which calls share a batch is then known.
     m->mutable_batching()->set_max_queue_delay_us(5'000'000);
+    m->set_disable_cpu_fast_path(disable_cpu_fast_path);
     NormalizeConfig(&config, 2);
     ASSERT_TRUE(ValidateConfig(config).ok());
     ModelHostOptions options;
@@ -319,6 +320,23 @@ TEST_F(ModelFaultTest, EveryCallOfTheFailingBatchGetsInternal) {
   EXPECT_TRUE(c.ok()) << c.error_message();
   EXPECT_TRUE(d.ok()) << d.error_message();
   EXPECT_EQ(host_->Info().stats().batch_sizes().at(2), 2u);
+}
+
+TEST_F(ModelFaultTest, HostWithoutTheFastPathGivesTheReferenceAnswers) {
+  Start(/*max_batch_size=*/1, /*disable_cpu_fast_path=*/true);
+  EXPECT_FALSE(host_->Info().cpu_fast_path());
+  const at::Tensor input = testing::ReadReference("custom.input.npy");  // [3, 3, 100, 72]
+  const at::Tensor probs = at::softmax(testing::ReadReference("custom.logits.npy"), 1);
+  grpc::ClientContext ctx;
+  v1::ClassifyRequest request;
+  *request.add_images() = ServerE2eTest::TensorImageFor(input[0]);
+  request.set_top_k(10);
+  v1::ClassifyResponse response;
+  ASSERT_TRUE(stub_->Classify(&ctx, request, &response).ok());
+  ASSERT_EQ(response.results(0).classes_size(), 10);
+  for (const v1::ClassScore& c : response.results(0).classes()) {
+    EXPECT_NEAR(c.score(), probs[0][c.index()].item<float>(), 1e-4) << c.index();
+  }
 }
 
 }  // namespace

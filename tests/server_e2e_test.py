@@ -152,6 +152,7 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(tiny.parameter_count, 28589128)
         self.assertTrue(tiny.ready)
         self.assertEqual(tiny.device, "cpu")
+        self.assertTrue(tiny.cpu_fast_path)
         self.assertEqual(tiny.preprocessing.size, 224)
         self.assertEqual(len(tiny.checkpoint_sha256), 64)
         import hashlib
