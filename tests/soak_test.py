@@ -4,7 +4,8 @@ CLI's bench against a real convnext-server, with the server's resident memory sa
 Asserts that every call succeeds, that resident memory stops growing once warmed up (the second
 half of the run stays within a small margin of the level reached at the end of the first
 quarter), and that the server then exits 0 on SIGTERM: in the sanitizer build that exit status
-includes LeakSanitizer's verdict (it fails the exit on a leak). The RSS curve is printed.
+includes LeakSanitizer's verdict (it fails the exit on a leak), and the RSS bound is not checked
+there (ASan's quarantine of freed memory grows by design). The RSS curve is printed.
 
 Run by ctest, which sets CONVNEXT_BIN, CONVNEXT_TESTDATA and CONVNEXT_PYGEN.
 """
@@ -68,7 +69,10 @@ class SoakTest(unittest.TestCase):
               flush=True)
         self.assertEqual(out["calls"], CALLS)
         self.assertEqual(out["codes"], {"OK": CALLS})
-        self.assertLessEqual(max(second_half), quarter[-1] + MARGIN_MB, deciles)
+        if not os.environ.get("CONVNEXT_SANITIZED"):
+            # Under AddressSanitizer resident memory also holds its quarantine of freed blocks
+            # (up to 256 MB, by design): there the leak check is LeakSanitizer's, at exit.
+            self.assertLessEqual(max(second_half), quarter[-1] + MARGIN_MB, deciles)
         self.assertEqual(server.stop(), 0, "".join(server.lines[-20:]))
 
 
