@@ -287,6 +287,41 @@ class ServerTest(unittest.TestCase):
             grpc.StatusCode.INVALID_ARGUMENT, self.classify, [good, pb.Image(encoded=b"xx")]))
         self.assertEqual(self.server.health(), "SERVING")
 
+    def test_hostile_inputs_are_invalid_argument_counted_and_harmless(self):
+        def tensor(shape, values=None, dtype=pb.FP32):
+            data = b"" if values is None else np.asarray(values, dtype="<f4").tobytes()
+            return pb.Image(tensor=pb.Tensor(shape=shape, dtype=dtype, data=data))
+        ok = np.zeros((3, 64, 64), dtype="<f4")
+        inf = ok.copy()
+        inf[1, 2, 3] = np.inf
+        hostile = [
+            pb.Image(raw=pb.RawImage(width=0, height=10, channels=3)),  # Zero-sized.
+            pb.Image(raw=pb.RawImage(width=1 << 31, height=1 << 31, channels=3, pixels=b"x")),
+            pb.Image(raw=pb.RawImage(width=4, height=4, channels=7, pixels=b"x" * 112)),
+            pb.Image(raw=pb.RawImage(width=4, height=4, channels=3, order=99, pixels=b"x" * 48)),
+            tensor([-1, 3, 64, 64], ok),                       # Negative size.
+            tensor([3, 1 << 40, 1 << 40]),                     # Absurd size.
+            tensor([3, 64, 64], inf),                          # Inf.
+            tensor([3, 64, 64], ok, dtype=99),                 # Unknown enum value.
+            pb.Image(),                                        # No source at all.
+            pb.Image(encoded=b""),                             # Zero bytes.
+        ]
+        key = ("convnext_requests_total", frozenset(
+            {("model", "tiny"), ("method", "Classify"), ("code", "INVALID_ARGUMENT")}))
+        before = self.server.metrics().get(key, 0)
+        for image in hostile:
+            self.assert_code(grpc.StatusCode.INVALID_ARGUMENT, self.classify, [image])
+        self.assert_code(grpc.StatusCode.INVALID_ARGUMENT, self.classify,
+                         [tensor([3, 64, 64], ok)], top_k=(1 << 32) - 1)
+        for field in ({"dtype": 99}, {"resize": 99}):
+            self.assert_code(grpc.StatusCode.INVALID_ARGUMENT, self.stub.Embed,
+                             pb.EmbedRequest(images=[tensor([3, 64, 64], ok)], stages=[1],
+                                             **field), timeout=10)
+        # Every refusal is counted, by model, method and code.
+        self.assertEqual(self.server.metrics().get(key, 0) - before, len(hostile) + 1)
+        self.assertEqual(self.server.health(), "SERVING")
+        self.assertEqual(len(self.classify([tensor([3, 64, 64], ok)]).results), 1)
+
     def test_deadline_and_cancellation(self):
         with open(photo_path("astronaut.png"), "rb") as f:
             image = pb.Image(encoded=f.read())
@@ -335,6 +370,26 @@ class ShutdownAndOverloadTest(unittest.TestCase):
         finally:
             os.unlink(f.name)
             server.stop()
+
+    def test_oversize_message_is_refused_by_the_configured_limit(self):
+        digits = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "models", "digits", "convnext_digits.safetensors")
+        with tempfile.NamedTemporaryFile("w", suffix=".textproto", delete=False) as f:
+            f.write(f'model {{ name: "digits" checkpoint: "{digits}" }}'
+                    ' max_message_bytes: 1048576')
+        server = Server("--config", f.name)
+        try:
+            big = pb.Image(encoded=b"\xff" * (2 << 20))
+            with self.assertRaises(grpc.RpcError) as e:
+                server.stub.Classify(pb.ClassifyRequest(images=[big]), timeout=30)
+            self.assertEqual(e.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+            self.assertEqual(server.health(), "SERVING")
+            small = pb.Image(raw=pb.RawImage(width=8, height=8, channels=1, pixels=b"\x80" * 64))
+            self.assertEqual(len(server.stub.Classify(pb.ClassifyRequest(images=[small]),
+                                                      timeout=30).results), 1)
+        finally:
+            os.unlink(f.name)
+            self.assertEqual(server.stop(), 0)
 
     def test_bad_checkpoint_is_a_clear_startup_error(self):
         r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0", "--model",
