@@ -6,12 +6,13 @@
 // pointwise-layer shapes). Not a test: it asserts nothing.
 //
 //   build/bin/model_throughput [--variant convnext_tiny] [--batches 1,8] [--threads 2]
-//                              [--seconds 10] [--reference=true] [--aten=true]
+//                              [--seconds 10] [--reference=true] [--aten=true] [--instances 1]
 //
 // Weights are random (speed does not depend on their values). The reference side runs
 // bench/torchvision_eager.py with Debian's /usr/bin/python3.
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -33,6 +34,9 @@
 ABSL_FLAG(std::string, variant, "convnext_tiny", "Named ConvNeXt variant.");
 ABSL_FLAG(std::string, batches, "1,8", "Comma-separated batch sizes.");
 ABSL_FLAG(int, threads, 2, "Intra-op threads, for both sides.");
+ABSL_FLAG(int, instances, 1,
+          "Threads calling the model concurrently (as the server's executor instances); "
+          "img/s is their total, ms/batch the mean time of one call.");
 ABSL_FLAG(double, seconds, 10.0, "Minimum measuring time per batch size and side.");
 ABSL_FLAG(int, size, 224, "Input side in pixels.");
 ABSL_FLAG(bool, reference, true, "Also measure torchvision eager (python3-torchvision).");
@@ -65,23 +69,37 @@ std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, int threads,
   return *std::move(model);
 }
 
-Result Measure(const ConvNeXt& model, int batch, int size, double seconds) {
+// Runs `instances` threads that each call Forward on a batch of `batch` images, concurrently, for
+// at least `seconds`. Returns the images per second of all threads together and the mean time of
+// one call.
+Result Measure(const ConvNeXt& model, int batch, int size, double seconds, int instances) {
   const at::Tensor x = at::randn({batch, 3, size, size});
-  for (int i = 0; i < 2; ++i) (void)model.Forward(x, OutputRequest());
   using Clock = std::chrono::steady_clock;
-  const auto start = Clock::now();
-  int n = 0;
-  double elapsed = 0;
-  do {
-    absl::StatusOr<ForwardOutputs> out = model.Forward(x, OutputRequest());
-    if (!out.ok()) {
-      std::fprintf(stderr, "%s\n", out.status().ToString().c_str());
-      std::exit(1);
-    }
-    ++n;
-    elapsed = std::chrono::duration<double>(Clock::now() - start).count();
-  } while (elapsed < seconds || n < 3);
-  return {batch, n * batch / elapsed, 1000 * elapsed / n};
+  std::vector<int> calls(instances, 0);
+  std::vector<double> elapsed(instances, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < instances; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 2; ++i) (void)model.Forward(x, OutputRequest());
+      const auto start = Clock::now();
+      do {
+        absl::StatusOr<ForwardOutputs> out = model.Forward(x, OutputRequest());
+        if (!out.ok()) {
+          std::fprintf(stderr, "%s\n", out.status().ToString().c_str());
+          std::exit(1);
+        }
+        ++calls[t];
+        elapsed[t] = std::chrono::duration<double>(Clock::now() - start).count();
+      } while (elapsed[t] < seconds || calls[t] < 3);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  double images_per_s = 0, ms_per_call = 0;
+  for (int t = 0; t < instances; ++t) {
+    images_per_s += calls[t] * batch / elapsed[t];
+    ms_per_call += 1000 * elapsed[t] / calls[t] / instances;
+  }
+  return {batch, images_per_s, ms_per_call};
 }
 
 // The best rate, in GFLOP/s, of a oneDNN float32 matrix product (weights prepacked, as the fast
@@ -153,6 +171,7 @@ int Main() {
     return 2;
   }
   const int threads = absl::GetFlag(FLAGS_threads);
+  const int instances = std::max(1, absl::GetFlag(FLAGS_instances));
   const double seconds = absl::GetFlag(FLAGS_seconds);
   const int size = absl::GetFlag(FLAGS_size);
   std::vector<int> batches;
@@ -161,8 +180,8 @@ int Main() {
     if (absl::SimpleAtoi(b, &v) && v > 0) batches.push_back(v);
   }
 
-  std::printf("%s at %dx%d, %d intra-op threads, >= %.0f s per measurement\n", variant.c_str(),
-              size, size, threads, seconds);
+  std::printf("%s at %dx%d, %d intra-op threads, %d instance(s), >= %.0f s per measurement\n",
+              variant.c_str(), size, size, threads, instances, seconds);
   const double gflop_per_image = ForwardFlops(*config, size, size) / 1e9;
   std::vector<Result> fast, aten;
   double ceiling = 0;
@@ -174,11 +193,11 @@ int Main() {
     // threads (which the ATen path's matrix products use) want the same two cores.
     if (absl::GetFlag(FLAGS_aten)) {
       std::unique_ptr<ConvNeXt> model = RandomModel(*config, threads, /*fast=*/false);
-      for (int b : batches) aten.push_back(Measure(*model, b, size, seconds));
+      for (int b : batches) aten.push_back(Measure(*model, b, size, seconds, instances));
     }
     std::unique_ptr<ConvNeXt> model = RandomModel(*config, threads, /*fast=*/true);
     ceiling = MeasureGemmCeiling(*config, 8, size);
-    for (int b : batches) fast.push_back(Measure(*model, b, size, seconds));
+    for (int b : batches) fast.push_back(Measure(*model, b, size, seconds, instances));
   }).join();
 
   std::vector<Result> reference;
