@@ -214,9 +214,10 @@ int Main() {
     return r == nullptr ? std::string("-") : absl::StrFormat("%.2f", r->images_per_s);
   };
   std::printf(
-      "GEMM ceiling (best oneDNN matmul on the model's pointwise shapes, batch 8): "
-      "%.1f GFLOP/s; model: %.2f GFLOP per image\n",
-      ceiling, gflop_per_image);
+      "GEMM ceiling (best oneDNN matmul on the model's pointwise shapes, batch 8, on one "
+      "instance's threads): %.1f GFLOP/s; model: %.2f GFLOP per image; the share below is of "
+      "%d x the ceiling\n",
+      ceiling, gflop_per_image, instances);
   std::printf("%6s %10s %9s %10s %10s %12s %8s %9s %8s\n", "batch", "fast img/s", "ms/batch",
               "ATen img/s", "tv img/s", "fast/tv", "fast/ATen", "GFLOP/s", "ceiling");
   for (const Result& r : fast) {
@@ -229,7 +230,7 @@ int Main() {
         ref == nullptr ? "-" : absl::StrFormat("%.2f", r.images_per_s / ref->images_per_s).c_str(),
         slow == nullptr ? "-"
                         : absl::StrFormat("%.2f", r.images_per_s / slow->images_per_s).c_str(),
-        gflops, 100 * gflops / ceiling);
+        gflops, 100 * gflops / (ceiling * instances));
   }
   return 0;
 }
