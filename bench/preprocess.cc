@@ -7,6 +7,8 @@
 //
 // The JPEG is made at start from samples/chelsea.jpg (451x300), resized to 500x375 and encoded at
 // quality 90, so that the figure is for the size the performance targets name.
+#include "model/preprocess.h"
+
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 
@@ -17,8 +19,6 @@
 #include <opencv2/imgproc.hpp>
 #include <string>
 #include <vector>
-
-#include "model/preprocess.h"
 
 namespace convnext {
 namespace {

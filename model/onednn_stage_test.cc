@@ -46,6 +46,17 @@ std::unique_ptr<ConvNeXt> Make(const ConvNeXtConfig& config, const StateDict& we
   return model.ok() ? *std::move(model) : nullptr;
 }
 
+// The same random weights on both paths.
+struct ModelPair {
+  std::unique_ptr<ConvNeXt> fast, aten;
+};
+
+ModelPair MakePair(const ConvNeXtConfig& config, uint64_t seed) {
+  at::manual_seed(seed);
+  const StateDict weights = RandomWeights(config);
+  return {Make(config, weights, /*fast=*/true), Make(config, weights, /*fast=*/false)};
+}
+
 double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
   EXPECT_EQ(a.sizes(), b.sizes());
   return (a - b).abs().max().item<double>();
@@ -77,13 +88,12 @@ void ExpectSameOutputs(const ConvNeXt& fast, const ConvNeXt& aten, const at::Ten
 }
 
 TEST(FastPathTest, MatchesTheAtenPathOnManyShapes) {
-  at::manual_seed(1);
   const ConvNeXtConfig config = SmallConfig();
-  const StateDict weights = RandomWeights(config);
-  std::unique_ptr<ConvNeXt> fast = Make(config, weights, /*fast=*/true);
-  std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
-  ASSERT_NE(fast, nullptr);
-  ASSERT_NE(aten, nullptr);
+  const ModelPair m = MakePair(config, 1);
+  ASSERT_NE(m.fast, nullptr);
+  ASSERT_NE(m.aten, nullptr);
+  const ConvNeXt& fast = *m.fast;
+  const ConvNeXt& aten = *m.aten;
   // Batch sizes 1..5, square and not, sides that are not multiples of 32 (floored by the strided
   // convolutions), and a first shape repeated after others (a cached primitive reused).
   const std::vector<std::vector<int64_t>> shapes = {
@@ -91,57 +101,54 @@ TEST(FastPathTest, MatchesTheAtenPathOnManyShapes) {
       {3, 3, 33, 47}, {1, 3, 224, 32}, {1, 3, 64, 64}, {4, 3, 128, 128},
   };
   // Two of them prepared ahead, as the server's warm-up does.
-  ASSERT_TRUE(fast->Prepare(2, 64, 64).ok());
-  ASSERT_TRUE(fast->Prepare(4, 128, 128).ok());
-  EXPECT_TRUE(fast->uses_fast_path());
-  EXPECT_FALSE(aten->uses_fast_path());
-  for (const auto& shape : shapes) ExpectSameOutputs(*fast, *aten, at::randn(shape));
+  ASSERT_TRUE(fast.Prepare(2, 64, 64).ok());
+  ASSERT_TRUE(fast.Prepare(4, 128, 128).ok());
+  EXPECT_TRUE(fast.uses_fast_path());
+  EXPECT_FALSE(aten.uses_fast_path());
+  for (const auto& shape : shapes) ExpectSameOutputs(fast, aten, at::randn(shape));
 }
 
 TEST(FastPathTest, EvictsCachedShapesAndStaysCorrect) {
-  at::manual_seed(2);
   ConvNeXtConfig config = SmallConfig();
   config.depths = {1, 1, 1, 1};
-  const StateDict weights = RandomWeights(config);
-  std::unique_ptr<ConvNeXt> fast = Make(config, weights, /*fast=*/true);
-  std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
-  ASSERT_NE(fast, nullptr);
-  ASSERT_NE(aten, nullptr);
+  const ModelPair m = MakePair(config, 2);
+  ASSERT_NE(m.fast, nullptr);
+  ASSERT_NE(m.aten, nullptr);
+  const ConvNeXt& fast = *m.fast;
+  const ConvNeXt& aten = *m.aten;
   // More distinct shapes than the cache keeps (64), then the first ones again.
   for (int64_t side = 32; side < 32 + 70; ++side) {
-    ExpectSameOutputs(*fast, *aten, at::randn({1, 3, side, 32}));
+    ExpectSameOutputs(fast, aten, at::randn({1, 3, side, 32}));
   }
-  ExpectSameOutputs(*fast, *aten, at::randn({1, 3, 32, 32}));
+  ExpectSameOutputs(fast, aten, at::randn({1, 3, 32, 32}));
 }
 
 TEST(FastPathTest, DetectionBackboneStageNormsMatch) {
-  at::manual_seed(3);
   const ConvNeXtConfig config = SmallConfig(/*stage_norms=*/true);
-  const StateDict weights = RandomWeights(config);
-  std::unique_ptr<ConvNeXt> fast = Make(config, weights, /*fast=*/true);
-  std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
-  ASSERT_NE(fast, nullptr);
-  ASSERT_NE(aten, nullptr);
-  ExpectSameOutputs(*fast, *aten, at::randn({2, 3, 96, 128}));
+  const ModelPair m = MakePair(config, 3);
+  ASSERT_NE(m.fast, nullptr);
+  ASSERT_NE(m.aten, nullptr);
+  const ConvNeXt& fast = *m.fast;
+  const ConvNeXt& aten = *m.aten;
+  ExpectSameOutputs(fast, aten, at::randn({2, 3, 96, 128}));
 }
 
 TEST(FastPathTest, ConcurrentCallsOfDifferentShapesEachGetTheirOwnAnswer) {
-  at::manual_seed(4);
   const ConvNeXtConfig config = SmallConfig();
-  const StateDict weights = RandomWeights(config);
-  std::unique_ptr<ConvNeXt> fast = Make(config, weights, /*fast=*/true);
-  std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
-  ASSERT_NE(fast, nullptr);
-  ASSERT_NE(aten, nullptr);
+  const ModelPair m = MakePair(config, 4);
+  ASSERT_NE(m.fast, nullptr);
+  ASSERT_NE(m.aten, nullptr);
+  const ConvNeXt& fast = *m.fast;
+  const ConvNeXt& aten = *m.aten;
   constexpr int kThreads = 4;
   std::vector<at::Tensor> inputs, expected(kThreads), got(kThreads);
   for (int t = 0; t < kThreads; ++t) inputs.push_back(at::randn({1 + t, 3, 64 + 32 * (t % 2), 64}));
-  for (int t = 0; t < kThreads; ++t) expected[t] = aten->Forward(inputs[t], {})->logits;
+  for (int t = 0; t < kThreads; ++t) expected[t] = aten.Forward(inputs[t], {})->logits;
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int rep = 0; rep < 5; ++rep) {
-        absl::StatusOr<ForwardOutputs> out = fast->Forward(inputs[t], {});
+        absl::StatusOr<ForwardOutputs> out = fast.Forward(inputs[t], {});
         if (!out.ok()) return;  // `got` stays undefined and the check below fails.
         got[t] = out->logits;
       }

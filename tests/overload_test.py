@@ -34,14 +34,6 @@ def percentile(values, p):
     return values[min(len(values) - 1, int(p * (len(values) - 1) + 0.5))]
 
 
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 class OpenLoop:
     """Sends `request` every `interval` seconds for `seconds`, without waiting for answers."""
 
@@ -125,13 +117,13 @@ class OverloadTest(unittest.TestCase):
 
     def test_ten_times_capacity_admits_what_fits_and_refuses_the_rest(self):
         refused_before = self.refused_count()
-        rss_before = rss_mb(self.server.proc.pid)
+        rss_before = self.server.rss_mb()
         peak = [rss_before]
         sampling = [True]
 
         def sample():
             while sampling[0]:
-                peak[0] = max(peak[0], rss_mb(self.server.proc.pid))
+                peak[0] = max(peak[0], self.server.rss_mb())
                 time.sleep(0.05)
         sampler = threading.Thread(target=sample)
         sampler.start()

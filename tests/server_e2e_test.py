@@ -85,6 +85,14 @@ class Server:
             out[(name, frozenset((k, v.strip('"')) for k, v in pairs))] = float(value)
         return out
 
+    def rss_mb(self):
+        """The server process's resident memory, in MB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
     def health(self):
         check = self.channel.unary_unary("/grpc.health.v1.Health/Check",
                                          request_serializer=lambda b: b,

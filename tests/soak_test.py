@@ -28,14 +28,6 @@ CALLS = int(os.environ.get("CONVNEXT_SOAK_CALLS", "100000"))
 MARGIN_MB = 8
 
 
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 class SoakTest(unittest.TestCase):
     def test_hundred_thousand_calls_hold_memory_flat(self):
         server = Server("--config", os.path.join(ROOT, "models", "digits", "server.textproto"))
@@ -45,7 +37,7 @@ class SoakTest(unittest.TestCase):
 
         def sample():
             while not done.is_set():
-                samples.append((time.monotonic() - start, rss_mb(server.proc.pid)))
+                samples.append((time.monotonic() - start, server.rss_mb()))
                 done.wait(0.25)
         sampler = threading.Thread(target=sample)
         sampler.start()
