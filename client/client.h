@@ -60,7 +60,8 @@ class Client {
   absl::StatusOr<bool> Health(const std::string& service = "");
 
   // Asynchronous forms: `done` runs once, on a gRPC thread, with the result (retries included).
-  // The request is copied; the Client must outlive the call.
+  // The request is copied. The Client must outlive the call; it may be destroyed once `done` has
+  // run, but not from inside `done` (that would destroy the channel on gRPC's callback thread).
   void ClassifyAsync(const v1::ClassifyRequest& request,
                      std::function<void(absl::StatusOr<v1::ClassifyResponse>)> done);
   void EmbedAsync(const v1::EmbedRequest& request,
