@@ -20,6 +20,8 @@
 #include <dlfcn.h>
 #include <sanitizer/tsan_interface.h>
 
+#include <atomic>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -67,9 +69,9 @@ using WaitFn = void (*)(absl::CondVar*, absl::Mutex*);
 using WaitTimeoutFn = bool (*)(absl::CondVar*, absl::Mutex*, absl::Duration);
 using WaitDeadlineFn = bool (*)(absl::CondVar*, absl::Mutex*, absl::Time);
 
-// Abseil calls its own interposed entry points through the dynamic linker too
-// (CondVar::WaitWithTimeout calls WaitWithDeadline, Notification locks its mutex with LockWhen):
-// only the outermost call on a thread is annotated, or TSan would see one unlock twice.
+// Abseil calls some of its own interposed entry points through the dynamic linker too
+// (Notification locks and unlocks its internal mutex with LockWhen and Unlock): only the
+// outermost call on a thread is annotated, or TSan would see one lock twice.
 thread_local int nesting = 0;
 
 // Runs `call` annotated with `before` and `after` when it is the outermost interposed call.
@@ -114,18 +116,34 @@ void Unlocking(absl::Mutex* mu, unsigned flags, Call call) {
             [&] { __tsan_mutex_post_unlock(mu, flags); });
 }
 
-// A wait that releases the held mutex inside the library and holds it again on return
-// (Mutex::Await, CondVar::Wait): to TSan, an unlock and then a lock. The wait itself sits inside
-// the unlock annotation, where accesses are ignored, because Abseil evaluates the await
-// condition with the mutex in effect held, in this thread or in another one's Unlock.
+// Whether `mu`, held by the caller, is held in writer mode: Abseil's Mutex is one state word
+// whose kMuWriter bit (0x08, absl/synchronization/mutex.cc) is set while a writer holds it.
+unsigned HeldMode(const absl::Mutex* mu) {
+  static_assert(sizeof(absl::Mutex) == sizeof(std::atomic<intptr_t>),
+                "absl::Mutex is no longer a single state word");
+  constexpr intptr_t kMuWriter = 0x08;
+  const auto* word = reinterpret_cast<const std::atomic<intptr_t>*>(mu);
+  return (word->load(std::memory_order_relaxed) & kMuWriter) != 0 ? kWriter : kReader;
+}
+
+// A wait that releases the held mutex inside the library and holds it again on return, in the
+// same mode (Mutex::Await, CondVar::Wait): to TSan, an unlock and then a lock. The wait itself
+// sits inside the unlock annotation, where accesses are ignored, because Abseil evaluates the
+// await condition with the mutex in effect held, in this thread or in another one's Unlock.
 template <typename Call>
 auto ReleasedDuring(absl::Mutex* mu, Call call) {
-  return Annotated([&] { __tsan_mutex_pre_unlock(mu, kWriter); }, call,
-                   [&] {
-                     __tsan_mutex_post_unlock(mu, kWriter);
-                     __tsan_mutex_pre_lock(mu, kWriter);
-                     __tsan_mutex_post_lock(mu, kWriter, 0);
-                   });
+  unsigned mode = kWriter;
+  return Annotated(
+      [&] {
+        mode = HeldMode(mu);
+        __tsan_mutex_pre_unlock(mu, mode);
+      },
+      call,
+      [&] {
+        __tsan_mutex_post_unlock(mu, mode);
+        __tsan_mutex_pre_lock(mu, mode);
+        __tsan_mutex_post_lock(mu, mode, 0);
+      });
 }
 
 // Where Notification keeps its flag: HasBeenNotified() is inline (instrumented, in our code) and
@@ -271,6 +289,20 @@ void Notification::Notify() {
       [&] {
         __tsan_release(this);
         __tsan_release(const_cast<void*>(NotifiedFlag(this)));
+      },
+      [&] { return real(this), 0; }, [] {});
+}
+
+// Its internal mutex is destroyed inside the library, unannotated: forget both addresses here,
+// or a later mutex or notification at the same stack address would inherit their clocks.
+Notification::~Notification() {
+  static const auto real = Real<void (*)(Notification*)>("12NotificationD2Ev");
+  const bool ours = InThisExecutable(__builtin_return_address(0));
+  Annotated(
+      [&] {
+        if (!ours) return;
+        __tsan_mutex_destroy(this, 0);
+        __tsan_mutex_destroy(const_cast<void*>(NotifiedFlag(this)), 0);
       },
       [&] { return real(this), 0; }, [] {});
 }

@@ -3,13 +3,15 @@
 //   tsan_canary race          two threads write one int with no synchronisation: TSan must report
 //                             a data race (ctest expects the report).
 //   tsan_canary <guarded>     the same writes ordered by one of the Abseil primitives our code
-//                             uses (mutex, await, condvar, notification, has_been_notified,
-//                             try_lock, reader_lock): TSan must stay silent, which it does only
-//                             through tests/tsan/absl_sync_annotations.cc (Debian's Abseil is not
-//                             instrumented).
+//                             uses (mutex, reader_lock, try_lock, await, await_with_deadline,
+//                             condvar, notification, has_been_notified): TSan must stay silent,
+//                             which it does only through tests/tsan/absl_sync_annotations.cc
+//                             (Debian's Abseil is not instrumented).
 //
-// Each mode prints "ok" when it ran to the end; TSan's verdict is on stderr and in the exit status.
+// A guarded mode exits 0 when it ran to the end and TSan found nothing (a report makes TSan exit
+// with 66).
 
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -53,10 +55,18 @@ int GuardedByMutex() {
   return 0;
 }
 
+// Writer -> reader -> writer: a write under the writer lock, a read under a reader lock, and a
+// write after ReaderUnlock, each ordered by the mutex whichever thread gets it first.
 int GuardedByReaderLock() {
   absl::Mutex mu;
-  int observed = 0;
-  std::thread other([&] {
+  int observed = -1;
+  std::thread first_writer([&] {
+    absl::MutexLock lock(&mu);
+    Write();
+  });
+  std::thread second_writer([&] {
+    Pause();
+    Pause();
     absl::MutexLock lock(&mu);
     Write();
   });
@@ -65,38 +75,68 @@ int GuardedByReaderLock() {
     absl::ReaderMutexLock lock(&mu);
     observed = shared_value;
   }
-  other.join();
+  first_writer.join();
+  second_writer.join();
   return observed >= 0 ? 0 : 1;
 }
 
+// The other thread's TryLock fails while this one holds the mutex (the failure annotation), then
+// succeeds once it is released.
 int GuardedByTryLock() {
   absl::Mutex mu;
+  std::atomic<int> failures{0};
+  mu.Lock();
   std::thread other([&] {
-    absl::MutexLock lock(&mu);
+    while (!mu.TryLock()) {
+      failures.fetch_add(1, std::memory_order_relaxed);
+      std::this_thread::yield();
+    }
     Write();
+    mu.Unlock();
   });
-  Pause();
-  while (!mu.TryLock()) std::this_thread::yield();
+  while (failures.load(std::memory_order_relaxed) == 0) std::this_thread::yield();
   Write();
   mu.Unlock();
   other.join();
   return 0;
 }
 
+// This thread holds the mutex before the other starts, so the await (or condition-variable wait)
+// certainly blocks and releases it; the other thread can only set `ready` once it has.
+bool IsReady(bool* ready) { return *ready; }
+
 int GuardedByAwait() {
   absl::Mutex mu;
   bool ready = false;
+  mu.Lock();
   std::thread other([&] {
     Pause();
     absl::MutexLock lock(&mu);
     Write();
     ready = true;
   });
-  {
-    absl::MutexLock lock(&mu);
-    mu.Await(absl::Condition(&ready));
-  }
+  mu.Await(absl::Condition(&IsReady, &ready));  // A function-and-argument condition, as ours.
+  mu.Unlock();
   Write();  // Ordered after the other thread's write by the await, not by a lock held here.
+  other.join();
+  return 0;
+}
+
+int GuardedByAwaitWithDeadline() {
+  absl::Mutex mu;
+  bool ready = false;
+  mu.Lock();
+  std::thread other([&] {
+    Pause();
+    absl::MutexLock lock(&mu);
+    Write();
+    ready = true;
+  });
+  while (!mu.AwaitWithDeadline(absl::Condition(&IsReady, &ready),
+                               absl::Now() + absl::Milliseconds(5))) {
+  }
+  mu.Unlock();
+  Write();
   other.join();
   return 0;
 }
@@ -105,6 +145,7 @@ int GuardedByCondVar() {
   absl::Mutex mu;
   absl::CondVar cv;
   bool ready = false;
+  mu.Lock();
   std::thread other([&] {
     Pause();
     Write();
@@ -112,10 +153,8 @@ int GuardedByCondVar() {
     ready = true;
     cv.Signal();
   });
-  {
-    absl::MutexLock lock(&mu);
-    while (!ready) cv.Wait(&mu);
-  }
+  while (!ready) cv.Wait(&mu);
+  mu.Unlock();
   Write();
   other.join();
   return 0;
@@ -158,6 +197,7 @@ int main(int argc, char** argv) {
       {"reader_lock", GuardedByReaderLock},
       {"try_lock", GuardedByTryLock},
       {"await", GuardedByAwait},
+      {"await_with_deadline", GuardedByAwaitWithDeadline},
       {"condvar", GuardedByCondVar},
       {"notification", GuardedByNotification},
       {"has_been_notified", GuardedByHasBeenNotified},
@@ -168,9 +208,7 @@ int main(int argc, char** argv) {
   }
   for (const Mode& mode : kModes) {
     if (std::strcmp(argv[1], mode.name) != 0) continue;
-    const int status = mode.run();
-    std::printf("ok\n");
-    return status;
+    return mode.run();
   }
   std::fprintf(stderr, "tsan_canary: unknown mode %s\n", argv[1]);
   return 2;
