@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The batcher and server end-to-end tests under ThreadSanitizer: builds the programs they need
 # into build-tsan/ (cmake -DCONVNEXT_TSAN=ON) and runs them there, with the TSan canary (a real
-# race must be reported; writes ordered by Abseil's primitives must not be). Debian's Abseil is
-# not instrumented; tests/tsan/absl_sync_annotations.cc makes its Mutex, CondVar and
-# Notification visible to TSan. CI runs this after scripts/sanitize.sh.
+# race must be reported; writes ordered by Abseil's primitives must not be). Debian's Abseil and
+# gRPC are not instrumented: tests/tsan/absl_sync_annotations.cc makes Abseil's Mutex, CondVar
+# and Notification visible to TSan, tests/tsan/grpc_annotations.cc gRPC's completion-queue
+# handover, and tests/tsan/tsan.supp lists what remains of gRPC's internals. CI runs this after
+# scripts/sanitize.sh.
 #
 #   scripts/tsan.sh [ctest arguments]
 set -euo pipefail
