@@ -1,7 +1,7 @@
 # convnext-serve container image.
 #
 #   docker build -t convnext-serve .
-#   docker run -p 50051:50051 -p 9090:9090 convnext-serve                      # embedded default model
+#   docker run -p 50051:50051 -p 9090:9090 convnext-serve                      # default model
 #   docker run -v /path/to/models:/models:ro -p 50051:50051 convnext-serve \
 #       --model tiny=/models/convnext_tiny_1k_224_ema.pth
 #
@@ -25,9 +25,9 @@ FROM ${BASE_IMAGE}
 COPY scripts/install-deps.sh /tmp/install-deps.sh
 RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh
 COPY --from=build /src/build/bin/convnext-server /src/build/bin/convnext /usr/local/bin/
-# The embedded default model, where convnext-server looks for it (../share next to the binary).
-COPY models/digits/server.textproto models/digits/convnext_digits.safetensors \
-     models/digits/labels.txt /usr/local/share/convnext-serve/models/digits/
+# The default model, where convnext-server looks for it (../share next to the binary).
+COPY default_model/server.textproto default_model/convnext_digits.safetensors \
+     default_model/labels.txt /usr/local/share/convnext-serve/default_model/
 RUN useradd --system --uid 10001 --no-create-home convnext && mkdir -p /models
 USER 10001
 # gRPC (ImageModelService, grpc.health.v1, reflection) and Prometheus /metrics.

@@ -6,7 +6,7 @@
 
 #include "server/metrics.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 ModelMetrics* Model() {
@@ -35,6 +35,6 @@ void BM_RecordOneCall(benchmark::State& state) {
 BENCHMARK(BM_RecordOneCall)->Threads(1)->Threads(2)->Threads(4)->UseRealTime();
 
 }  // namespace
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 BENCHMARK_MAIN();

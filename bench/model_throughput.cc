@@ -28,7 +28,7 @@
 #include "absl/strings/str_split.h"
 #include "model/convnext.h"
 #include "model/convnext_config.h"
-#include "model/runtime.h"
+#include "model/process_tuning.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 ABSL_FLAG(std::string, variant, "convnext_tiny", "Named ConvNeXt variant.");
@@ -59,7 +59,7 @@ std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, int threads,
     weights[name] = at::randn(shape) * 0.02;
   }
   ModelOptions options;
-  options.intra_op_threads = threads;
+  SetIntraOpThreads(threads);
   options.cpu_fast_path = fast;
   absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
   if (!model.ok()) {

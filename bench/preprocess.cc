@@ -7,7 +7,7 @@
 //
 // The JPEG is made at start from samples/chelsea.jpg (451x300), resized to 500x375 and encoded at
 // quality 90, so that the figure is for the size the performance targets name.
-#include "model/preprocess.h"
+#include "image/preprocess.h"
 
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>

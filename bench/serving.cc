@@ -8,7 +8,7 @@
 //       [--max_batch_size 8] [--concurrency 16] [--seconds 20] [--rounds 4]
 //       [--max_queue_delay_us 5000]
 //
-// The server (service, model host, batcher) runs in this process behind a real gRPC server on a
+// The server (server/server.h, the same Server object as convnext-server) runs in this process on a
 // loopback port; the clients are synchronous C++ stubs on their own threads. Without
 // --checkpoint, a random-weight convnext_tiny is written to a temporary file first.
 #include <ATen/ATen.h>
@@ -25,15 +25,14 @@
 #include "absl/flags/parse.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "checkpoint/safetensors.h"
 #include "convnext/v1/image_model.grpc.pb.h"
+#include "image/preprocess.h"
 #include "model/convnext_config.h"
-#include "model/runtime.h"
-#include "model/safetensors.h"
-#include "server/metrics.h"
-#include "server/model_host.h"
+#include "model/load_model.h"
+#include "model/process_tuning.h"
+#include "server/server.h"
 #include "server/server_config.h"
-#include "server/service.h"
-#include "server/thread_pool.h"
 
 ABSL_FLAG(std::string, checkpoint, "", "Checkpoint; empty: random-weight convnext_tiny.");
 ABSL_FLAG(std::string, image, CONVNEXT_SOURCE_DIR "/samples/chelsea.jpg", "JPEG sent by clients.");
@@ -45,7 +44,7 @@ ABSL_FLAG(int, rounds, 4, "Alternations of the in-process and gRPC sides.");
 ABSL_FLAG(int, threads, 2, "Intra-op threads.");
 ABSL_FLAG(bool, metrics, true, "Record Prometheus metrics, as the server does by default.");
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 double Percentile(std::vector<double> v, double p) {
@@ -66,8 +65,6 @@ std::string RandomTiny() {
 
 int Main() {
   ConfigureProcessForInference();
-  std::unique_ptr<Metrics> metrics;
-  if (absl::GetFlag(FLAGS_metrics)) metrics = *Metrics::Start("127.0.0.1:0", {"bench", "", "cpu"});
   const std::string checkpoint =
       absl::GetFlag(FLAGS_checkpoint).empty() ? RandomTiny() : absl::GetFlag(FLAGS_checkpoint);
   std::ifstream in(absl::GetFlag(FLAGS_image), std::ios::binary);
@@ -76,28 +73,32 @@ int Main() {
   const double seconds = absl::GetFlag(FLAGS_seconds);
   const int concurrency = absl::GetFlag(FLAGS_concurrency);
 
-  server::ServerConfig config;
-  server::ModelConfig* m = config.add_model();
+  ServerConfig config;
+  ModelConfig* m = config.add_model();
   m->set_name("model");
   m->set_checkpoint(checkpoint);
   m->mutable_batching()->set_max_batch_size(batch);
   m->mutable_batching()->set_max_queue_delay_us(absl::GetFlag(FLAGS_max_queue_delay_us));
   m->mutable_batching()->set_max_queue_size(std::max(64, 4 * concurrency));
+  config.set_intra_op_threads(absl::GetFlag(FLAGS_threads));
+  config.set_preprocess_threads(2);
   NormalizeConfig(&config, 2);
-  if (absl::Status s = ValidateConfig(config); !s.ok()) {
+  if (absl::Status s = ValidateServerConfig(config); !s.ok()) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
     return 1;
   }
-  ThreadPool pool(2);
-  ModelHostOptions options;
-  options.config = config.model(0);
-  options.intra_op_threads = absl::GetFlag(FLAGS_threads);
-  options.preprocess_pool = &pool;
-  absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(options);
-  if (!host.ok()) {
-    std::fprintf(stderr, "%s\n", host.status().ToString().c_str());
+  // The product's own Server: the same wiring and shutdown as convnext-server.
+  ServerOptions server_options;
+  server_options.host = "127.0.0.1";
+  server_options.port = 0;
+  server_options.metrics_host = "127.0.0.1";
+  server_options.metrics_port = absl::GetFlag(FLAGS_metrics) ? 0 : -1;
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(config, server_options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "%s\n", server.status().ToString().c_str());
     return 1;
   }
+  const ModelHost* host = (*server)->model("model");
 
   // In-process reference: the same model, the same batch size, preprocessed input.
   absl::StatusOr<at::Tensor> one = DecodeAndTransform(jpeg, PreprocessConfig());
@@ -107,7 +108,6 @@ int Main() {
   }
   LoadOptions load;
   load.path = checkpoint;
-  load.model.intra_op_threads = absl::GetFlag(FLAGS_threads);
   absl::StatusOr<LoadedModel> direct = LoadModel(load);
   if (!direct.ok()) {
     std::fprintf(stderr, "%s\n", direct.status().ToString().c_str());
@@ -115,14 +115,8 @@ int Main() {
   }
   const at::Tensor x = one->expand({batch, 3, 224, 224}).contiguous();
 
-  ImageModelServiceImpl service({{"model", host->get()}}, "model");
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  auto channel =
-      grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*server)->port()),
+                                     grpc::InsecureChannelCredentials());
   v1::ClassifyRequest request;
   request.add_images()->set_encoded(jpeg);
 
@@ -203,21 +197,20 @@ int Main() {
 
     sending = true;
     absl::SleepFor(std::min(absl::Seconds(2), slice / 4));  // Fill the pipeline.
-    const uint64_t images_before = (*host)->Info().stats().images();
+    const uint64_t images_before = host->Info().stats().images();
     const absl::Time start = absl::Now();
     measuring = true;
     absl::SleepFor(slice);
     measuring = false;
     grpc_s += absl::ToDoubleSeconds(absl::Now() - start);
-    grpc_images += (*host)->Info().stats().images() - images_before;
+    grpc_images += host->Info().stats().images() - images_before;
   }
   const double in_process = in_process_images / in_process_s;
   const double grpc_rate = grpc_images / grpc_s;
-  const v1::ModelInfo info = (*host)->Info();
+  const v1::ModelInfo info = host->Info();
   stop = true;
   for (auto& t : clients) t.join();
-  server->Shutdown();
-  (*host)->Shutdown();
+  (*server)->Drain(absl::Now() + absl::Seconds(10));
 
   std::vector<double> lat, over, server_over;
   int errs = 0;
@@ -260,9 +253,9 @@ int Main() {
 }
 
 }  // namespace
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
-  return convnext::serving::Main();
+  return convnext::server::Main();
 }

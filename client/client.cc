@@ -1,14 +1,12 @@
-#include "client/client.h"
+#include "convnext/client.h"
 
-#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <random>
-#include <thread>
 
-#include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "health.grpc.pb.h"
 
 namespace convnext::client {
 namespace {
@@ -76,10 +74,9 @@ void CallAsync(const ClientOptions& o, Method method, std::shared_ptr<const Req>
 }
 
 // A blocking unary call of `method` with retries (Call).
-template <typename Req, typename Resp>
-absl::StatusOr<Resp> Unary(const ClientOptions& o, v1::ImageModelService::Stub* stub,
-                           grpc::Status (v1::ImageModelService::Stub::*method)(grpc::ClientContext*,
-                                                                               const Req&, Resp*),
+template <typename Stub, typename Req, typename Resp>
+absl::StatusOr<Resp> Unary(const ClientOptions& o, Stub* stub,
+                           grpc::Status (Stub::*method)(grpc::ClientContext*, const Req&, Resp*),
                            const Req& request) {
   Resp response;
   absl::Status s =
@@ -145,38 +142,28 @@ absl::StatusOr<v1::ModelInfo> Client::GetModel(const std::string& name) {
 }
 
 absl::StatusOr<bool> Client::Health(const std::string& service) {
-  // grpc.health.v1.HealthCheckRequest{service} encoded by hand (field 1, length-delimited), so
-  // that the client needs no health stubs; the reply's field 1 is the ServingStatus enum.
-  if (service.size() > 127) return absl::InvalidArgumentError("service name too long");
-  std::string request;
-  if (!service.empty()) {
-    request.push_back('\x0a');
-    request.push_back(static_cast<char>(service.size()));
-    request += service;
+  using grpc::health::v1::HealthCheckResponse;
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  // A stub is a few pointers over the shared channel: made per call, so that the public header
+  // needs none of the health proto's generated headers.
+  std::unique_ptr<grpc::health::v1::Health::Stub> stub =
+      grpc::health::v1::Health::NewStub(channel_);
+  absl::StatusOr<HealthCheckResponse> response =
+      Unary(options_, stub.get(), &grpc::health::v1::Health::Stub::Check, request);
+  if (!response.ok()) return response.status();
+  return response->status() == HealthCheckResponse::SERVING;
+}
+
+bool Client::IsUnreachable(absl::Duration wait) {
+  const absl::Time deadline = absl::Now() + wait;
+  grpc_connectivity_state state = channel_->GetState(/*try_to_connect=*/true);
+  // IDLE becomes CONNECTING on the attempt just requested; wait for that attempt's outcome.
+  while ((state == GRPC_CHANNEL_IDLE || state == GRPC_CHANNEL_CONNECTING) &&
+         channel_->WaitForStateChange(state, absl::ToChronoTime(deadline))) {
+    state = channel_->GetState(/*try_to_connect=*/false);
   }
-  grpc::GenericStub generic(channel_);
-  grpc::ByteBuffer reply;
-  absl::Status s = Call(options_, [&](grpc::ClientContext* ctx) {
-    grpc::Slice slice(request);
-    grpc::ByteBuffer buffer(&slice, 1);
-    grpc::Status status;
-    absl::Notification done;
-    generic.UnaryCall(ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &buffer, &reply,
-                      [&](grpc::Status st) {
-                        status = std::move(st);
-                        done.Notify();
-                      });
-    done.WaitForNotification();
-    return status;
-  });
-  if (!s.ok()) return s;
-  std::vector<grpc::Slice> slices;
-  if (!reply.Dump(&slices).ok()) return absl::InternalError("unreadable health reply");
-  std::string bytes;
-  for (const grpc::Slice& sl : slices)
-    bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-  // SERVING = 1: bytes "\x08\x01". An empty message means UNKNOWN (0).
-  return bytes.size() == 2 && bytes[0] == '\x08' && bytes[1] == '\x01';
+  return state == GRPC_CHANNEL_TRANSIENT_FAILURE;
 }
 
 void Client::ClassifyAsync(const v1::ClassifyRequest& request,

@@ -16,14 +16,12 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
-#include <map>
-#include <mutex>
+#include <memory>
 #include <string>
-#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -34,8 +32,10 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "absl/time/clock.h"
-#include "client/client.h"
+#include "client/load_generator.h"
+#include "client/npy_writer.h"
+#include "convnext/client.h"
+#include "nlohmann/json.hpp"
 
 ABSL_FLAG(std::string, target, "localhost:50051", "Server address.");
 ABSL_FLAG(double, timeout_s, 60, "Deadline of each call, seconds.");
@@ -65,14 +65,21 @@ int Fail(int code, const std::string& message) {
   return code;
 }
 
-int FailStatus(const absl::Status& s) {
-  const bool unreachable = s.code() == absl::StatusCode::kUnavailable &&
-                           (s.message().find("failed to connect") != absl::string_view::npos ||
-                            s.message().find("Connection refused") != absl::string_view::npos ||
-                            s.message().find("DNS resolution failed") != absl::string_view::npos);
+// Exit code and message for a failed call. UNAVAILABLE is "cannot reach" (exit 4) only when the
+// channel could not connect, not when a server that was reached refused the call (draining).
+int FailCall(Client& client, const absl::Status& s) {
+  const bool unreachable = s.code() == absl::StatusCode::kUnavailable && client.IsUnreachable();
   return Fail(unreachable ? kExitUnreachable : kExitServer,
-              absl::StrCat(unreachable ? "cannot reach " + absl::GetFlag(FLAGS_target) + ": " : "",
+              absl::StrCat(unreachable ? "cannot reach " + client.options().target + ": " : "",
                            absl::StatusCodeToString(s.code()), ": ", s.message()));
+}
+
+// Prints `j` as one line of JSON. Strings that are not UTF-8 (a file name) get U+FFFD for their
+// bad bytes instead of an exception.
+void PrintJson(const nlohmann::ordered_json& j) {
+  const std::string text = j.dump(/*indent=*/-1, /*indent_char=*/' ', /*ensure_ascii=*/false,
+                                  nlohmann::ordered_json::error_handler_t::replace);
+  std::printf("%s\n", text.c_str());
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -86,38 +93,6 @@ absl::StatusOr<std::string> ReadFile(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      out += absl::StrCat("\\u00", absl::Hex(c, absl::kZeroPad2));
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
-
-// Writes float32 little-endian data of `shape` as a .npy file (format 1.0).
-bool WriteNpy(const std::string& path, const std::vector<int64_t>& shape, const std::string& data) {
-  std::string dims = absl::StrJoin(shape, ", ");
-  if (shape.size() == 1) dims += ",";
-  std::string header =
-      absl::StrCat("{'descr': '<f4', 'fortran_order': False, 'shape': (", dims, "), }");
-  header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
-  header += '\n';
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write("\x93NUMPY\x01\x00", 8);
-  const uint16_t len = static_cast<uint16_t>(header.size());
-  out.put(static_cast<char>(len & 0xff));
-  out.put(static_cast<char>(len >> 8));
-  out << header << data;
-  return static_cast<bool>(out);
-}
-
 int Classify(Client& client, const std::vector<std::string>& files) {
   if (files.empty()) return Fail(kExitUsage, "classify needs at least one image file");
   v1::ClassifyRequest request;
@@ -129,20 +104,17 @@ int Classify(Client& client, const std::vector<std::string>& files) {
     request.add_images()->set_encoded(*std::move(bytes));
   }
   absl::StatusOr<v1::ClassifyResponse> r = client.Classify(request);
-  if (!r.ok()) return FailStatus(r.status());
+  if (!r.ok()) return FailCall(client, r.status());
   if (absl::GetFlag(FLAGS_json)) {
-    std::vector<std::string> items;
+    nlohmann::ordered_json results = nlohmann::ordered_json::array();
     for (int i = 0; i < r->results_size(); ++i) {
-      std::vector<std::string> classes;
+      nlohmann::ordered_json classes = nlohmann::ordered_json::array();
       for (const v1::ClassScore& c : r->results(i).classes()) {
-        classes.push_back(absl::StrCat("{\"index\": ", c.index(), ", \"label\": ",
-                                       JsonString(c.label()), ", \"score\": ", c.score(), "}"));
+        classes.push_back({{"index", c.index()}, {"label", c.label()}, {"score", c.score()}});
       }
-      items.push_back(absl::StrCat("{\"file\": ", JsonString(files[i]), ", \"classes\": [",
-                                   absl::StrJoin(classes, ", "), "]}"));
+      results.push_back({{"file", files[i]}, {"classes", std::move(classes)}});
     }
-    std::printf("{\"model\": %s, \"results\": [%s]}\n", JsonString(r->model()).c_str(),
-                absl::StrJoin(items, ", ").c_str());
+    PrintJson({{"model", r->model()}, {"results", std::move(results)}});
     return 0;
   }
   size_t width = 4;
@@ -176,41 +148,42 @@ int Embed(Client& client, const std::vector<std::string>& files) {
   if (!bytes.ok()) return Fail(kExitInput, std::string(bytes.status().message()));
   request.add_images()->set_encoded(*std::move(bytes));
   absl::StatusOr<v1::EmbedResponse> r = client.Embed(request);
-  if (!r.ok()) return FailStatus(r.status());
+  if (!r.ok()) return FailCall(client, r.status());
   ::mkdir(dir.c_str(), 0755);
   std::string stem = files[0].substr(files[0].find_last_of('/') + 1);
   stem = stem.substr(0, stem.find_last_of('.'));
-  auto write = [&](const std::string& name, const v1::Tensor& t) {
-    const std::string path = absl::StrCat(dir, "/", stem, ".", name, ".npy");
-    std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
-    if (!WriteNpy(path, shape, t.data())) return false;
-    std::printf("%s [%s]\n", path.c_str(), absl::StrJoin(shape, ", ").c_str());
-    return true;
-  };
   const v1::Embedding& e = r->results(0);
-  if (!write("embedding", e.embedding())) return Fail(kExitInput, "cannot write to " + dir);
+  std::vector<std::pair<std::string, const v1::Tensor*>> outputs = {{"embedding", &e.embedding()}};
   for (int i = 0; i < e.stages_size(); ++i) {
-    if (!write(absl::StrCat("stage", request.stages(i)), e.stages(i))) {
-      return Fail(kExitInput, "cannot write to " + dir);
+    outputs.emplace_back(absl::StrCat("stage", request.stages(i)), &e.stages(i));
+  }
+  for (const auto& [name, tensor] : outputs) {
+    const std::string path = absl::StrCat(dir, "/", stem, ".", name, ".npy");
+    if (absl::Status s = WriteNpy(path, *tensor); !s.ok()) {
+      return Fail(s.code() == absl::StatusCode::kPermissionDenied ? kExitInput : kExitServer,
+                  std::string(s.message()));
     }
+    std::printf("%s [%s]\n", path.c_str(), absl::StrJoin(tensor->shape(), ", ").c_str());
   }
   return 0;
 }
 
 int Models(Client& client) {
   absl::StatusOr<v1::ListModelsResponse> r = client.ListModels();
-  if (!r.ok()) return FailStatus(r.status());
+  if (!r.ok()) return FailCall(client, r.status());
   if (absl::GetFlag(FLAGS_json)) {
-    std::vector<std::string> items;
+    nlohmann::ordered_json models = nlohmann::ordered_json::array();
     for (const v1::ModelInfo& m : r->models()) {
-      items.push_back(absl::StrCat(
-          "{\"name\": ", JsonString(m.name()), ", \"variant\": ", JsonString(m.variant()),
-          ", \"num_classes\": ", m.num_classes(), ", \"parameters\": ", m.parameter_count(),
-          ", \"input_size\": ", m.preprocessing().size(), ", \"device\": ", JsonString(m.device()),
-          ", \"ready\": ", m.ready() ? "true" : "false",
-          ", \"default\": ", m.name() == r->default_model() ? "true" : "false", "}"));
+      models.push_back({{"name", m.name()},
+                        {"variant", m.variant()},
+                        {"num_classes", m.num_classes()},
+                        {"parameters", m.parameter_count()},
+                        {"input_size", m.preprocessing().size()},
+                        {"device", m.device()},
+                        {"ready", m.ready()},
+                        {"default", m.name() == r->default_model()}});
     }
-    std::printf("[%s]\n", absl::StrJoin(items, ", ").c_str());
+    PrintJson(models);
     return 0;
   }
   std::printf("%-16s %-16s %8s %12s %6s %-6s %s\n", "name", "variant", "classes", "parameters",
@@ -227,18 +200,12 @@ int Models(Client& client) {
 
 int Health(Client& client) {
   absl::StatusOr<bool> serving = client.Health();
-  if (!serving.ok()) return FailStatus(serving.status());
+  if (!serving.ok()) return FailCall(client, serving.status());
   std::printf("%s\n", *serving ? "SERVING" : "NOT_SERVING");
   return *serving ? 0 : kExitServer;
 }
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
-}
-
-int Bench(const ClientOptions& base, const std::vector<std::string>& files) {
+int Bench(const ClientOptions& client_options, const std::vector<std::string>& files) {
   std::vector<std::string> paths = files;
   if (!absl::GetFlag(FLAGS_images).empty()) {
     const std::string dir = absl::GetFlag(FLAGS_images);
@@ -251,10 +218,14 @@ int Bench(const ClientOptions& base, const std::vector<std::string>& files) {
     std::sort(paths.begin(), paths.end());
   }
   if (paths.empty()) return Fail(kExitUsage, "bench needs image files or --images DIR");
-  const int concurrency = absl::GetFlag(FLAGS_concurrency);
-  const double duration = absl::GetFlag(FLAGS_duration);
-  const int total = absl::GetFlag(FLAGS_requests);
-  if (concurrency < 1 || (duration > 0) == (total > 0)) {
+  LoadOptions options;
+  options.concurrency = absl::GetFlag(FLAGS_concurrency);
+  options.requests = absl::GetFlag(FLAGS_requests);
+  options.duration = absl::Seconds(std::max(absl::GetFlag(FLAGS_duration), 0.0));
+  options.rate_per_s = absl::GetFlag(FLAGS_rate);
+  options.show_progress = ::isatty(STDERR_FILENO);
+  if (options.concurrency < 1 || options.requests < 0 ||
+      (options.requests > 0) == (options.duration > absl::ZeroDuration())) {
     return Fail(kExitUsage, "bench needs --concurrency >= 1 and one of --duration or --requests");
   }
   std::vector<v1::ClassifyRequest> requests;
@@ -266,80 +237,13 @@ int Bench(const ClientOptions& base, const std::vector<std::string>& files) {
     r.add_images()->set_encoded(*std::move(bytes));
     requests.push_back(std::move(r));
   }
-  ClientOptions options = base;
-  options.max_attempts = 1;  // A benchmark counts errors; it does not hide them.
-  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
-  if (!client.ok()) return FailStatus(client.status());
-
-  std::mutex mu;
-  std::vector<double> latency_ms, queue_us, preprocess_us, compute_us;
-  std::map<std::string, int> codes;
-  std::atomic<int> next{0}, done{0};
-  const absl::Time start = absl::Now();
-  const absl::Time end = duration > 0 ? start + absl::Seconds(duration) : absl::InfiniteFuture();
-  const double rate = absl::GetFlag(FLAGS_rate);
-  std::vector<std::thread> threads;
-  for (int c = 0; c < concurrency; ++c) {
-    threads.emplace_back([&] {
-      while (true) {
-        const int k = next++;
-        if ((total > 0 && k >= total) || absl::Now() >= end) return;
-        if (rate > 0) {  // Open loop: call k starts at start + k / rate.
-          const absl::Time at = start + absl::Seconds(k / rate);
-          if (at >= end) return;
-          absl::SleepFor(at - absl::Now());
-        }
-        const absl::Time t0 = absl::Now();
-        absl::StatusOr<v1::ClassifyResponse> r = (*client)->Classify(requests[k % requests.size()]);
-        const double ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
-        std::lock_guard<std::mutex> lock(mu);
-        ++codes[absl::StatusCodeToString(r.status().code())];
-        if (r.ok()) {
-          latency_ms.push_back(ms);
-          queue_us.push_back(r->timings().queue_us());
-          preprocess_us.push_back(r->timings().preprocess_us());
-          compute_us.push_back(r->timings().compute_us());
-        }
-        ++done;
-      }
-    });
-  }
-  const bool tty = ::isatty(STDERR_FILENO);
-  std::thread progress([&] {
-    while (tty && done < (total > 0 ? total : INT32_MAX) && absl::Now() < end) {
-      absl::SleepFor(absl::Seconds(1));
-      const double s = absl::ToDoubleSeconds(absl::Now() - start);
-      std::fprintf(stderr, "\r%6.1f s  %d calls  %.1f calls/s   ", s, done.load(), done / s);
-      if (next >= total && total > 0) break;
-    }
-  });
-  for (auto& t : threads) t.join();
-  progress.join();
-  if (tty) std::fprintf(stderr, "\n");
-  const double elapsed = absl::ToDoubleSeconds(absl::Now() - start);
-  const int ok = static_cast<int>(latency_ms.size());
-  std::vector<std::string> code_items;
-  for (const auto& [code, n] : codes) code_items.push_back(absl::StrCat("\"", code, "\": ", n));
+  absl::StatusOr<LoadReport> report = RunLoad(client_options, requests, options);
+  if (!report.ok()) return Fail(kExitUsage, std::string(report.status().message()));
   if (absl::GetFlag(FLAGS_json)) {
-    std::printf(
-        "{\"calls\": %d, \"ok\": %d, \"codes\": {%s}, \"seconds\": %.3f, \"calls_per_s\": %.3f, "
-        "\"latency_ms\": {\"p50\": %.3f, \"p90\": %.3f, \"p99\": %.3f, \"max\": %.3f}, "
-        "\"server_us_p50\": {\"queue\": %.0f, \"preprocess\": %.0f, \"compute\": %.0f}}\n",
-        done.load(), ok, absl::StrJoin(code_items, ", ").c_str(), elapsed, done / elapsed,
-        Percentile(latency_ms, 0.5), Percentile(latency_ms, 0.9), Percentile(latency_ms, 0.99),
-        Percentile(latency_ms, 1.0), Percentile(queue_us, 0.5), Percentile(preprocess_us, 0.5),
-        Percentile(compute_us, 0.5));
-    return 0;
+    PrintJson(ReportJson(*report));
+  } else {
+    std::printf("%s", ReportText(*report).c_str());
   }
-  std::printf("calls: %d in %.2f s (%.2f calls/s, one image each), concurrency %d\n", done.load(),
-              elapsed, done / elapsed, concurrency);
-  std::printf("status codes: %s\n", absl::StrJoin(code_items, ", ").c_str());
-  std::printf("latency ms: p50 %.1f  p90 %.1f  p99 %.1f  max %.1f\n", Percentile(latency_ms, 0.5),
-              Percentile(latency_ms, 0.9), Percentile(latency_ms, 0.99),
-              Percentile(latency_ms, 1.0));
-  std::printf("server p50 us: queue %.0f  preprocess %.0f  compute %.0f\n",
-              Percentile(queue_us, 0.5), Percentile(preprocess_us, 0.5),
-              Percentile(compute_us, 0.5));
   return 0;
 }
 
@@ -366,13 +270,18 @@ int main(int argc, char** argv) {
                              std::pair{absl::GetFlag(FLAGS_tls_key), &options.tls_private_key}}) {
     if (flag.empty()) continue;
     absl::StatusOr<std::string> pem = convnext::client::ReadFile(flag);
-    if (!pem.ok()) return convnext::client::Fail(3, std::string(pem.status().message()));
+    if (!pem.ok())
+      return convnext::client::Fail(convnext::client::kExitInput,
+                                    std::string(pem.status().message()));
     *field = *std::move(pem);
   }
   if (command == "bench") return convnext::client::Bench(options, files);
   absl::StatusOr<std::unique_ptr<convnext::client::Client>> client =
       convnext::client::Client::Create(options);
-  if (!client.ok()) return convnext::client::FailStatus(client.status());
+  if (!client.ok()) {
+    return convnext::client::Fail(convnext::client::kExitUsage,
+                                  std::string(client.status().message()));
+  }
   if (command == "classify") return convnext::client::Classify(**client, files);
   if (command == "embed") return convnext::client::Embed(**client, files);
   if (command == "models") return convnext::client::Models(**client);

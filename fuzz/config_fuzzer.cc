@@ -10,10 +10,10 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   absl::StatusOr<convnext::server::ServerConfig> config =
-      convnext::serving::ParseConfigText(text, "/fuzz/config.textproto");
+      convnext::server::ParseConfigText(text, "/fuzz/config.textproto");
   if (!config.ok()) return 0;
-  convnext::serving::NormalizeConfig(&*config, 2);
-  if (!convnext::serving::ValidateConfig(*config).ok()) return 0;
+  convnext::server::NormalizeConfig(&*config, 2);
+  if (!convnext::server::ValidateServerConfig(*config).ok()) return 0;
   for (const convnext::server::ModelConfig& m : config->model()) {
     const auto& b = m.batching();
     if (m.name().empty() || b.max_batch_size() < 1 || b.max_queue_size() < b.max_batch_size() ||

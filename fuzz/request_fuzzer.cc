@@ -32,9 +32,9 @@ void Prepare(const google::protobuf::RepeatedPtrField<convnext::v1::Image>& imag
   int n = 0;
   for (const convnext::v1::Image& image : images) {
     if (++n > 4) break;
-    absl::StatusOr<at::Tensor> x = convnext::serving::PrepareImage(image, Limits(), resize);
+    absl::StatusOr<at::Tensor> x = convnext::server::PrepareImage(image, Limits(), resize);
     if (!x.ok()) continue;
-    if (x->dim() != 3 || x->size(0) != 3 || x->size(1) < 1 || x->size(2) < 1 ||
+    if (x->dim() != 4 || x->size(0) != 1 || x->size(1) != 3 || x->size(2) < 1 || x->size(3) < 1 ||
         !x->isfinite().all().item<bool>()) {
       __builtin_trap();
     }

@@ -11,9 +11,18 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "model/status_macros.h"
+#include "base/status_macros.h"
 
 namespace convnext {
+
+absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
+  try {
+    return c10::Device(name);
+  } catch (const std::exception&) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("device '", name, "' is not a LibTorch device (cpu, cuda, cuda:N)"));
+  }
+}
 namespace {
 
 std::vector<int64_t> ShapeOf(const at::Tensor& t) { return t.sizes().vec(); }
@@ -33,7 +42,7 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
                                                            StateDict weights,
                                                            const ModelOptions& options,
                                                            const SourceNameFn& source_name) {
-  RETURN_IF_ERROR(ValidateConfig(config));
+  RETURN_IF_ERROR(ValidateArchitecture(config));
   if (!c10::isFloatingType(options.dtype)) {
     return absl::InvalidArgumentError(
         absl::StrCat("model dtype must be floating point, got ", c10::toString(options.dtype)));
@@ -80,7 +89,6 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         " (not part of ", who, ")"));
   }
 
-  if (options.intra_op_threads > 0) at::set_num_threads(options.intra_op_threads);
   std::unique_ptr<ConvNeXt> model(new ConvNeXt(config, options));
   try {
     c10::InferenceMode guard;

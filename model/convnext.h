@@ -22,9 +22,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/state_dict.h"
 #include "model/convnext_config.h"
 #include "model/onednn_stage.h"
-#include "model/state_dict.h"
 
 namespace convnext {
 
@@ -33,13 +33,14 @@ struct ModelOptions {
   c10::Device device = c10::Device(c10::DeviceType::CPU);
   // Compute dtype. Weights of any floating dtype are converted to it at load.
   c10::ScalarType dtype = c10::ScalarType::Float;
-  // Threads LibTorch uses inside one operator (at::set_num_threads). This setting is
-  // process-wide in LibTorch; 0 keeps the current value.
-  int intra_op_threads = 0;
-  // On the CPU in float32, run the blocks with fused oneDNN kernels (model/onednn_stage.h), about
-  // 1.5x faster than the ATen operators. Off: the ATen path, the same on every device.
+  // On the CPU in float32, run the blocks with fused oneDNN kernels (model/onednn_stage.h), faster
+  // than the ATen operators (figures: README, Performance). Off: the ATen path, the same on every
+  // device.
   bool cpu_fast_path = true;
 };
+
+// A LibTorch device from its name ("cpu", "cuda", "cuda:1"); INVALID_ARGUMENT for anything else.
+absl::StatusOr<c10::Device> ParseDevice(const std::string& name);
 
 // Which outputs Forward() computes. Logits need a head (num_classes > 0).
 struct OutputRequest {

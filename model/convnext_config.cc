@@ -74,7 +74,7 @@ std::string VariantNameFor(const ConvNeXtConfig& config) {
   return "custom";
 }
 
-absl::Status ValidateConfig(const ConvNeXtConfig& config) {
+absl::Status ValidateArchitecture(const ConvNeXtConfig& config) {
   if (config.depths.size() != kNumStages) {
     return absl::InvalidArgumentError(
         absl::StrCat("depths must have ", kNumStages, " entries, got ", config.depths.size()));

@@ -63,7 +63,7 @@ std::vector<std::string> VariantNames();
 std::string VariantNameFor(const ConvNeXtConfig& config);
 
 // OK if the config describes a buildable model; otherwise INVALID_ARGUMENT naming the field.
-absl::Status ValidateConfig(const ConvNeXtConfig& config);
+absl::Status ValidateArchitecture(const ConvNeXtConfig& config);
 
 // Canonical parameter names with their shapes, in the order the forward pass uses them.
 using ParameterShapes = std::vector<std::pair<std::string, std::vector<int64_t>>>;

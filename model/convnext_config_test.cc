@@ -19,7 +19,7 @@ TEST(ConvNeXtConfigTest, NamedVariantsHaveThePapersParameterCounts) {
     ASSERT_TRUE(config.ok()) << config.status();
     EXPECT_EQ(config->variant, name);
     EXPECT_EQ(ParameterCount(*config), count) << name;
-    EXPECT_TRUE(ValidateConfig(*config).ok());
+    EXPECT_TRUE(ValidateArchitecture(*config).ok());
     EXPECT_EQ(VariantNameFor(*config), name);
   }
 }
@@ -59,14 +59,14 @@ TEST(ConvNeXtConfigTest, HeadlessHasNoHeadParameters) {
 TEST(ConvNeXtConfigTest, ValidateNamesTheBadField) {
   ConvNeXtConfig config = *ConfigForVariant("convnext_tiny");
   config.depths = {3, 3, 9};
-  EXPECT_THAT(std::string(ValidateConfig(config).message()),
+  EXPECT_THAT(std::string(ValidateArchitecture(config).message()),
               HasSubstr("depths must have 4 entries"));
   config = *ConfigForVariant("convnext_tiny");
   config.dims[2] = 0;
-  EXPECT_THAT(std::string(ValidateConfig(config).message()), HasSubstr("dims[2]"));
+  EXPECT_THAT(std::string(ValidateArchitecture(config).message()), HasSubstr("dims[2]"));
   config = *ConfigForVariant("convnext_tiny");
   config.num_classes = -1;
-  EXPECT_THAT(std::string(ValidateConfig(config).message()), HasSubstr("num_classes"));
+  EXPECT_THAT(std::string(ValidateArchitecture(config).message()), HasSubstr("num_classes"));
 }
 
 std::map<std::string, std::vector<int64_t>> ShapesOf(const ConvNeXtConfig& config) {

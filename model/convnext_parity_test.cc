@@ -7,10 +7,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "model/checkpoint.h"
+#include "checkpoint/safetensors.h"
 #include "model/convnext.h"
-#include "model/safetensors.h"
-#include "model/testdata.h"
+#include "model/load_model.h"
+#include "model/process_tuning.h"
+#include "testing/reference.h"
 
 namespace convnext {
 namespace {
@@ -33,7 +34,7 @@ std::unique_ptr<ConvNeXt> Load(const std::string& path, const std::string& varia
   options.path = path;
   options.variant = variant;
   options.model.dtype = dtype;
-  options.model.intra_op_threads = 2;
+  SetIntraOpThreads(2);
   absl::StatusOr<LoadedModel> loaded = LoadModel(options);
   EXPECT_TRUE(loaded.ok()) << loaded.status();
   return loaded.ok() ? std::move(loaded->model) : nullptr;

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONVNEXT_TSAN=ON >/dev/null
-cmake --build build-tsan --target tsan_canary convnext_batcher_test convnext_server_e2e_test \
+cmake --build build-tsan --target tsan_canary convnext_batcher_test convnext_server_test convnext_server_e2e_test \
   convnext-server convnext python_stubs
 # A report stops its process with TSan's exit status (halt_on_error), which fails the test, and
 # goes to a file: the end-to-end tests start the server as a child whose standard error they do
@@ -23,7 +23,7 @@ rm -rf "$reports" && mkdir -p "$reports"
 # LibTorch (not instrumented, synchronised in ways TSan cannot see) are not checked; our code is.
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ignore_noninstrumented_modules=1 suppressions=$PWD/tests/tsan/tsan.supp log_path=$reports/report ${TSAN_OPTIONS:-}"
 ctest --test-dir build-tsan --output-on-failure -j2 \
-  -R '^(tsan_canary_.*|reference_data|BatchQueueTest\..*|BatcherTest\..*|ServerE2eTest\..*|ModelFaultTest\..*|server_e2e|overload_e2e)$' \
+  -R '^(tsan_canary_.*|reference_data|BatchQueueTest\..*|BatcherTest\..*|InferenceRequestTest\..*|ServerE2eTest\..*|ModelFaultTest\..*|server_e2e|overload_e2e)$' \
   "$@" || status=$?
 if compgen -G "$reports/report.*" >/dev/null; then
   cat "$reports"/report.*

@@ -29,16 +29,21 @@
 
 #include "absl/time/time.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
+// The defaults are the served models' defaults too (config.proto; NormalizeConfig reads them).
+// Chosen from the measured CPU table in the README (Performance): convnext_tiny's throughput is
+// flat from batch 1 to 32 while a batch's time grows with its size, so a small batch and a short
+// wait; raise both for a GPU.
 struct BatchQueueOptions {
   // Items per batch at most. The model computes a batch in one forward pass.
-  size_t max_batch_size = 8;
+  size_t max_batch_size = 4;
   // How long the oldest item may wait for others to join its batch. Larger values form fuller
   // batches under light load at the cost of latency.
-  absl::Duration max_queue_delay = absl::Milliseconds(5);
-  // Items queued at most; Push fails beyond it.
-  size_t max_queue_size = 256;
+  absl::Duration max_queue_delay = absl::Microseconds(2000);
+  // Items queued at most; Push fails beyond it. For a served model: images admitted and not yet
+  // answered (at least max_batch_size).
+  size_t max_queue_size = 64;
 };
 
 enum class DropReason { kDeadlineExceeded, kCancelled };
@@ -131,6 +136,6 @@ class BatchQueue {
   std::map<std::string, size_t> key_counts_;
 };
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_BATCH_QUEUE_H_

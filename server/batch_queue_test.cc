@@ -3,7 +3,7 @@
 
 #include <gtest/gtest.h>
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 using Queue = BatchQueue<int>;
@@ -127,4 +127,4 @@ TEST(BatchQueueTest, FlushEmptiesTheQueueInBatchesForShutdown) {
 }
 
 }  // namespace
-}  // namespace convnext::serving
+}  // namespace convnext::server

@@ -29,7 +29,7 @@
 #include "absl/time/time.h"
 #include "server/batch_queue.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
 struct BatcherOptions {
   BatchQueueOptions queue;
@@ -158,6 +158,6 @@ class Batcher {
   uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;  // Bumped on every push and on shutdown.
 };
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_BATCHER_H_

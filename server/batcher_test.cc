@@ -11,7 +11,7 @@
 
 #include "absl/synchronization/notification.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 struct Recorder {
@@ -157,4 +157,4 @@ TEST(BatcherTest, ConcurrentProducersFormBatchesLargerThanOne) {
 }
 
 }  // namespace
-}  // namespace convnext::serving
+}  // namespace convnext::server

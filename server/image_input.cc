@@ -1,14 +1,12 @@
 #include "server/image_input.h"
 
-#include <ATen/ATen.h>
-
 #include "absl/strings/str_cat.h"
-#include "model/status_macros.h"
+#include "base/status_macros.h"
 #include "server/tensor_proto.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
-absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const server::PreprocessingConfig& config,
+absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const PreprocessingConfig& config,
                                                     uint64_t max_image_pixels) {
   PreprocessConfig out;
   out.size = static_cast<int>(config.size());
@@ -16,7 +14,7 @@ absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const server::PreprocessingC
   ASSIGN_OR_RETURN(out.interpolation, InterpolationFromName(config.interpolation()));
   for (int c = 0; c < 3 && c < config.mean_size(); ++c) out.mean[c] = config.mean(c);
   for (int c = 0; c < 3 && c < config.std_size(); ++c) out.std[c] = config.std(c);
-  out.max_pixels = static_cast<int64_t>(std::min<uint64_t>(max_image_pixels, uint64_t{1} << 30));
+  out.max_pixels = static_cast<int64_t>(max_image_pixels);
   RETURN_IF_ERROR(ValidatePreprocessConfig(out));
   return out;
 }
@@ -24,12 +22,10 @@ absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const server::PreprocessingC
 absl::StatusOr<at::Tensor> PrepareImage(const v1::Image& image, const PreprocessConfig& config,
                                         v1::ResizePolicy resize) {
   const bool keep_size = resize == v1::KEEP_SIZE;
-  absl::StatusOr<at::Tensor> t;
   switch (image.source_case()) {
     case v1::Image::kEncoded: {
       ASSIGN_OR_RETURN(RgbImage rgb, DecodeImage(image.encoded(), config));
-      t = keep_size ? TransformImageKeepSize(rgb, config) : TransformImage(rgb, config);
-      break;
+      return keep_size ? TransformImageKeepSize(rgb, config) : TransformImage(rgb, config);
     }
     case v1::Image::kRaw: {
       const v1::RawImage& raw = image.raw();
@@ -43,19 +39,16 @@ absl::StatusOr<at::Tensor> PrepareImage(const v1::Image& image, const Preprocess
       }
       const auto* data = reinterpret_cast<const uint8_t*>(raw.pixels().data());
       const bool bgr = raw.order() == v1::BGR;
-      t = keep_size ? TransformPixelsKeepSize(data, raw.pixels().size(), raw.width(), raw.height(),
-                                              raw.channels(), bgr, config)
-                    : TransformPixels(data, raw.pixels().size(), raw.width(), raw.height(),
-                                      raw.channels(), bgr, config);
-      break;
+      return keep_size ? TransformPixelsKeepSize(data, raw.pixels().size(), raw.width(),
+                                                 raw.height(), raw.channels(), bgr, config)
+                       : TransformPixels(data, raw.pixels().size(), raw.width(), raw.height(),
+                                         raw.channels(), bgr, config);
     }
     case v1::Image::kTensor:
       return ImageTensorFromProto(image.tensor(), static_cast<uint64_t>(config.max_pixels));
     default:
       return absl::InvalidArgumentError("the image has no source (encoded, raw or tensor)");
   }
-  if (!t.ok()) return t.status();
-  return t->squeeze(0);  // [1, 3, H, W] -> [3, H, W].
 }
 
-}  // namespace convnext::serving
+}  // namespace convnext::server

@@ -8,10 +8,10 @@
 
 #include "absl/status/statusor.h"
 #include "convnext/v1/image_model.pb.h"
-#include "model/preprocess.h"
+#include "image/preprocess.h"
 #include "server/config.pb.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
 // The model-level preprocessing of a (normalised) server config, with the server's pixel limit.
 absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const server::PreprocessingConfig& config,
@@ -21,6 +21,6 @@ absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const server::PreprocessingC
 absl::StatusOr<at::Tensor> PrepareImage(const v1::Image& image, const PreprocessConfig& config,
                                         v1::ResizePolicy resize);
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_IMAGE_INPUT_H_

@@ -23,7 +23,7 @@
 #include "absl/time/time.h"
 #include "convnext/v1/image_model.pb.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
 class InferenceRequest {
  public:
@@ -124,6 +124,6 @@ class InferenceRequest {
   int64_t compute_us_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_INFERENCE_REQUEST_H_

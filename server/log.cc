@@ -7,7 +7,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 void Append(std::string* out, absl::string_view key, absl::string_view value) {
@@ -39,4 +39,4 @@ void Log(absl::string_view level, absl::string_view event, std::initializer_list
   (void)!::write(STDERR_FILENO, line.data(), line.size());
 }
 
-}  // namespace convnext::serving
+}  // namespace convnext::server

@@ -13,7 +13,7 @@
 
 #include "absl/strings/string_view.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
 using LogField = std::pair<absl::string_view, std::string>;
 
@@ -23,6 +23,6 @@ void Log(absl::string_view level, absl::string_view event, std::initializer_list
 std::string FormatLogFields(absl::string_view level, absl::string_view event,
                             std::initializer_list<LogField> fields);
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_LOG_H_

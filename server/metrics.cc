@@ -18,7 +18,7 @@
 #include "absl/synchronization/mutex.h"
 #include "server/metrics_http.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 constexpr const char* kMethodNames[kNumMethods] = {"Classify", "Embed", "ListModels", "GetModel"};
@@ -262,4 +262,4 @@ void SetModelReady(ModelMetrics* m, bool ready, double load_seconds) {
   if (load_seconds >= 0) m->load_seconds->Set(load_seconds);
 }
 
-}  // namespace convnext::serving
+}  // namespace convnext::server

@@ -30,7 +30,7 @@ class Histogram;
 class Registry;
 }  // namespace prometheus
 
-namespace convnext::serving {
+namespace convnext::server {
 
 enum class Method { kClassify = 0, kEmbed = 1, kListModels = 2, kGetModel = 3 };
 inline constexpr int kNumMethods = 4;
@@ -87,6 +87,6 @@ void SetQueueDepth(ModelMetrics* m, int64_t images);
 void AddInFlight(ModelMetrics* m, int64_t delta);
 void SetModelReady(ModelMetrics* m, bool ready, double load_seconds);
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_METRICS_H_

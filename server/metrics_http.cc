@@ -13,7 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 void WriteAll(int fd, const std::string& data) {
@@ -104,4 +104,4 @@ void MetricsHttpServer::Answer(int client) const {
                                 body.size(), "\r\nConnection: close\r\n\r\n", body));
 }
 
-}  // namespace convnext::serving
+}  // namespace convnext::server

@@ -16,7 +16,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
 class MetricsHttpServer {
  public:
@@ -43,6 +43,6 @@ class MetricsHttpServer {
   std::thread thread_;
 };
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_METRICS_HTTP_H_

@@ -1,20 +1,19 @@
 #include "server/model_host.h"
 
-#include <ATen/ATen.h>
 #include <openssl/evp.h>
 
 #include <algorithm>
 #include <fstream>
-#include <thread>
-#include <tuple>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "model/status_macros.h"
+#include "base/status_macros.h"
+#include "model/process_tuning.h"
 #include "server/image_input.h"
 #include "server/tensor_proto.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 int64_t Micros(absl::Duration d) { return absl::ToInt64Microseconds(d); }
@@ -50,9 +49,24 @@ absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path, int
   return labels;
 }
 
-std::string ShapeKey(InferenceRequest::Kind kind, const at::Tensor& t) {
+// Classify and Embed images batch apart (they ask for different outputs), and only images of one
+// input shape share a batch.
+std::string BatchKey(InferenceRequest::Kind kind, const at::Tensor& input) {
   return absl::StrCat(kind == InferenceRequest::Kind::kClassify ? "classify:" : "embed:",
-                      absl::StrJoin(t.sizes(), "x"));
+                      BatchShapeKey(input));
+}
+
+ImageRequest ToImageRequest(const InferenceRequest::Params& p) {
+  ImageRequest r;
+  if (p.kind == InferenceRequest::Kind::kClassify) {
+    r.top_k = p.top_k;
+  } else {
+    r.embedding = p.include_embedding;
+    r.normalize = p.normalize;
+    r.stages = p.stages;
+    r.dtype = ToOutputDType(p.dtype);
+  }
+  return r;
 }
 
 }  // namespace
@@ -69,21 +83,17 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   LoadOptions load;
   load.path = config.checkpoint();
   load.variant = config.variant();
-  load.model.intra_op_threads = options.intra_op_threads;
   load.model.cpu_fast_path = !config.disable_cpu_fast_path();
-  try {
-    load.model.device = c10::Device(config.device());
-  } catch (const std::exception&) {
-    return annotate(absl::InvalidArgumentError(
-        absl::StrCat("device '", config.device(), "' is not a LibTorch device")));
-  }
+  absl::StatusOr<c10::Device> device = ParseDevice(config.device());
+  if (!device.ok()) return annotate(device.status());
+  load.model.device = *device;
   absl::StatusOr<LoadedModel> loaded = LoadModel(load);
   if (!loaded.ok()) return annotate(loaded.status());
   host->loaded_ = *std::move(loaded);
   host->labels_ = host->loaded_.labels;
   if (!config.labels_file().empty()) {
     absl::StatusOr<std::vector<std::string>> labels =
-        ReadLabels(config.labels_file(), host->model_config().num_classes);
+        ReadLabels(config.labels_file(), host->architecture().num_classes);
     if (!labels.ok()) return annotate(labels.status());
     host->labels_ = *std::move(labels);
   }
@@ -95,7 +105,11 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
       ToPreprocessConfig(config.preprocessing(), options.max_image_pixels);
   if (!preprocess.ok()) return annotate(preprocess.status());
   host->preprocess_ = *preprocess;
-  if (absl::Status s = host->Warmup(); !s.ok()) return annotate(s);
+  if (absl::Status s = WarmUp(*host->loaded_.model, config.batching().max_batch_size(),
+                              config.preprocessing().size());
+      !s.ok()) {
+    return annotate(s);
+  }
 
   BatcherOptions batcher;
   batcher.queue.max_batch_size = config.batching().max_batch_size();
@@ -130,25 +144,20 @@ void ModelHost::StopAdmitting() {
 
 void ModelHost::Shutdown() {
   StopAdmitting();
-  SetModelReady(metrics_, false, -1);
   if (batcher_ != nullptr) batcher_->Shutdown();
 }
 
-absl::Status ModelHost::Warmup() {
-  const int64_t size = options_.config.preprocessing().size();
-  OutputRequest request;
-  request.logits = model_config().num_classes > 0;
-  request.stages = !request.logits;
-  for (int64_t batch : {int64_t{1}, int64_t{options_.config.batching().max_batch_size()}}) {
-    absl::StatusOr<ForwardOutputs> out =
-        loaded_.model->Forward(at::zeros({batch, model_config().in_channels, size, size}), request);
-    if (!out.ok()) return out.status();
-  }
-  // The batch sizes in between get their kernels prepared without running them.
-  for (int64_t batch = 2; batch < options_.config.batching().max_batch_size(); ++batch) {
-    RETURN_IF_ERROR(loaded_.model->Prepare(batch, size, size));
-  }
-  return absl::OkStatus();
+int64_t ModelHost::pending_images() const {
+  absl::MutexLock lock(&pending_mu_);
+  return pending_images_;
+}
+
+bool ModelHost::WaitUntilIdle(absl::Time deadline) const {
+  absl::MutexLock lock(&pending_mu_);
+  const int64_t* pending = &pending_images_;
+  return pending_mu_.AwaitWithDeadline(absl::Condition(
+                                           +[](const int64_t* n) { return *n == 0; }, pending),
+                                       deadline);
 }
 
 absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
@@ -159,11 +168,20 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
     return absl::UnavailableError(absl::StrCat("model '", name(), "' is not serving",
                                                stopping_ ? ": the server is shutting down" : ""));
   }
-  const int64_t pending = pending_images_.fetch_add(n) + n;
-  if (pending > limit) {
-    pending_images_ -= n;
-    return absl::UnavailableError(absl::StrCat("model '", name(), "' has ", limit,
-                                               " images in flight, its limit; retry later"));
+  if (n > limit) {  // Could never be admitted: retrying cannot help.
+    return absl::InvalidArgumentError(
+        absl::StrCat("the request has ", n, " images, more than model '", name(),
+                     "' admits at once (batching.max_queue_size = ", limit,
+                     "); split it into smaller requests"));
+  }
+  int64_t pending;
+  {
+    absl::MutexLock lock(&pending_mu_);
+    if (pending_images_ + n > limit) {
+      return absl::UnavailableError(absl::StrCat("model '", name(), "' has ", limit,
+                                                 " images in flight, its limit; retry later"));
+    }
+    pending = pending_images_ += n;
   }
   SetQueueDepth(metrics_, pending);
   {
@@ -198,37 +216,33 @@ void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
   }
   work->preprocess_us = Micros(absl::Now() - start);
   work->input = *std::move(input);
-  const std::string key = ShapeKey(work->request->params().kind, work->input);
+  const std::string key = BatchKey(work->request->params().kind, work->input);
   const absl::Time deadline = work->request->deadline();
   absl::Status scheduled = batcher_->Schedule(work, key, deadline);
   if (!scheduled.ok()) End(*work, scheduled);  // Schedule left `work` with us.
 }
 
 void ModelHost::End(const Work& work, const absl::Status& status) {
-  SetQueueDepth(metrics_, --pending_images_);
+  int64_t pending;
+  {
+    absl::MutexLock lock(&pending_mu_);
+    pending = --pending_images_;
+  }
+  SetQueueDepth(metrics_, pending);
   work.request->ImageDone(status);
 }
 
 void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
   const absl::Time start = absl::Now();
-  OutputRequest what;
-  what.logits = false;
   std::vector<at::Tensor> inputs;
+  std::vector<ImageRequest> requests;
   for (const auto& item : batch) {
-    const InferenceRequest::Params& p = item.payload->request->params();
-    what.logits |= p.kind == InferenceRequest::Kind::kClassify;
-    what.embedding |= p.kind == InferenceRequest::Kind::kEmbed && p.include_embedding;
-    what.stages |= p.kind == InferenceRequest::Kind::kEmbed && !p.stages.empty();
     inputs.push_back(item.payload->input);
+    requests.push_back(ToImageRequest(item.payload->request->params()));
   }
-  absl::StatusOr<ForwardOutputs> out = absl::InternalError("no forward pass");
-  try {
-    const at::Tensor stacked = at::stack(inputs);
-    if (options_.before_forward_for_testing) options_.before_forward_for_testing(stacked);
-    out = loaded_.model->Forward(stacked, what);
-  } catch (const std::exception& e) {
-    out = absl::InternalError(absl::StrCat("the forward pass failed: ", e.what()));
-  }
+  absl::StatusOr<std::vector<ImageOutputs>> out =
+      RunBatch(*loaded_.model, inputs, requests, options_.before_forward_for_testing);
+  inputs.clear();
   const int64_t compute_us = Micros(absl::Now() - start);
   {
     absl::MutexLock lock(&stats_mu_);
@@ -236,70 +250,42 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
     ++batch_sizes_[static_cast<uint32_t>(batch.size())];
   }
   RecordBatch(metrics_, static_cast<int>(batch.size()), compute_us);
-  // Class probabilities for the whole batch at once (rows of Classify and Embed calls alike
-  // when both are batched together; Embed rows are simply not read).
-  // Class probabilities and the best classes for the whole batch at once (rows of Classify and
-  // Embed calls alike when both are batched together; Embed rows are simply not read): k is the
-  // largest top_k asked for in the batch, and each call reads its own first top_k.
-  at::Tensor top_scores, top_indices;
-  if (out.ok() && what.logits) {
-    int64_t k = 1;
-    for (const auto& item : batch) k = std::max<int64_t>(k, item.payload->request->params().top_k);
-    try {
-      at::Tensor probs = at::softmax(out->logits.to(at::kCPU, at::kFloat), 1);
-      std::tie(top_scores, top_indices) = at::topk(probs, k, /*dim=*/1);
-      top_scores = top_scores.contiguous();
-      top_indices = top_indices.contiguous();
-    } catch (const std::exception& e) {
-      out = absl::InternalError(absl::StrCat("softmax failed: ", e.what()));
-    }
-  }
   for (size_t j = 0; j < batch.size(); ++j) {
     Work& w = *batch[j].payload;
     if (!out.ok()) {
       End(w, out.status());
       continue;
     }
-    const InferenceRequest::Params& p = w.request->params();
     const int64_t queue_us = Micros(start - w.admitted) - w.preprocess_us;
     w.request->RecordTimings(queue_us, w.preprocess_us, compute_us);
     RecordImage(metrics_, queue_us, w.preprocess_us);
-    try {
-      if (p.kind == InferenceRequest::Kind::kClassify) {
-        const int64_t k = top_scores.size(1);
-        const float* s = top_scores.data_ptr<float>() + j * k;
-        const int64_t* idx = top_indices.data_ptr<int64_t>() + j * k;
-        w.request->Fill([&](v1::ClassifyResponse* r, v1::EmbedResponse*) {
-          v1::Classification* c = r->mutable_results(w.index);
-          for (int k = 0; k < p.top_k; ++k) {
-            v1::ClassScore* score = c->add_classes();
-            score->set_index(static_cast<int32_t>(idx[k]));
-            score->set_score(s[k]);
-            if (idx[k] < static_cast<int64_t>(labels_.size())) score->set_label(labels_[idx[k]]);
-          }
-        });
-      } else {
-        v1::Embedding result;
-        if (p.include_embedding) {
-          at::Tensor e = out->embedding[j];
-          if (p.normalize) e = e / e.norm().clamp_min(1e-12);
-          ToProto(e, p.dtype, result.mutable_embedding());
+    ImageOutputs& o = (*out)[j];
+    if (w.request->params().kind == InferenceRequest::Kind::kClassify) {
+      w.request->Fill([&](v1::ClassifyResponse* r, v1::EmbedResponse*) {
+        v1::Classification* c = r->mutable_results(w.index);
+        for (size_t k = 0; k < o.class_indices.size(); ++k) {
+          const int64_t index = o.class_indices[k];
+          v1::ClassScore* score = c->add_classes();
+          score->set_index(static_cast<int32_t>(index));
+          score->set_score(o.class_scores[k]);
+          if (index < static_cast<int64_t>(labels_.size())) score->set_label(labels_[index]);
         }
-        for (int s : p.stages) ToProto(out->stages[s - 1][j], p.dtype, result.add_stages());
-        w.request->Fill([&](v1::ClassifyResponse*, v1::EmbedResponse* r) {
-          r->mutable_results(w.index)->Swap(&result);
-        });
-      }
-      End(w, absl::OkStatus());
-    } catch (const std::exception& e) {
-      End(w, absl::InternalError(absl::StrCat("writing the result failed: ", e.what())));
+      });
+    } else {
+      v1::Embedding result;
+      if (!o.embedding.shape.empty()) ToProto(std::move(o.embedding), result.mutable_embedding());
+      for (OutputTensor& stage : o.stages) ToProto(std::move(stage), result.add_stages());
+      w.request->Fill([&](v1::ClassifyResponse*, v1::EmbedResponse* r) {
+        r->mutable_results(w.index)->Swap(&result);
+      });
     }
+    End(w, absl::OkStatus());
   }
 }
 
 v1::ModelInfo ModelHost::Info() const {
   v1::ModelInfo info;
-  const ConvNeXtConfig& c = model_config();
+  const ConvNeXtConfig& c = architecture();
   const server::ModelConfig& config = options_.config;
   info.set_name(name());
   info.set_variant(c.variant);
@@ -325,7 +311,7 @@ v1::ModelInfo ModelHost::Info() const {
   b->set_max_queue_delay_us(config.batching().max_queue_delay_us());
   b->set_max_queue_size(config.batching().max_queue_size());
   b->set_instances(config.batching().instances());
-  b->set_intra_op_threads(options_.intra_op_threads);
+  b->set_intra_op_threads(IntraOpThreads());
   info.set_ready(ready_);
   absl::MutexLock lock(&stats_mu_);
   v1::ModelStats* stats = info.mutable_stats();
@@ -340,4 +326,4 @@ v1::ModelInfo ModelHost::Info() const {
   return info;
 }
 
-}  // namespace convnext::serving
+}  // namespace convnext::server

@@ -3,9 +3,11 @@
 // forward passes and writes each image's result into its request's response.
 //
 // Request path: Submit() (on a gRPC thread) admits all of a request's images or none, then hands
-// each image to the preprocessing pool; preprocessed images enter the batcher, keyed by request
-// kind and input shape; an executor computes each batch and ends each image (InferenceRequest).
-// Nothing on this path blocks a gRPC thread.
+// each image to the preprocessing pool (image/ via image_input.h); preprocessed images enter the
+// batcher, keyed by request kind and input shape; an executor computes each batch through the
+// model layer's batch API (model/batch.h) and ends each image (InferenceRequest). Nothing on this
+// path blocks a gRPC thread, and no tensor math happens here: the host only carries each image's
+// input tensor from image/ to model/.
 #ifndef CONVNEXT_SERVER_MODEL_HOST_H_
 #define CONVNEXT_SERVER_MODEL_HOST_H_
 
@@ -21,26 +23,27 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "convnext/v1/image_model.pb.h"
-#include "model/checkpoint.h"
-#include "model/preprocess.h"
+#include "image/preprocess.h"
+#include "model/batch.h"
+#include "model/load_model.h"
 #include "server/batcher.h"
 #include "server/config.pb.h"
 #include "server/inference_request.h"
 #include "server/metrics.h"
 #include "server/thread_pool.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
 struct ModelHostOptions {
   server::ModelConfig config;  // Normalised and validated.
-  int intra_op_threads = 1;
-  uint64_t max_image_pixels = 40'000'000;
+  // ServerConfig.max_image_pixels (normalised).
+  uint64_t max_image_pixels = 0;
   ThreadPool* preprocess_pool = nullptr;  // Not owned; outlives the host.
   // Fault injection for tests: if set, called with each batch's stacked input [N, 3, H, W] on the
   // executor just before the forward pass, as part of it: an exception it throws fails that batch
   // exactly as a failing model would (INTERNAL for the batch's images, nothing else). Unset in
   // the server.
-  std::function<void(const at::Tensor& batch)> before_forward_for_testing;
+  BeforeForwardFn before_forward_for_testing;
 };
 
 class ModelHost {
@@ -51,13 +54,14 @@ class ModelHost {
   ~ModelHost();
 
   const std::string& name() const { return options_.config.name(); }
-  const ConvNeXtConfig& model_config() const { return loaded_.model->config(); }
-  const std::vector<std::string>& labels() const { return labels_; }
+  // The network's architecture (depths, dims, classes, whether it is a detection backbone).
+  const ConvNeXtConfig& architecture() const { return loaded_.model->config(); }
   // This model's Prometheus metrics; null when metrics are off.
   ModelMetrics* metrics() const { return metrics_; }
 
-  // Admits the request's images (all or none): UNAVAILABLE if the model's queue is full or it is
-  // shutting down. On OK each image later ends through `request` (which owns the answer).
+  // Admits the request's images (all or none): UNAVAILABLE if the model's queue is full now or it
+  // is shutting down (retryable); INVALID_ARGUMENT if the request has more images than the queue
+  // can ever hold. On OK each image later ends through `request` (which owns the answer).
   absl::Status Submit(const std::shared_ptr<InferenceRequest>& request,
                       const google::protobuf::RepeatedPtrField<v1::Image>& images);
 
@@ -68,7 +72,9 @@ class ModelHost {
   // admitted keeps running. The first step of a graceful shutdown.
   void StopAdmitting();
   // Images admitted and not yet answered.
-  int64_t pending_images() const { return pending_images_; }
+  int64_t pending_images() const;
+  // Waits until no admitted image is left, or until `deadline`. True if none is left.
+  bool WaitUntilIdle(absl::Time deadline) const;
 
   // Computes everything admitted, then stops the executors.
   void Shutdown();
@@ -77,7 +83,7 @@ class ModelHost {
   struct Work {
     std::shared_ptr<InferenceRequest> request;
     int index = 0;     // Image index within the request.
-    at::Tensor input;  // [3, H, W], the model's dtype and device.
+    at::Tensor input;  // [1, 3, H, W] float32 from image/, handed to model/ untouched.
     absl::Time admitted;
     int64_t preprocess_us = 0;
   };
@@ -87,7 +93,6 @@ class ModelHost {
   void Preprocess(WorkPtr work, const v1::Image* image);
   void ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch);
   void End(const Work& work, const absl::Status& status);
-  absl::Status Warmup();
 
   const ModelHostOptions options_;
   LoadedModel loaded_;
@@ -95,7 +100,8 @@ class ModelHost {
   PreprocessConfig preprocess_;
   std::string checkpoint_sha256_;
   std::unique_ptr<Batcher<WorkPtr>> batcher_;
-  std::atomic<int64_t> pending_images_{0};  // Admitted and not yet ended.
+  mutable absl::Mutex pending_mu_;
+  int64_t pending_images_ ABSL_GUARDED_BY(pending_mu_) = 0;  // Admitted and not yet ended.
   std::atomic<bool> ready_{false};
   std::atomic<bool> stopping_{false};  // StopAdmitting() was called.
   ModelMetrics* metrics_ = nullptr;
@@ -106,6 +112,6 @@ class ModelHost {
   std::map<uint32_t, uint64_t> batch_sizes_ ABSL_GUARDED_BY(stats_mu_);
 };
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_MODEL_HOST_H_

@@ -11,8 +11,10 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "image/preprocess_config.h"
+#include "server/batch_queue.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 // Collects text-format parse errors with their line and column.
@@ -86,39 +88,44 @@ absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag) {
 }
 
 void NormalizeConfig(server::ServerConfig* config, int cores) {
+  // Every default below is read from where the layer that uses it defines it.
+  const PreprocessConfig preprocess;
+  const BatchQueueOptions batching;
   cores = std::max(cores, 1);
   if (config->intra_op_threads() == 0) config->set_intra_op_threads(cores);
   if (config->preprocess_threads() == 0) config->set_preprocess_threads(cores);
-  if (config->max_message_bytes() == 0) config->set_max_message_bytes(64 << 20);
-  if (config->max_image_pixels() == 0) config->set_max_image_pixels(40'000'000);
+  if (config->max_message_bytes() == 0) config->set_max_message_bytes(kDefaultMaxMessageBytes);
+  if (config->max_image_pixels() == 0) config->set_max_image_pixels(preprocess.max_pixels);
   if (config->default_model().empty() && config->model_size() > 0) {
     config->set_default_model(config->model(0).name());
   }
   for (server::ModelConfig& m : *config->mutable_model()) {
     if (m.device().empty()) m.set_device("cpu");
     server::PreprocessingConfig* p = m.mutable_preprocessing();
-    if (p->size() == 0) p->set_size(224);
-    if (p->crop_pct() == 0) p->set_crop_pct(p->size() >= 384 ? 1.0f : 0.875f);
-    if (p->interpolation().empty()) p->set_interpolation("bicubic");
+    if (p->size() == 0) p->set_size(preprocess.size);
+    if (p->crop_pct() == 0) p->set_crop_pct(static_cast<float>(DefaultCropPct(p->size())));
+    if (p->interpolation().empty()) {
+      p->set_interpolation(std::string(InterpolationName(preprocess.interpolation)));
+    }
     if (p->mean_size() == 0) {
-      for (float v : {0.485f, 0.456f, 0.406f}) p->add_mean(v);
+      for (float v : preprocess.mean) p->add_mean(v);
     }
     if (p->std_size() == 0) {
-      for (float v : {0.229f, 0.224f, 0.225f}) p->add_std(v);
+      for (float v : preprocess.std) p->add_std(v);
     }
     server::BatchingConfig* b = m.mutable_batching();
-    // Defaults from the measured table in the README (Performance): on a CPU, convnext_tiny's
-    // throughput is flat from batch 1 to 32 (17.3-18.5 img/s) while a batch's time grows with its
-    // size, so a small batch and a short wait; raise both for a GPU.
-    if (b->max_batch_size() == 0) b->set_max_batch_size(4);
-    if (b->max_queue_delay_us() == 0) b->set_max_queue_delay_us(2000);
-    if (b->max_queue_size() == 0)
-      b->set_max_queue_size(std::max<uint32_t>(64, b->max_batch_size()));
+    if (b->max_batch_size() == 0) b->set_max_batch_size(batching.max_batch_size);
+    if (b->max_queue_delay_us() == 0) {
+      b->set_max_queue_delay_us(absl::ToInt64Microseconds(batching.max_queue_delay));
+    }
+    if (b->max_queue_size() == 0) {
+      b->set_max_queue_size(std::max<uint32_t>(batching.max_queue_size, b->max_batch_size()));
+    }
     if (b->instances() == 0) b->set_instances(1);
   }
 }
 
-absl::Status ValidateConfig(const server::ServerConfig& config) {
+absl::Status ValidateServerConfig(const server::ServerConfig& config) {
   if (config.model_size() == 0) {
     return absl::InvalidArgumentError(
         "no model to serve: pass --model NAME=CHECKPOINT or a --config file with a model");
@@ -134,15 +141,15 @@ absl::Status ValidateConfig(const server::ServerConfig& config) {
     }
     if (m.checkpoint().empty()) return Bad(m, "checkpoint", "is required");
     const server::PreprocessingConfig& p = m.preprocessing();
-    if (p.size() < 32 || p.size() > 4096)
-      return Bad(m, "preprocessing.size", "must be in [32, 4096]");
+    if (p.size() < kMinSize || p.size() > kMaxSize) {
+      return Bad(m, "preprocessing.size",
+                 absl::StrCat("must be in [", kMinSize, ", ", kMaxSize, "]"));
+    }
     if (!(p.crop_pct() > 0.0f && p.crop_pct() <= 1.0f)) {
       return Bad(m, "preprocessing.crop_pct", "must be in (0, 1]");
     }
-    if (p.interpolation() != "bicubic" && p.interpolation() != "bilinear" &&
-        p.interpolation() != "nearest") {
-      return Bad(m, "preprocessing.interpolation",
-                 absl::StrCat("'", p.interpolation(), "' is not bicubic, bilinear or nearest"));
+    if (absl::StatusOr<Interpolation> i = InterpolationFromName(p.interpolation()); !i.ok()) {
+      return Bad(m, "preprocessing.interpolation", i.status().message());
     }
     if (p.mean_size() != 3 || p.std_size() != 3) {
       return Bad(m, "preprocessing.mean/std", "must have 3 values each");
@@ -165,6 +172,10 @@ absl::Status ValidateConfig(const server::ServerConfig& config) {
                                                    "' is not one of the models (",
                                                    absl::StrJoin(names, ", "), ")"));
   }
+  if (config.max_image_pixels() > static_cast<uint64_t>(kMaxPixelsCeiling)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_image_pixels must be <= ", kMaxPixelsCeiling, " (OpenCV's limit)"));
+  }
   if (config.intra_op_threads() > 256) {
     return absl::InvalidArgumentError("intra_op_threads must be <= 256");
   }
@@ -174,4 +185,4 @@ absl::Status ValidateConfig(const server::ServerConfig& config) {
   return absl::OkStatus();
 }
 
-}  // namespace convnext::serving
+}  // namespace convnext::server

@@ -11,7 +11,10 @@
 #include "absl/status/statusor.h"
 #include "server/config.pb.h"
 
-namespace convnext::serving {
+namespace convnext::server {
+
+// The default of ServerConfig.max_message_bytes: the largest request message accepted.
+inline constexpr uint32_t kDefaultMaxMessageBytes = 64 << 20;
 
 // Parses a protobuf text-format ServerConfig file. Relative checkpoint and labels paths in it are
 // taken relative to the file's directory.
@@ -27,9 +30,10 @@ absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag);
 // Fills unset fields with their defaults (see config.proto). `cores` is the machine's core count.
 void NormalizeConfig(server::ServerConfig* config, int cores);
 
-// Checks a normalised config. INVALID_ARGUMENT naming the model and the field.
-absl::Status ValidateConfig(const server::ServerConfig& config);
+// Checks a normalised config (model architectures are checked when the models load).
+// INVALID_ARGUMENT naming the model and the field.
+absl::Status ValidateServerConfig(const server::ServerConfig& config);
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_SERVER_CONFIG_H_

@@ -5,7 +5,7 @@
 
 #include <fstream>
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 using ::testing::HasSubstr;
@@ -18,7 +18,7 @@ std::string Write(const std::string& name, const std::string& text) {
 
 absl::Status Check(server::ServerConfig config) {
   NormalizeConfig(&config, 2);
-  return ValidateConfig(config);
+  return ValidateServerConfig(config);
 }
 
 TEST(ServerConfigTest, ReadsNormalisesAndValidatesATextProto) {
@@ -36,7 +36,7 @@ TEST(ServerConfigTest, ReadsNormalisesAndValidatesATextProto) {
   )pb"));
   ASSERT_TRUE(config.ok()) << config.status();
   NormalizeConfig(&*config, 2);
-  ASSERT_TRUE(ValidateConfig(*config).ok()) << ValidateConfig(*config);
+  ASSERT_TRUE(ValidateServerConfig(*config).ok()) << ValidateServerConfig(*config);
   EXPECT_EQ(config->default_model(), "a");
   EXPECT_EQ(config->intra_op_threads(), 2u);
   EXPECT_EQ(config->model(0).batching().max_batch_size(), 16u);
@@ -92,4 +92,4 @@ TEST(ServerConfigTest, ModelFlag) {
 }
 
 }  // namespace
-}  // namespace convnext::serving
+}  // namespace convnext::server

@@ -8,16 +8,13 @@
 // the first moment it can be asked. SIGTERM/SIGINT: health turns NOT_SERVING, new calls are
 // refused, admitted calls finish (up to the grace period), then the process exits 0.
 // Exit codes: 0 clean shutdown, 1 start-up failure (one line on stderr), 2 usage.
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 #include <iterator>
-#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -29,14 +26,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "model/runtime.h"
-#include "model/status_macros.h"
+#include "base/status_macros.h"
+#include "model/process_tuning.h"
 #include "server/log.h"
-#include "server/metrics.h"
-#include "server/model_host.h"
+#include "server/server.h"
 #include "server/server_config.h"
-#include "server/service.h"
-#include "server/thread_pool.h"
 
 // --model is repeatable, which absl flags are not: main() takes its occurrences out of argv
 // before absl parses the rest. Declared here only so that --help lists it.
@@ -44,7 +38,7 @@ ABSL_FLAG(std::string, model, "",
           "NAME=CHECKPOINT, repeatable: a model to serve with default settings.");
 ABSL_FLAG(std::string, config, "",
           "A ServerConfig file in protobuf text format (config.proto). Without --config and "
-          "--model, the embedded default model is served (models/digits/server.textproto).");
+          "--model, the default model is served (default_model/server.textproto).");
 ABSL_FLAG(std::string, default_model, "", "Model an empty model name selects (default: first).");
 ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed at start).");
@@ -64,24 +58,24 @@ ABSL_FLAG(int, max_batch_size, 0, "Override every model's max_batch_size (0: con
 ABSL_FLAG(int, max_queue_delay_us, -1,
           "Override every model's max_queue_delay_us (-1: config/default).");
 
-namespace convnext::serving {
+namespace convnext::server {
 
-// The embedded default model's config: beside the installed binary (../share/convnext-serve/) or
+// The default model's config: beside the installed binary (../share/convnext-serve/) or
 // in the source tree the binary was built in (build/bin/../../).
 std::string DefaultConfigPath() {
   char exe[4096];
   const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
   std::string dir = n > 0 ? std::string(exe, n) : std::string();
   dir = dir.substr(0, dir.find_last_of('/') + 1);
-  for (const char* relative : {"../share/convnext-serve/models/digits/server.textproto",
-                               "../../models/digits/server.textproto"}) {
+  for (const char* relative : {"../share/convnext-serve/default_model/server.textproto",
+                               "../../default_model/server.textproto"}) {
     const std::string path = dir + relative;
     if (access(path.c_str(), R_OK) == 0) return path;
   }
-  return dir + "../share/convnext-serve/models/digits/server.textproto";
+  return dir + "../share/convnext-serve/default_model/server.textproto";
 }
 
-absl::StatusOr<server::ServerConfig> BuildConfig(const std::vector<std::string>& model_flags) {
+absl::StatusOr<ServerConfig> BuildConfig(const std::vector<std::string>& model_flags) {
   server::ServerConfig config;
   std::string config_path = absl::GetFlag(FLAGS_config);
   if (config_path.empty() && model_flags.empty()) {
@@ -112,7 +106,7 @@ absl::StatusOr<server::ServerConfig> BuildConfig(const std::vector<std::string>&
     }
   }
   NormalizeConfig(&config, static_cast<int>(std::thread::hardware_concurrency()));
-  if (absl::Status s = ValidateConfig(config); !s.ok()) return s;
+  if (absl::Status s = ValidateServerConfig(config); !s.ok()) return s;
   return config;
 }
 
@@ -165,88 +159,39 @@ std::vector<std::string> TakeModelFlags(int* argc, char** argv) {
 }
 
 int Run(const std::vector<std::string>& model_flags) {
-  absl::StatusOr<server::ServerConfig> config = BuildConfig(model_flags);
-  if (!config.ok()) {
-    std::fprintf(stderr, "convnext-server: %s\n", std::string(config.status().message()).c_str());
+  auto fail = [](const absl::Status& s) {
+    std::fprintf(stderr, "convnext-server: %s\n", std::string(s.message()).c_str());
     return 1;
-  }
-  // Block the shutdown signals in every thread; one thread waits for them below.
+  };
+  absl::StatusOr<ServerConfig> config = BuildConfig(model_flags);
+  if (!config.ok()) return fail(config.status());
+  ServerOptions options;
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.metrics_host = absl::GetFlag(FLAGS_metrics_host);
+  options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.version = CONVNEXT_VERSION;
+  options.libtorch_version = TORCH_VERSION;
+  options.access_log = absl::GetFlag(FLAGS_access_log);
+  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials();
+  if (!credentials.ok()) return fail(credentials.status());
+  options.credentials = *std::move(credentials);
+
+  // Block the shutdown signals in every thread (those the server starts inherit the mask); this
+  // thread waits for them below.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  std::unique_ptr<Metrics> metrics;
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    absl::StatusOr<std::unique_ptr<Metrics>> started = Metrics::Start(
-        absl::StrCat(absl::GetFlag(FLAGS_metrics_host), ":", absl::GetFlag(FLAGS_metrics_port)),
-        {CONVNEXT_VERSION, TORCH_VERSION, config->model(0).device()});
-    if (!started.ok()) {
-      std::fprintf(stderr, "convnext-server: %s\n",
-                   std::string(started.status().message()).c_str());
-      return 1;
-    }
-    metrics = *std::move(started);
-  }
-  auto preprocess_pool =
-      std::make_unique<ThreadPool>(static_cast<int>(config->preprocess_threads()));
-  std::vector<std::unique_ptr<ModelHost>> hosts;
-  std::map<std::string, ModelHost*> by_name;
-  for (const server::ModelConfig& m : config->model()) {
-    const absl::Time start = absl::Now();
-    ModelHostOptions options;
-    options.config = m;
-    options.intra_op_threads = static_cast<int>(config->intra_op_threads());
-    options.max_image_pixels = config->max_image_pixels();
-    options.preprocess_pool = preprocess_pool.get();
-    absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(options);
-    if (!host.ok()) {
-      std::fprintf(stderr, "convnext-server: %s\n", std::string(host.status().message()).c_str());
-      return 1;
-    }
-    Log("info", "model_loaded",
-        {{"model", m.name()},
-         {"variant", (*host)->model_config().variant},
-         {"classes", absl::StrCat((*host)->model_config().num_classes)},
-         {"cpu_fast_path", (*host)->Info().cpu_fast_path() ? "true" : "false"},
-         {"checkpoint", m.checkpoint()},
-         {"seconds", absl::StrFormat("%.2f", absl::ToDoubleSeconds(absl::Now() - start))}});
-    by_name[m.name()] = host->get();
-    hosts.push_back(*std::move(host));
-  }
-
-  ServiceOptions service_options;
-  service_options.access_log = absl::GetFlag(FLAGS_access_log);
-  ImageModelServiceImpl service(by_name, config->default_model(), service_options);
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  const std::string address =
-      absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
-  absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials();
-  if (!credentials.ok()) {
-    std::fprintf(stderr, "convnext-server: %s\n",
-                 std::string(credentials.status().message()).c_str());
-    return 1;
-  }
-  builder.AddListeningPort(address, *credentials, &port);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(config->max_message_bytes()));
-  builder.SetMaxSendMessageSize(-1);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
-    std::fprintf(stderr, "convnext-server: cannot listen on %s\n", address.c_str());
-    return 1;
-  }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus(true);
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(*config, options);
+  if (!server.ok()) return fail(server.status());
   Log("info", "serving",
-      {{"models", absl::StrCat(hosts.size())},
-       {"host", absl::GetFlag(FLAGS_host)},
-       {"port", absl::StrCat(port)},
-       {"metrics_port", absl::StrCat(metrics != nullptr ? metrics->port() : -1)},
+      {{"models", absl::StrCat(config->model_size())},
+       {"host", options.host},
+       {"port", absl::StrCat((*server)->port())},
+       {"metrics_port", absl::StrCat((*server)->metrics_port())},
        {"default_model", config->default_model()}});
 
   int signal = 0;
@@ -254,39 +199,21 @@ int Run(const std::vector<std::string>& model_flags) {
   Log("info", "draining",
       {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"},
        {"grace_period_s", absl::StrCat(absl::GetFlag(FLAGS_grace_period_s))}});
-  // Drain while still answering: health says NOT_SERVING (load balancers and probes can see it),
-  // new inference calls are refused with UNAVAILABLE, and admitted ones run to their answers.
-  const absl::Time grace_end = absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_grace_period_s));
-  health->SetServingStatus(false);
-  for (auto& host : hosts) host->StopAdmitting();
-  auto pending = [&hosts] {
-    int64_t n = 0;
-    for (const auto& host : hosts) n += host->pending_images();
-    return n;
-  };
-  while (pending() > 0 && absl::Now() < grace_end) absl::SleepFor(absl::Milliseconds(5));
-  Log("info", "drained", {{"pending_images", absl::StrCat(pending())}});
-  // Then stop gRPC: refuses new calls, waits for those still running, and cancels whatever is
-  // left when the grace period ends.
-  server->Shutdown(absl::ToChronoTime(grace_end));
-  // Then finish what was admitted, in pipeline order: images still being preprocessed (the pool
-  // runs all queued work before it is destroyed; they reach the batchers), then the batchers.
-  // Calls cancelled by the grace deadline are still completed internally, so nothing outlives
-  // the objects it uses.
-  preprocess_pool.reset();
-  for (auto& host : hosts) host->Shutdown();
-  server->Wait();
+  const int64_t left =
+      (*server)->Drain(absl::Now() + absl::Seconds(absl::GetFlag(FLAGS_grace_period_s)));
+  Log("info", "drained", {{"pending_images", absl::StrCat(left)}});
+  server->reset();
   Log("info", "stopped", {});
   return 0;
 }
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "convnext-server --model NAME=CHECKPOINT [--model ...] [--config FILE] [--port 50051]");
-  const std::vector<std::string> models = convnext::serving::TakeModelFlags(&argc, argv);
+  const std::vector<std::string> models = convnext::server::TakeModelFlags(&argc, argv);
   absl::ParseCommandLine(argc, argv);
   convnext::ConfigureProcessForInference();
-  return convnext::serving::Run(models);
+  return convnext::server::Run(models);
 }

@@ -9,7 +9,7 @@
 #include "server/log.h"
 #include "server/status_util.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
 
 // Images per request at most: a request is admitted whole, so it must fit a model's queue.
@@ -112,7 +112,7 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Classify(grpc::CallbackServerCo
   if (absl::Status s = CheckImages(request->images_size()); !s.ok()) {
     return AnswerNow(ctx, model, kMethod, start, s);
   }
-  const int64_t classes = (*host)->model_config().num_classes;
+  const int64_t classes = (*host)->architecture().num_classes;
   if (classes == 0) {
     return AnswerNow(ctx, model, kMethod, start,
                      absl::FailedPreconditionError(
@@ -161,7 +161,7 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerConte
     return fail(
         absl::InvalidArgumentError("nothing to compute: set include_embedding or list stages"));
   }
-  if (params.include_embedding && (*host)->model_config().stage_norms) {
+  if (params.include_embedding && (*host)->architecture().stage_norms) {
     return fail(absl::FailedPreconditionError(
         absl::StrCat("model '", (*host)->name(),
                      "' is a detection backbone without a pooled embedding; ask for "
@@ -201,4 +201,4 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::GetModel(grpc::CallbackServerCo
   return AnswerNow(ctx, (*host)->name(), Method::kGetModel, start, absl::OkStatus());
 }
 
-}  // namespace convnext::serving
+}  // namespace convnext::server

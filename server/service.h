@@ -16,7 +16,7 @@
 #include "server/metrics.h"
 #include "server/model_host.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
 struct ServiceOptions {
   // Log one line per call (model, method, request id, status, latency). Off by default: at
@@ -64,6 +64,6 @@ class ImageModelServiceImpl final : public v1::ImageModelService::CallbackServic
   std::atomic<uint64_t> next_request_id_{1};
 };
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_SERVICE_H_

@@ -2,17 +2,17 @@
 
 #include <string>
 
-namespace convnext::serving {
+namespace convnext::server {
 
 grpc::Status ToGrpcStatus(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
   std::string message(status.message());
-  if (message.size() > kMaxMessageBytes) {
-    message.resize(kMaxMessageBytes - 3);
+  if (message.size() > kMaxStatusMessageBytes) {
+    message.resize(kMaxStatusMessageBytes - 3);
     message += "...";
   }
   // absl::StatusCode and grpc::StatusCode share their numbering (both follow google.rpc.Code).
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), message);
 }
 
-}  // namespace convnext::serving
+}  // namespace convnext::server

@@ -1,6 +1,6 @@
 // Conversion of absl::Status to grpc::Status: the one place where our error codes become the
-// codes a gRPC client sees. Messages longer than kMaxMessageBytes are truncated (a status message
-// travels in an HTTP/2 header).
+// codes a gRPC client sees. Messages longer than kMaxStatusMessageBytes are truncated (a status
+// message travels in an HTTP/2 header).
 #ifndef CONVNEXT_SERVER_STATUS_UTIL_H_
 #define CONVNEXT_SERVER_STATUS_UTIL_H_
 
@@ -8,12 +8,12 @@
 
 #include "absl/status/status.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
-inline constexpr size_t kMaxMessageBytes = 1024;
+inline constexpr size_t kMaxStatusMessageBytes = 1024;
 
 grpc::Status ToGrpcStatus(const absl::Status& status);
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_STATUS_UTIL_H_

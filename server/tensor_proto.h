@@ -1,4 +1,5 @@
-// Conversions between v1::Tensor (the API's little-endian row-major tensors) and at::Tensor.
+// Conversions between v1::Tensor (the API's little-endian row-major tensors) and the model and
+// image layers' types. Copies bytes; no tensor math.
 #ifndef CONVNEXT_SERVER_TENSOR_PROTO_H_
 #define CONVNEXT_SERVER_TENSOR_PROTO_H_
 
@@ -6,17 +7,20 @@
 
 #include "absl/status/statusor.h"
 #include "convnext/v1/image_model.pb.h"
+#include "model/batch.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
-// Writes `t` (any floating dtype and device) as `dtype` (FP32 or FP16).
-void ToProto(const at::Tensor& t, v1::DataType dtype, v1::Tensor* out);
+// Moves a model output into the API's tensor message.
+void ToProto(OutputTensor&& t, v1::Tensor* out);
 
-// Reads an input image tensor: shape [3, H, W] or [1, 3, H, W], FP32 or FP16, with exactly the
-// bytes the shape needs, finite values, sides of at least 32 and at most `max_pixels` pixels.
-// Returns a float32 [3, H, W] tensor. INVALID_ARGUMENT otherwise.
+// The model output dtype for an API dtype (FP16 -> float16, anything else -> float32).
+OutputDType ToOutputDType(v1::DataType dtype);
+
+// Reads an input image tensor (image/tensor_image.h): INVALID_ARGUMENT for a bad shape, dtype,
+// size or value.
 absl::StatusOr<at::Tensor> ImageTensorFromProto(const v1::Tensor& proto, uint64_t max_pixels);
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_TENSOR_PROTO_H_

@@ -2,7 +2,7 @@
 
 #include <utility>
 
-namespace convnext::serving {
+namespace convnext::server {
 
 ThreadPool::ThreadPool(int num_threads) {
   for (int i = 0; i < std::max(num_threads, 1); ++i) threads_.emplace_back([this] { Work(); });
@@ -35,4 +35,4 @@ void ThreadPool::Work() {
   }
 }
 
-}  // namespace convnext::serving
+}  // namespace convnext::server

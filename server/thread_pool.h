@@ -12,7 +12,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 
 class ThreadPool {
  public:
@@ -36,6 +36,6 @@ class ThreadPool {
   std::vector<std::thread> threads_;
 };
 
-}  // namespace convnext::serving
+}  // namespace convnext::server
 
 #endif  // CONVNEXT_SERVER_THREAD_POOL_H_

@@ -21,7 +21,7 @@ DIGITS = [os.path.join(ROOT, "samples", n) for n in
 class CliTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.server = Server("--config", os.path.join(ROOT, "models", "digits", "server.textproto"),
+        cls.server = Server("--config", os.path.join(ROOT, "default_model", "server.textproto"),
                             "--model", f"custom={os.path.join(DATA, 'custom.safetensors')}")
         cls.target = f"--target=127.0.0.1:{cls.server.port}"
 

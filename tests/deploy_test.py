@@ -87,10 +87,10 @@ class DeployTest(unittest.TestCase):
         self.assertRegex(self.dockerfile, r"\nUSER 10001\n")
         # The default model goes where the server looks for it: ../share next to the binary.
         self.assertIn("/usr/local/bin/", self.dockerfile)
-        self.assertIn("/usr/local/share/convnext-serve/models/digits/", self.dockerfile)
-        self.assertIn('"../share/convnext-serve/models/digits/server.textproto"',
+        self.assertIn("/usr/local/share/convnext-serve/default_model/", self.dockerfile)
+        self.assertIn('"../share/convnext-serve/default_model/server.textproto"',
                       read("server/server_main.cc"))
-        for copied in re.findall(r"models/digits/[\w.]+", self.dockerfile):
+        for copied in re.findall(r"default_model/[\w.]+", self.dockerfile):
             self.assertTrue(os.path.exists(os.path.join(ROOT, copied)), copied)
         self.assertIn("mkdir -p /models", self.dockerfile)
 

@@ -1,5 +1,5 @@
-"""The embedded default model end to end: convnext-server started with no model arguments serves
-the digits ConvNeXt (models/digits); every held-out digit, sent through gRPC Classify as PNG bytes,
+"""The default model end to end: convnext-server started with no model arguments serves
+the digits ConvNeXt (default_model); every held-out digit, sent through gRPC Classify as PNG bytes,
 gets the prediction the Python model made at training time, and the accuracy is the recorded one.
 """
 import io
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from server_e2e_test import Server, pb  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HELDOUT = os.path.join(ROOT, "models", "digits", "heldout.json")
+HELDOUT = os.path.join(ROOT, "default_model", "heldout.json")
 
 
 def digit_png(values):
@@ -32,7 +32,7 @@ class DigitsTest(unittest.TestCase):
         with open(HELDOUT) as f:
             heldout = json.load(f)
         digits = load_digits()
-        server = Server()  # No --model and no --config: the embedded default.
+        server = Server()  # No --model and no --config: the default model.
         try:
             info = server.stub.GetModel(pb.GetModelRequest(), timeout=10)
             self.assertEqual(info.name, "digits")

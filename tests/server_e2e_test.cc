@@ -1,5 +1,6 @@
-// End-to-end with the generated C++ stubs: the real service and model hosts behind a gRPC server
-// on a loopback port, called by C++ clients (the Python suite covers the convnext-server binary).
+// End-to-end with the generated C++ stubs: the product's Server object (server/server.h, the same
+// wiring and shutdown as convnext-server) on a loopback port, called by C++ clients (the Python
+// suite covers the convnext-server binary).
 #include <ATen/ATen.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -7,50 +8,51 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
-#include "client/client.h"
+#include "convnext/client.h"
 #include "convnext/v1/image_model.grpc.pb.h"
-#include "model/testdata.h"
-#include "server/model_host.h"
+#include "server/server.h"
 #include "server/server_config.h"
-#include "server/service.h"
-#include "server/thread_pool.h"
+#include "testing/reference.h"
 
-namespace convnext::serving {
+namespace convnext::server {
 namespace {
+
+// A loopback server of `config` (normalised and validated here), metrics off.
+std::unique_ptr<Server> StartServer(ServerConfig config, ServerOptions options = {}) {
+  NormalizeConfig(&config, 2);
+  config.set_intra_op_threads(2);
+  if (absl::Status s = ValidateServerConfig(config); !s.ok()) {
+    ADD_FAILURE() << s;
+    return nullptr;
+  }
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.metrics_port = -1;
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(config, options);
+  if (!server.ok()) {
+    ADD_FAILURE() << server.status();
+    return nullptr;
+  }
+  return *std::move(server);
+}
 
 class ServerE2eTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    pool_ = new ThreadPool(2);
-    server::ServerConfig config;
-    server::ModelConfig* m = config.add_model();
+    ServerConfig config;
+    ModelConfig* m = config.add_model();
     m->set_name("custom");
     m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
     m->mutable_batching()->set_max_batch_size(8);
     m->mutable_batching()->set_max_queue_delay_us(20000);
-    NormalizeConfig(&config, 2);
-    ASSERT_TRUE(ValidateConfig(config).ok());
-    ModelHostOptions options;
-    options.config = config.model(0);
-    options.intra_op_threads = 2;
-    options.preprocess_pool = pool_;
-    absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(options);
-    ASSERT_TRUE(host.ok()) << host.status();
-    host_ = host->release();
-    service_ = new ImageModelServiceImpl({{"custom", host_}}, "custom");
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
-    builder.RegisterService(service_);
-    server_ = builder.BuildAndStart().release();
-    ASSERT_NE(port_, 0);
+    server_ = StartServer(config).release();
+    ASSERT_NE(server_, nullptr);
+    host_ = server_->model("custom");
+    port_ = server_->port();
   }
   static void TearDownTestSuite() {
-    server_->Shutdown();
-    host_->Shutdown();
-    delete server_;
-    delete service_;
-    delete host_;
-    delete pool_;
+    delete server_;  // Drains.
+    server_ = nullptr;
   }
 
   std::unique_ptr<v1::ImageModelService::Stub> Stub() {
@@ -72,10 +74,8 @@ class ServerE2eTest : public ::testing::Test {
   }
 
  protected:
-  static inline ThreadPool* pool_ = nullptr;
-  static inline ModelHost* host_ = nullptr;
-  static inline ImageModelServiceImpl* service_ = nullptr;
-  static inline grpc::Server* server_ = nullptr;
+  static inline Server* server_ = nullptr;
+  static inline ModelHost* host_ = nullptr;  // Owned by server_.
   static inline int port_ = 0;
 };
 
@@ -160,6 +160,25 @@ TEST_F(ServerE2eTest, DeadlineUnknownModelAndEmptyRequest) {
   }
 }
 
+// A request with more images than the model's queue can ever hold is malformed for this model,
+// not a momentary overload: INVALID_ARGUMENT (which clients do not retry), not UNAVAILABLE.
+TEST_F(ServerE2eTest, RequestLargerThanTheQueueIsInvalidArgumentNotRetryLater) {
+  const int64_t limit = host_->Info().batching().max_queue_size();
+  const at::Tensor input = testing::ReadReference("custom.input.npy");
+  v1::ClassifyRequest request;
+  for (int64_t i = 0; i <= limit; ++i) *request.add_images() = TensorImage(input[0]);
+  v1::ClassifyResponse response;
+  grpc::ClientContext ctx;
+  const grpc::Status status = Stub()->Classify(&ctx, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << status.error_message();
+  EXPECT_NE(status.error_message().find("max_queue_size"), std::string::npos)
+      << status.error_message();
+  // Exactly the limit is admitted.
+  request.mutable_images()->RemoveLast();
+  grpc::ClientContext ok_ctx;
+  EXPECT_TRUE(Stub()->Classify(&ok_ctx, request, &response).ok());
+}
+
 TEST_F(ServerE2eTest, ClientLibraryBlockingAndAsyncCalls) {
   client::ClientOptions options;
   options.target = absl::StrCat("127.0.0.1:", port_);
@@ -228,40 +247,25 @@ TEST_F(ServerE2eTest, ClientRetriesThenReportsUnavailable) {
 class ModelFaultTest : public ::testing::Test {
  protected:
   void Start(int max_batch_size, bool disable_cpu_fast_path = false) {
-    pool_ = std::make_unique<ThreadPool>(2);
-    server::ServerConfig config;
-    server::ModelConfig* m = config.add_model();
+    ServerConfig config;
+    ModelConfig* m = config.add_model();
     m->set_name("custom");
     m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
     m->mutable_batching()->set_max_batch_size(max_batch_size);
     // Long enough that a batch closes only when full: which calls share a batch is then known.
     m->mutable_batching()->set_max_queue_delay_us(5'000'000);
     m->set_disable_cpu_fast_path(disable_cpu_fast_path);
-    NormalizeConfig(&config, 2);
-    ASSERT_TRUE(ValidateConfig(config).ok());
-    ModelHostOptions options;
-    options.config = config.model(0);
-    options.preprocess_pool = pool_.get();
+    ServerOptions options;
     options.before_forward_for_testing = [](const at::Tensor& batch) {
       if (batch.eq(7).flatten(1).all(1).any().item<bool>()) {
         throw std::runtime_error("injected fault");
       }
     };
-    absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(options);
-    ASSERT_TRUE(host.ok()) << host.status();
-    host_ = *std::move(host);
-    service_ = std::make_unique<ImageModelServiceImpl>(
-        std::map<std::string, ModelHost*>{{"custom", host_.get()}}, "custom");
-    grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
-    builder.RegisterService(service_.get());
-    server_ = builder.BuildAndStart();
-    stub_ = v1::ImageModelService::NewStub(
-        grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials()));
-  }
-  void TearDown() override {
-    if (server_ != nullptr) server_->Shutdown();
-    if (host_ != nullptr) host_->Shutdown();
+    server_ = StartServer(config, options);
+    ASSERT_NE(server_, nullptr);
+    host_ = server_->model("custom");
+    stub_ = v1::ImageModelService::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", server_->port()), grpc::InsecureChannelCredentials()));
   }
 
   grpc::Status Classify(const at::Tensor& image) {
@@ -275,12 +279,9 @@ class ModelFaultTest : public ::testing::Test {
 
   const at::Tensor poison_ = at::full({3, 64, 64}, 7.0f);
   const at::Tensor normal_ = at::randn({3, 64, 64});
-  std::unique_ptr<ThreadPool> pool_;
-  std::unique_ptr<ModelHost> host_;
-  std::unique_ptr<ImageModelServiceImpl> service_;
-  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<Server> server_;
+  ModelHost* host_ = nullptr;  // Owned by server_.
   std::unique_ptr<v1::ImageModelService::Stub> stub_;
-  int port_ = 0;
 };
 
 TEST_F(ModelFaultTest, OnlyTheFailingBatchGetsInternalAndServingContinues) {
@@ -340,4 +341,4 @@ TEST_F(ModelFaultTest, HostWithoutTheFastPathGivesTheReferenceAnswers) {
 }
 
 }  // namespace
-}  // namespace convnext::serving
+}  // namespace convnext::server

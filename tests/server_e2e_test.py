@@ -383,7 +383,7 @@ class ShutdownAndOverloadTest(unittest.TestCase):
 
     def test_oversize_message_is_refused_by_the_configured_limit(self):
         digits = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "models", "digits", "convnext_digits.safetensors")
+                              "default_model", "convnext_digits.safetensors")
         with tempfile.NamedTemporaryFile("w", suffix=".textproto", delete=False) as f:
             f.write(f'model {{ name: "digits" checkpoint: "{digits}" }}'
                     ' max_message_bytes: 1048576')

@@ -1,4 +1,4 @@
-"""Soak: 100,000 small Classify calls (digit PNGs, the embedded digits model) through the `convnext`
+"""Soak: 100,000 small Classify calls (digit PNGs, the default digits model) through the `convnext`
 CLI's bench against a real convnext-server, with the server's resident memory sampled throughout.
 
 Asserts that every call succeeds, that resident memory stops growing once warmed up (the second
@@ -30,7 +30,7 @@ MARGIN_MB = 8
 
 class SoakTest(unittest.TestCase):
     def test_hundred_thousand_calls_hold_memory_flat(self):
-        server = Server("--config", os.path.join(ROOT, "models", "digits", "server.textproto"))
+        server = Server("--config", os.path.join(ROOT, "default_model", "server.textproto"))
         samples = []  # (seconds since start, RSS MB)
         done = threading.Event()
         start = time.monotonic()

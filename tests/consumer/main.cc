@@ -1,8 +1,8 @@
 // Uses the installed client package: asks a server for its health and prints the outcome.
 //   consumer HOST:PORT
-#include <cstdio>
+#include <convnext/client.h>
 
-#include "client/client.h"
+#include <cstdio>
 
 int main(int argc, char** argv) {
   convnext::client::ClientOptions options;

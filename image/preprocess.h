@@ -1,0 +1,97 @@
+// Image preprocessing: decoding untrusted image bytes, and ConvNeXt's evaluation transform,
+// producing float32 [1, 3, H, W] tensors in RGB order that match the reference pipeline (PIL
+// image, torchvision 0.14 transforms) to the last bit on PNGs and to JPEG-decoder differences on
+// JPEGs:
+//
+//   size < 384:  Resize(int(size / crop_pct)) of the shorter side, CenterCrop(size)
+//   size >= 384: Resize((size, size)), a squash without crop
+//   then ToTensor (x / 255) and Normalize ((x - mean) / std), per RGB channel.
+//
+// Resizing reimplements PIL's Image.resize (libImaging/Resample.c; OpenCV has no equivalent):
+// separable convolution, horizontal pass then vertical pass, each skipped when that dimension is
+// unchanged, with the filter support widened by the downscale factor (the antialiasing that
+// OpenCV's INTER_CUBIC lacks), bicubic a = -0.5, and PIL's 22-bit fixed-point coefficients
+// rounded to an 8-bit intermediate. Nearest reproduces PIL's affine nearest-neighbour scaling.
+// Only the pixels the center crop keeps are computed, which gives the same values as resizing
+// everything and cropping.
+//
+// Decoding uses OpenCV (cv::imdecode: libjpeg-turbo, libpng, libwebp, libtiff, ...) and then:
+//  - applies the EXIF orientation (PIL, and hence the bare torchvision pipeline, does not);
+//  - makes grayscale RGB by replicating it, and drops alpha without compositing, as PIL's
+//    convert("RGB") does;
+//  - keeps the high byte of 16-bit samples. For 16-bit RGB(A) PNGs that is what PIL does; for
+//    16-bit grayscale PNGs PIL's convert("RGB") clips values above 255 to white, which we
+//    deliberately do not reproduce.
+//
+// Untrusted input: before decoding, the dimensions are read from the header (image/image_header.h)
+// so that an image over max_pixels (a decompression bomb) is refused without being decoded; the
+// decoded size is checked again (for formats whose header we do not read, OpenCV's own limit of
+// 2^30 pixels is the only bound before that check). Every failure caused by the input is
+// INVALID_ARGUMENT with a message for the client.
+//
+// All functions are thread-safe and keep no state.
+#ifndef CONVNEXT_IMAGE_PREPROCESS_H_
+#define CONVNEXT_IMAGE_PREPROCESS_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "image/preprocess_config.h"
+
+namespace convnext {
+
+// An 8-bit RGB image: `height` rows of `width` pixels, each 3 bytes R, G, B, no row padding.
+struct RgbImage {
+  int width = 0;
+  int height = 0;
+  std::vector<uint8_t> pixels;  // width * height * 3 bytes.
+};
+
+// Decodes an encoded image (JPEG, PNG, WebP, BMP, TIFF, PNM, and whatever else OpenCV reads) into
+// RGB, as described above. Uses only config.max_encoded_bytes and config.max_pixels (but checks
+// the whole config). INVALID_ARGUMENT for empty input, too many bytes, not an image, truncated or
+// corrupt data, or more than max_pixels pixels.
+absl::StatusOr<RgbImage> DecodeImage(absl::string_view encoded, const PreprocessConfig& config);
+
+// The evaluation transform of a decoded image: a [1, 3, size, size] float32 tensor.
+absl::StatusOr<at::Tensor> TransformImage(const RgbImage& image, const PreprocessConfig& config);
+
+// DecodeImage then TransformImage.
+absl::StatusOr<at::Tensor> DecodeAndTransform(absl::string_view encoded,
+                                              const PreprocessConfig& config);
+
+// The evaluation transform of raw 8-bit pixels: `height` rows of `width` pixels of `channels`
+// bytes each (1: gray; 3: RGB, or BGR if `bgr`; 4: RGBA, or BGRA if `bgr`, alpha ignored), no
+// row padding. `num_bytes` must be exactly width * height * channels. INVALID_ARGUMENT for bad
+// sizes or more than max_pixels pixels.
+absl::StatusOr<at::Tensor> TransformPixels(const uint8_t* data, size_t num_bytes, int width,
+                                           int height, int channels, bool bgr,
+                                           const PreprocessConfig& config);
+
+// "Keep size" variants, for feature extraction at the image's own resolution (the Embed API's
+// KEEP_SIZE policy). No resize and no crop: the image is normalised at its native size into a
+// [1, 3, H32, W32] float32 tensor, H32 = 32 * ceil(height / 32), W32 = 32 * ceil(width / 32).
+// Pixel (y, x) of the image is at [0, :, y, x]; rows >= height and columns >= width (bottom and
+// right padding) are exactly 0.0, i.e. the mean colour after normalisation, as detection
+// pipelines pad with size_divisor = 32. Each ConvNeXt stage i (1..4) then has exactly
+// H32 / 2^(i+1) rows and W32 / 2^(i+1) columns. Limited to max_pixels image pixels.
+absl::StatusOr<at::Tensor> TransformImageKeepSize(const RgbImage& image,
+                                                  const PreprocessConfig& config);
+absl::StatusOr<at::Tensor> TransformPixelsKeepSize(const uint8_t* data, size_t num_bytes, int width,
+                                                   int height, int channels, bool bgr,
+                                                   const PreprocessConfig& config);
+
+// Reads the file at `path` (NOT_FOUND if it cannot be opened; at most max_encoded_bytes) and calls
+// DecodeAndTransform. Errors name the path.
+absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path, const PreprocessConfig& config);
+
+}  // namespace convnext
+
+#endif  // CONVNEXT_IMAGE_PREPROCESS_H_

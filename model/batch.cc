@@ -1,0 +1,135 @@
+#include "model/batch.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "base/status_macros.h"
+
+namespace convnext {
+namespace {
+
+OutputTensor ToOutput(const at::Tensor& t, OutputDType dtype) {
+  const bool half = dtype == OutputDType::kFloat16;
+  const at::Tensor c = t.to(at::kCPU, half ? at::kHalf : at::kFloat).contiguous();
+  OutputTensor out;
+  out.shape = c.sizes().vec();
+  out.dtype = dtype;
+  out.bytes.assign(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  return out;
+}
+
+absl::Status CheckRequest(const ConvNeXt& model, const ImageRequest& r) {
+  const ConvNeXtConfig& c = model.config();
+  if (r.top_k < 0 || r.top_k > c.num_classes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_k = ", r.top_k, " is not in [0, ", c.num_classes, "]"));
+  }
+  if (r.embedding && c.stage_norms) {
+    return absl::InvalidArgumentError("a detection backbone has no pooled embedding");
+  }
+  for (int s : r.stages) {
+    if (s < 1 || s > kNumStages) {
+      return absl::InvalidArgumentError(absl::StrCat("stage ", s, " is not in 1..", kNumStages));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
+                                              const std::vector<at::Tensor>& inputs,
+                                              const std::vector<ImageRequest>& requests,
+                                              const BeforeForwardFn& before_forward) {
+  OutputRequest what;
+  what.logits = false;
+  int64_t k = 0;
+  for (const ImageRequest& r : requests) {
+    RETURN_IF_ERROR(CheckRequest(model, r));
+    k = std::max<int64_t>(k, r.top_k);
+    what.embedding |= r.embedding;
+    what.stages |= !r.stages.empty();
+  }
+  what.logits = k > 0;
+  const at::Tensor batch = at::cat(inputs, /*dim=*/0);
+  if (before_forward) before_forward(batch);
+  ASSIGN_OR_RETURN(ForwardOutputs out, model.Forward(batch, what));
+
+  at::Tensor top_scores, top_indices;
+  if (k > 0) {
+    const at::Tensor probs = at::softmax(out.logits.to(at::kCPU, at::kFloat), 1);
+    std::tie(top_scores, top_indices) = at::topk(probs, k, /*dim=*/1);
+    top_scores = top_scores.contiguous();
+    top_indices = top_indices.contiguous();
+  }
+  std::vector<ImageOutputs> results(requests.size());
+  for (size_t j = 0; j < requests.size(); ++j) {
+    const ImageRequest& r = requests[j];
+    ImageOutputs& o = results[j];
+    if (r.top_k > 0) {
+      const float* s = top_scores.data_ptr<float>() + j * k;
+      const int64_t* idx = top_indices.data_ptr<int64_t>() + j * k;
+      o.class_scores.assign(s, s + r.top_k);
+      o.class_indices.assign(idx, idx + r.top_k);
+    }
+    if (r.embedding) {
+      at::Tensor e = out.embedding[j];
+      if (r.normalize) e = e / e.norm().clamp_min(1e-12);
+      o.embedding = ToOutput(e, r.dtype);
+    }
+    for (int s : r.stages) o.stages.push_back(ToOutput(out.stages[s - 1][j], r.dtype));
+  }
+  return results;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
+                                                   const std::vector<at::Tensor>& inputs,
+                                                   const std::vector<ImageRequest>& requests,
+                                                   const BeforeForwardFn& before_forward) {
+  if (inputs.empty() || inputs.size() != requests.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("a batch needs one request per input (",
+                                                   inputs.size(), " inputs, ", requests.size(),
+                                                   " requests) and at least one input"));
+  }
+  for (const at::Tensor& t : inputs) {
+    if (t.sizes() != inputs[0].sizes()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "inputs of one batch must have one shape: [", absl::StrJoin(inputs[0].sizes(), ", "),
+          "] and [", absl::StrJoin(t.sizes(), ", "), "]"));
+    }
+  }
+  // LibTorch throws; nothing it throws may leave this layer.
+  try {
+    return Run(model, inputs, requests, before_forward);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("the forward pass failed: ", e.what()));
+  }
+}
+
+std::string BatchShapeKey(const at::Tensor& input) { return absl::StrJoin(input.sizes(), "x"); }
+
+absl::Status WarmUp(const ConvNeXt& model, int64_t max_batch_size, int64_t size) {
+  const ConvNeXtConfig& c = model.config();
+  OutputRequest request;
+  request.logits = c.num_classes > 0;
+  request.stages = !request.logits;
+  try {
+    for (int64_t batch : {int64_t{1}, max_batch_size}) {
+      RETURN_IF_ERROR(
+          model.Forward(at::zeros({batch, c.in_channels, size, size}), request).status());
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("warm-up failed: ", e.what()));
+  }
+  // The batch sizes in between get their kernels prepared without running them.
+  for (int64_t batch = 2; batch < max_batch_size; ++batch) {
+    RETURN_IF_ERROR(model.Prepare(batch, size, size));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace convnext

@@ -1,0 +1,84 @@
+// The model layer's batch API: everything a server asks of a model for one batch of preprocessed
+// images, with every tensor operation done here (stacking, the forward pass, softmax and top-k,
+// L2 normalisation, casts, copies off the device). What comes back is plain C++ data that a
+// protocol layer copies into its messages without touching a tensor.
+//
+//   std::vector<ImageRequest> what(n);            // per image: classify top-k and/or features
+//   ASSIGN_OR_RETURN(std::vector<ImageOutputs> out, RunBatch(model, inputs, what));
+//
+// One forward pass serves the whole batch: it computes the union of what the images ask for
+// (logits if any asks for classes, pooled features if any asks for them, stage maps if any does),
+// and softmax + top-k run once for the batch with the largest k asked; each image then reads its
+// own part.
+//
+// Thread-safe (ConvNeXt::Forward is). Errors: INVALID_ARGUMENT for inputs that cannot form a batch
+// (shapes differ) or requests the model cannot serve, INTERNAL if LibTorch fails.
+#ifndef CONVNEXT_MODEL_BATCH_H_
+#define CONVNEXT_MODEL_BATCH_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/convnext.h"
+
+namespace convnext {
+
+// Element type of an output tensor's bytes.
+enum class OutputDType { kFloat32, kFloat16 };
+
+// What to compute for one image.
+struct ImageRequest {
+  // > 0: the top_k classes by softmax probability (needs a head; at most num_classes).
+  int top_k = 0;
+  // The pooled embedding [dims[3]] (not from detection backbones), L2-normalised if `normalize`.
+  bool embedding = false;
+  bool normalize = false;
+  // Stage feature maps to return, 1-based, in this order.
+  std::vector<int> stages;
+  // Element type of the embedding and stage maps.
+  OutputDType dtype = OutputDType::kFloat32;
+};
+
+// A tensor as row-major little-endian bytes of `dtype`.
+struct OutputTensor {
+  std::vector<int64_t> shape;
+  OutputDType dtype = OutputDType::kFloat32;
+  std::string bytes;
+};
+
+// What one image's request produced.
+struct ImageOutputs {
+  // The top_k classes, best first, and their softmax probabilities.
+  std::vector<int64_t> class_indices;
+  std::vector<float> class_scores;
+  OutputTensor embedding;            // Empty shape unless asked.
+  std::vector<OutputTensor> stages;  // One per ImageRequest::stages entry.
+};
+
+// Called with the stacked batch [N, C, H, W] just before the forward pass, as part of it (tests
+// inject model faults with it: an exception it throws fails the batch as a failing model would).
+using BeforeForwardFn = std::function<void(const at::Tensor& batch)>;
+
+// Runs one batch: `inputs` are [1, C, H, W] tensors of one shape (as image/ makes them),
+// `requests` one per input.
+absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
+                                                   const std::vector<at::Tensor>& inputs,
+                                                   const std::vector<ImageRequest>& requests,
+                                                   const BeforeForwardFn& before_forward = {});
+
+// A key that is equal for two inputs exactly when they can share a batch (their shapes agree).
+std::string BatchShapeKey(const at::Tensor& input);
+
+// Runs batches of zeros of every size in 1..max_batch_size at size x size (the first and the last
+// computed, the others' kernels prepared without running them), so that no request pays for
+// first-use work. Logits for a classifier, stage maps for a backbone.
+absl::Status WarmUp(const ConvNeXt& model, int64_t max_batch_size, int64_t size);
+
+}  // namespace convnext
+
+#endif  // CONVNEXT_MODEL_BATCH_H_

@@ -1,0 +1,154 @@
+// The batch API: each image gets what it asked for from one shared forward pass, equal to what the
+// model computes for that image alone; errors are Status values, never exceptions.
+#include "model/batch.h"
+
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <vector>
+
+#include "model/convnext.h"
+#include "model/convnext_config.h"
+
+namespace convnext {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::unique_ptr<ConvNeXt> SmallModel(bool backbone = false) {
+  ConvNeXtConfig config;
+  config.depths = {1, 1, 2, 1};
+  config.dims = {16, 24, 32, 48};
+  config.num_classes = backbone ? 0 : 10;
+  config.stage_norms = backbone;
+  StateDict weights;
+  for (const auto& [name, shape] : ExpectedParameters(config)) weights[name] = at::randn(shape);
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> model =
+      ConvNeXt::Create(config, std::move(weights), ModelOptions());
+  EXPECT_TRUE(model.ok()) << model.status();
+  return model.ok() ? *std::move(model) : nullptr;
+}
+
+at::Tensor FloatsOf(const OutputTensor& t) {
+  EXPECT_EQ(t.dtype, OutputDType::kFloat32);
+  at::Tensor out = at::empty(t.shape, at::kFloat);
+  EXPECT_EQ(t.bytes.size(), static_cast<size_t>(out.numel()) * sizeof(float));
+  std::memcpy(out.data_ptr(), t.bytes.data(), t.bytes.size());
+  return out;
+}
+
+TEST(BatchTest, EachImageGetsWhatItAskedForAsIfAlone) {
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  ASSERT_NE(model, nullptr);
+  std::vector<at::Tensor> inputs = {at::randn({1, 3, 64, 64}), at::randn({1, 3, 64, 64}),
+                                    at::randn({1, 3, 64, 64})};
+  std::vector<ImageRequest> requests(3);
+  requests[0].top_k = 3;
+  requests[1].embedding = true;
+  requests[1].normalize = true;
+  requests[1].stages = {4, 2};
+  requests[2].top_k = 10;
+  absl::StatusOr<std::vector<ImageOutputs>> out = RunBatch(*model, inputs, requests);
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ(out->size(), 3u);
+
+  OutputRequest all;
+  all.embedding = true;
+  all.stages = true;
+  for (int i : {0, 2}) {
+    absl::StatusOr<ForwardOutputs> alone = model->Forward(inputs[i], all);
+    ASSERT_TRUE(alone.ok());
+    const at::Tensor probs = at::softmax(alone->logits[0], 0);
+    const ImageOutputs& o = (*out)[i];
+    ASSERT_EQ(o.class_indices.size(), static_cast<size_t>(requests[i].top_k));
+    EXPECT_EQ(o.class_indices[0], probs.argmax().item<int64_t>());
+    for (size_t k = 0; k < o.class_indices.size(); ++k) {
+      EXPECT_NEAR(o.class_scores[k], probs[o.class_indices[k]].item<float>(), 1e-5);
+      if (k > 0) {
+        EXPECT_LE(o.class_scores[k], o.class_scores[k - 1]);
+      }
+    }
+    EXPECT_TRUE(o.embedding.shape.empty());
+    EXPECT_TRUE(o.stages.empty());
+  }
+  absl::StatusOr<ForwardOutputs> alone = model->Forward(inputs[1], all);
+  ASSERT_TRUE(alone.ok());
+  const ImageOutputs& e = (*out)[1];
+  EXPECT_TRUE(e.class_indices.empty());
+  const at::Tensor embedding = FloatsOf(e.embedding);
+  EXPECT_EQ(embedding.sizes(), (std::vector<int64_t>{48}));
+  EXPECT_NEAR(embedding.norm().item<double>(), 1.0, 1e-5);
+  const at::Tensor expected = alone->embedding[0] / alone->embedding[0].norm();
+  EXPECT_LT((embedding - expected).abs().max().item<double>(), 1e-4);
+  ASSERT_EQ(e.stages.size(), 2u);  // In the order asked: stage 4, then stage 2.
+  EXPECT_EQ(e.stages[0].shape, (std::vector<int64_t>{48, 2, 2}));
+  EXPECT_EQ(e.stages[1].shape, (std::vector<int64_t>{24, 8, 8}));
+  EXPECT_LT((FloatsOf(e.stages[1]) - alone->stages[1][0]).abs().max().item<double>(), 1e-4);
+}
+
+TEST(BatchTest, Float16OutputsHoldHalfTheBytesOfTheSameValues) {
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  ASSERT_NE(model, nullptr);
+  const std::vector<at::Tensor> inputs = {at::randn({1, 3, 64, 64})};
+  std::vector<ImageRequest> requests(1);
+  requests[0].embedding = true;
+  requests[0].dtype = OutputDType::kFloat16;
+  absl::StatusOr<std::vector<ImageOutputs>> half = RunBatch(*model, inputs, requests);
+  requests[0].dtype = OutputDType::kFloat32;
+  absl::StatusOr<std::vector<ImageOutputs>> full = RunBatch(*model, inputs, requests);
+  ASSERT_TRUE(half.ok() && full.ok());
+  const OutputTensor& h = (*half)[0].embedding;
+  EXPECT_EQ(h.dtype, OutputDType::kFloat16);
+  ASSERT_EQ(h.bytes.size(), 48u * 2);
+  at::Tensor values = at::empty({48}, at::kHalf);
+  std::memcpy(values.data_ptr(), h.bytes.data(), h.bytes.size());
+  EXPECT_TRUE(at::allclose(values.to(at::kFloat), FloatsOf((*full)[0].embedding), 1e-2, 1e-2));
+}
+
+TEST(BatchTest, BadBatchesAndRequestsAreStatusesNotExceptions) {
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  std::unique_ptr<ConvNeXt> backbone = SmallModel(/*backbone=*/true);
+  ASSERT_NE(model, nullptr);
+  ASSERT_NE(backbone, nullptr);
+  const at::Tensor a = at::randn({1, 3, 64, 64}), b = at::randn({1, 3, 96, 64});
+  std::vector<ImageRequest> two(2);
+  two[0].top_k = two[1].top_k = 1;
+  absl::StatusOr<std::vector<ImageOutputs>> out = RunBatch(*model, {a, b}, two);
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(out.status().message()), HasSubstr("one shape"));
+
+  std::vector<ImageRequest> one(1);
+  one[0].top_k = 11;  // The model has 10 classes.
+  EXPECT_EQ(RunBatch(*model, {a}, one).status().code(), absl::StatusCode::kInvalidArgument);
+  one[0].top_k = 0;
+  one[0].stages = {5};
+  EXPECT_EQ(RunBatch(*model, {a}, one).status().code(), absl::StatusCode::kInvalidArgument);
+  one[0].stages = {};
+  one[0].embedding = true;
+  EXPECT_EQ(RunBatch(*backbone, {a}, one).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(RunBatch(*model, {}, {}).status().code(), absl::StatusCode::kInvalidArgument);
+
+  one[0].embedding = false;
+  one[0].top_k = 1;
+  out = RunBatch(*model, {a}, one, [](const at::Tensor&) { throw std::runtime_error("boom"); });
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(std::string(out.status().message()), HasSubstr("boom"));
+}
+
+TEST(BatchTest, ShapeKeyAndWarmUp) {
+  EXPECT_EQ(BatchShapeKey(at::zeros({1, 3, 64, 96})), BatchShapeKey(at::ones({1, 3, 64, 96})));
+  EXPECT_NE(BatchShapeKey(at::zeros({1, 3, 64, 96})), BatchShapeKey(at::zeros({1, 3, 96, 64})));
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  std::unique_ptr<ConvNeXt> backbone = SmallModel(/*backbone=*/true);
+  ASSERT_NE(model, nullptr);
+  ASSERT_NE(backbone, nullptr);
+  EXPECT_TRUE(WarmUp(*model, 4, 64).ok());
+  EXPECT_TRUE(WarmUp(*backbone, 2, 64).ok());
+}
+
+}  // namespace
+}  // namespace convnext

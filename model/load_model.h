@@ -1,0 +1,46 @@
+// Loading a ConvNeXt from a checkpoint file: read the container (checkpoint/checkpoint_file.h),
+// detect the key layout (checkpoint/checkpoint_layout.h), infer or check the architecture, build
+// the model. The one entry point the server and tools use.
+// A Hugging Face
+// checkpoint's config.json beside the weights, when present, supplies the final LayerNorm's
+// epsilon (layer_norm_eps, default 1e-12) and the class labels (id2label). Every failure is a
+// Status whose message starts with "checkpoint '<path>': " and says what is wrong (missing file,
+// directory, empty file, unknown format, truncated file, missing/unexpected tensor, wrong shape),
+// so that a user can act on it.
+#ifndef CONVNEXT_MODEL_LOAD_MODEL_H_
+#define CONVNEXT_MODEL_LOAD_MODEL_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/convnext.h"
+
+namespace convnext {
+
+struct LoadOptions {
+  // Path of the checkpoint file.
+  std::string path;
+  // A named variant ("convnext_tiny", ...) that the checkpoint must match; empty infers depths,
+  // dims and num_classes from the tensor shapes. num_classes always comes from the checkpoint.
+  std::string variant;
+  ModelOptions model;
+};
+
+struct LoadedModel {
+  std::unique_ptr<ConvNeXt> model;
+  std::string format;  // "safetensors" or "torch.save zip".
+  std::string layout;  // "fair", "timm", "torchvision" or "huggingface".
+  // Class names by index, from a Hugging Face config.json's id2label; empty when the checkpoint
+  // carries none.
+  std::vector<std::string> labels;
+  // Tensors outside `backbone.` that were dropped from a detector checkpoint.
+  int dropped_non_backbone = 0;
+};
+
+absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options);
+
+}  // namespace convnext
+
+#endif  // CONVNEXT_MODEL_LOAD_MODEL_H_

@@ -1,0 +1,109 @@
+#include "server/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/time/clock.h"
+#include "model/process_tuning.h"
+#include "server/log.h"
+
+namespace convnext::server {
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& config,
+                                                       const ServerOptions& options) {
+  std::unique_ptr<Server> server(new Server(config));
+  SetIntraOpThreads(static_cast<int>(config.intra_op_threads()));
+  if (options.metrics_port >= 0) {
+    absl::StatusOr<std::unique_ptr<Metrics>> metrics =
+        Metrics::Start(absl::StrCat(options.metrics_host, ":", options.metrics_port),
+                       {options.version, options.libtorch_version, config.model(0).device()});
+    if (!metrics.ok()) return metrics.status();
+    server->metrics_ = *std::move(metrics);
+  }
+  server->preprocess_pool_ =
+      std::make_unique<ThreadPool>(static_cast<int>(config.preprocess_threads()));
+  for (const ModelConfig& m : config.model()) {
+    const absl::Time start = absl::Now();
+    ModelHostOptions host_options;
+    host_options.config = m;
+    host_options.max_image_pixels = config.max_image_pixels();
+    host_options.preprocess_pool = server->preprocess_pool_.get();
+    host_options.before_forward_for_testing = options.before_forward_for_testing;
+    absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(host_options);
+    if (!host.ok()) return host.status();  // The hosts made so far shut down with `server`.
+    const ModelHost& h = **host;
+    Log("info", "model_loaded",
+        {{"model", m.name()},
+         {"variant", h.architecture().variant},
+         {"classes", absl::StrCat(h.architecture().num_classes)},
+         {"cpu_fast_path", h.Info().cpu_fast_path() ? "true" : "false"},
+         {"checkpoint", m.checkpoint()},
+         {"seconds", absl::StrFormat("%.2f", absl::ToDoubleSeconds(absl::Now() - start))}});
+    server->by_name_[m.name()] = host->get();
+    server->hosts_.push_back(*std::move(host));
+  }
+
+  ServiceOptions service_options;
+  service_options.access_log = options.access_log;
+  server->service_ = std::make_unique<ImageModelServiceImpl>(
+      server->by_name_, config.default_model(), service_options);
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  const std::string address = absl::StrCat(options.host, ":", options.port);
+  builder.AddListeningPort(
+      address,
+      options.credentials != nullptr ? options.credentials : grpc::InsecureServerCredentials(),
+      &server->port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes()));
+  builder.SetMaxSendMessageSize(-1);
+  builder.RegisterService(server->service_.get());
+  server->grpc_server_ = builder.BuildAndStart();
+  if (server->grpc_server_ == nullptr || server->port_ == 0) {
+    server->grpc_server_.reset();
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  }
+  server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
+  return server;
+}
+
+Server::~Server() { Drain(absl::Now()); }
+
+int Server::metrics_port() const { return metrics_ != nullptr ? metrics_->port() : -1; }
+
+ModelHost* Server::model(const std::string& name) const {
+  auto it = by_name_.find(name);
+  return it == by_name_.end() ? nullptr : it->second;
+}
+
+int64_t Server::Drain(absl::Time deadline) {
+  absl::MutexLock lock(&drain_mu_);
+  if (drained_) return 0;
+  drained_ = true;
+  // 1-2: drain while still answering: health says NOT_SERVING (load balancers and probes can see
+  // it), new inference calls are refused with UNAVAILABLE, admitted ones run to their answers.
+  if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->SetServingStatus(false);
+  for (auto& host : hosts_) host->StopAdmitting();
+  int64_t left = 0;
+  for (auto& host : hosts_) {
+    host->WaitUntilIdle(deadline);
+    left += host->pending_images();
+  }
+  // 3: stop gRPC: refuses new calls, waits for those still running, and cancels whatever is left
+  // when the deadline passes.
+  if (grpc_server_ != nullptr) grpc_server_->Shutdown(absl::ToChronoTime(deadline));
+  // 4-5: finish what was admitted, in pipeline order: images still being preprocessed (the pool
+  // runs all queued work before it is destroyed; they reach the batchers), then the batchers.
+  // Calls cancelled by the deadline are still completed internally, so nothing outlives the
+  // objects it uses.
+  preprocess_pool_.reset();
+  for (auto& host : hosts_) host->Shutdown();
+  if (grpc_server_ != nullptr) grpc_server_->Wait();
+  return left;
+}
+
+}  // namespace convnext::server

@@ -1,0 +1,101 @@
+// Server: the whole serving process in one object. Create() assembles it bottom up: process
+// tuning (intra-op threads), the metrics endpoint, the preprocessing pool, one ModelHost per
+// configured model (loaded and warmed up), the gRPC services (ImageModelService, health,
+// reflection) and the gRPC server; when it returns OK, health says SERVING. Drain() is the one
+// shutdown, in this order:
+//
+//   1. health NOT_SERVING; every model stops admitting (new calls: UNAVAILABLE "shutting down");
+//   2. wait until every admitted image is answered, or the deadline;
+//   3. gRPC Shutdown(deadline): no new calls, running ones finish, whatever is left at the deadline
+//      is cancelled;
+//   4. the preprocessing pool finishes its queue (images still being prepared reach the batchers);
+//   5. every model host computes what it still holds and stops its executors;
+//   6. gRPC Wait, metrics endpoint stopped.
+//
+// convnext-server's main, the serving benchmark and the end-to-end tests all use this object, so
+// that they exercise the same wiring and the same shutdown.
+//
+// Thread-safe: Drain() may be called from any thread, once (the destructor drains with an
+// immediate deadline if it was not called).
+#ifndef CONVNEXT_SERVER_SERVER_H_
+#define CONVNEXT_SERVER_SERVER_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "model/batch.h"
+#include "server/config.pb.h"
+#include "server/metrics.h"
+#include "server/model_host.h"
+#include "server/service.h"
+#include "server/thread_pool.h"
+
+namespace convnext::server {
+
+struct ServerOptions {
+  // gRPC listening address; port 0 picks a free port (see Server::port()).
+  std::string host = "0.0.0.0";
+  int port = 50051;
+  // Prometheus /metrics endpoint; port 0 picks a free port; -1 disables metrics (then every
+  // Record function is a no-op).
+  std::string metrics_host = "0.0.0.0";
+  int metrics_port = 9090;
+  // What build_info reports (the binary's version and the LibTorch it was built against).
+  std::string version = "unknown";
+  std::string libtorch_version = "unknown";
+  // Transport security; null means plaintext (grpc::InsecureServerCredentials()).
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  // Log one line per call (ServiceOptions::access_log).
+  bool access_log = false;
+  // Fault injection for tests, given to every model host (ModelHostOptions). Unset in production.
+  BeforeForwardFn before_forward_for_testing;
+};
+
+class Server {
+ public:
+  // `config` must be normalised and valid (NormalizeConfig, ValidateServerConfig). Errors name
+  // the model or the address at fault; nothing is left running on error.
+  static absl::StatusOr<std::unique_ptr<Server>> Create(const ServerConfig& config,
+                                                        const ServerOptions& options);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The gRPC port and the metrics port (-1 when metrics are off).
+  int port() const { return port_; }
+  int metrics_port() const;
+  const ServerConfig& config() const { return config_; }
+  // The host of a served model, or null. Owned by the server.
+  ModelHost* model(const std::string& name) const;
+
+  // The graceful shutdown described above; admitted work gets until `deadline`. Returns the
+  // number of images still unanswered when the wait of step 2 ended (0 after a clean drain).
+  // Idempotent: later calls return 0 at once.
+  int64_t Drain(absl::Time deadline);
+
+ private:
+  explicit Server(const ServerConfig& config) : config_(config) {}
+
+  const ServerConfig config_;
+  int port_ = 0;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<ThreadPool> preprocess_pool_;
+  std::vector<std::unique_ptr<ModelHost>> hosts_;
+  std::map<std::string, ModelHost*> by_name_;
+  std::unique_ptr<ImageModelServiceImpl> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+
+  absl::Mutex drain_mu_;
+  bool drained_ ABSL_GUARDED_BY(drain_mu_) = false;
+};
+
+}  // namespace convnext::server
+
+#endif  // CONVNEXT_SERVER_SERVER_H_
