@@ -13,12 +13,11 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
+#include "base/npy_format.h"
+#include "base/status_macros.h"
 
 namespace convnext {
 namespace {
-
-constexpr char kMagic[] = "\x93NUMPY";
-constexpr size_t kMagicLen = 6;
 
 struct Descr {
   const char* text;
@@ -58,7 +57,8 @@ absl::StatusOr<at::Tensor> ReadNpy(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (bytes.size() < 10 || bytes.compare(0, kMagicLen, kMagic, kMagicLen) != 0) {
+  if (bytes.size() < 10 ||
+      bytes.compare(0, kNpyMagic.size(), kNpyMagic.data(), kNpyMagic.size()) != 0) {
     return Bad(path, "missing the \\x93NUMPY magic");
   }
   const int major = static_cast<unsigned char>(bytes[6]);
@@ -121,26 +121,10 @@ absl::Status WriteNpy(const std::string& path, const at::Tensor& tensor) {
         absl::StrCat("cannot write dtype ", c10::toString(tensor.scalar_type()), " as .npy"));
   }
   const at::Tensor t = tensor.cpu().contiguous();
-  std::string shape = absl::StrJoin(t.sizes(), ", ");
-  if (t.dim() == 1) shape += ",";
-  std::string header = absl::StrCat("{'descr': '", found->text,
-                                    "', 'fortran_order': False, 'shape': (", shape, "), }");
-  // Pad with spaces so that magic + version + length + header + '\n' is a multiple of 64.
-  const size_t total = kMagicLen + 2 + 2 + header.size() + 1;
-  header.append((64 - total % 64) % 64, ' ');
-  header += '\n';
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(kMagic, kMagicLen);
-  out.put(1);
-  out.put(0);
-  const uint16_t len = static_cast<uint16_t>(header.size());
-  out.put(static_cast<char>(len & 0xff));
-  out.put(static_cast<char>(len >> 8));
-  out.write(header.data(), header.size());
-  out.write(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size());
-  out.close();
-  if (!out) return absl::InternalError(absl::StrCat("cannot write '", path, "'"));
-  return absl::OkStatus();
+  ASSIGN_OR_RETURN(const std::string header, NpyHeader(found->text, t.sizes().vec()));
+  return WriteNpyFile(
+      path, header,
+      absl::string_view(static_cast<const char*>(t.data_ptr()), t.numel() * t.element_size()));
 }
 
 }  // namespace convnext

@@ -1,18 +1,8 @@
 // Writes a convnext.v1.Tensor (as the server returns it: FP32 or FP16, little-endian, row-major)
 // as a NumPy .npy file that numpy.load reads back with the same shape and dtype.
 //
-// The .npy format, version 1.0 (numpy/lib/format.py, NEP 1):
-//   bytes 0-5   magic "\x93NUMPY"
-//   bytes 6-7   version 1, 0
-//   bytes 8-9   HEADER_LEN, uint16 little-endian
-//   then        HEADER_LEN bytes of ASCII: a Python dict literal
-//                 {'descr': '<f4', 'fortran_order': False, 'shape': (16, 8, 8), }
-//               padded with spaces and ended by '\n' so that the data starts at a multiple of
-//               64 bytes (a 1-tuple is written "(128,)", a scalar's shape "()")
-//   then        the elements, C order, in the dtype named by 'descr'
-// 'descr' is '<f4' for FP32 (and DATA_TYPE_UNSPECIFIED, which means FP32) and '<f2' for FP16.
-// Hand-written because no Debian package writes .npy from C++ without pulling in a tensor
-// library, and the client links only proto and gRPC.
+// 'descr' is '<f4' for FP32 (and DATA_TYPE_UNSPECIFIED, which means FP32) and '<f2' for FP16; the
+// bytes before the data come from base/npy_format.h, the project's one .npy writer.
 #ifndef CONVNEXT_CLIENT_NPY_WRITER_H_
 #define CONVNEXT_CLIENT_NPY_WRITER_H_
 
