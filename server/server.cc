@@ -15,7 +15,7 @@ namespace convnext::server {
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& config,
                                                        const ServerOptions& options) {
-  std::unique_ptr<Server> server(new Server(config));
+  std::unique_ptr<Server> server(new Server());
   SetIntraOpThreads(static_cast<int>(config.intra_op_threads()));
   if (options.metrics_port >= 0) {
     absl::StatusOr<std::unique_ptr<Metrics>> metrics =

@@ -71,7 +71,6 @@ class Server {
   // The gRPC port and the metrics port (-1 when metrics are off).
   int port() const { return port_; }
   int metrics_port() const;
-  const ServerConfig& config() const { return config_; }
   // The host of a served model, or null. Owned by the server.
   ModelHost* model(const std::string& name) const;
 
@@ -81,9 +80,8 @@ class Server {
   int64_t Drain(absl::Time deadline);
 
  private:
-  explicit Server(const ServerConfig& config) : config_(config) {}
+  Server() = default;
 
-  const ServerConfig config_;
   int port_ = 0;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<ThreadPool> preprocess_pool_;
