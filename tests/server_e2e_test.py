@@ -129,7 +129,11 @@ class ServerTest(unittest.TestCase):
         cls.server = Server("--model", f"tiny={os.path.join(DATA, 'tiny.safetensors')}",
                             "--model", f"custom={os.path.join(DATA, 'custom.safetensors')}",
                             "--model", f"backbone={os.path.join(DATA, 'formats', 'mmdet_backbone.pth')}",
-                            "--default_model", "tiny")
+                            "--default_model", "tiny",
+                            # A wait long enough that concurrent calls batch even on a loaded
+                            # machine or under TSan (at the 2 ms default, 50 calls arriving
+                            # over a busy pool were once all batched alone).
+                            "--max_queue_delay_us", "20000")
         cls.stub = cls.server.stub
 
     @classmethod
