@@ -82,7 +82,7 @@ int Main() {
   m->mutable_batching()->set_max_queue_size(std::max(64, 4 * concurrency));
   config.set_intra_op_threads(absl::GetFlag(FLAGS_threads));
   config.set_preprocess_threads(2);
-  NormalizeConfig(&config, 2);
+  NormalizeConfig(&config, 2, int64_t{8} << 30);
   if (absl::Status s = ValidateServerConfig(config); !s.ok()) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
     return 1;

@@ -88,7 +88,9 @@ absl::StatusOr<Resp> Unary(const ClientOptions& o, Stub* stub,
 }  // namespace
 
 bool IsRetryable(absl::StatusCode code) {
-  return code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kResourceExhausted;
+  // RESOURCE_EXHAUSTED is not: the server says it for a request that can never fit (over the
+  // message size or the memory budget), and a retry would only be refused again.
+  return code == absl::StatusCode::kUnavailable;
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& options) {

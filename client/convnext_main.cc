@@ -39,7 +39,7 @@
 
 ABSL_FLAG(std::string, target, "localhost:50051", "Server address.");
 ABSL_FLAG(double, timeout_s, 60, "Deadline of each call, seconds.");
-ABSL_FLAG(int, retries, 2, "Retries of UNAVAILABLE/RESOURCE_EXHAUSTED (bench: none).");
+ABSL_FLAG(int, retries, 2, "Retries of UNAVAILABLE (bench: none).");
 ABSL_FLAG(std::string, model, "", "Model name; empty: the server's default.");
 ABSL_FLAG(std::string, tls_ca, "", "PEM file of the CA that signed the server: use TLS.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS; with --tls_key).");

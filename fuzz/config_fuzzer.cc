@@ -12,7 +12,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   absl::StatusOr<convnext::server::ServerConfig> config =
       convnext::server::ParseConfigText(text, "/fuzz/config.textproto");
   if (!config.ok()) return 0;
-  convnext::server::NormalizeConfig(&*config, 2);
+  convnext::server::NormalizeConfig(&*config, 2, int64_t{8} << 30);
   if (!convnext::server::ValidateServerConfig(*config).ok()) return 0;
   for (const convnext::server::ModelConfig& m : config->model()) {
     const auto& b = m.batching();

@@ -270,8 +270,8 @@ absl::StatusOr<at::Tensor> EvalTransform(const View& rgb, const PreprocessConfig
   const int size = config.size;
   int64_t out_w = size, out_h = size;
   Window crop{0, 0, size, size};
-  if (size <
-      kSquashFromSize) {  // Resize the shorter side as torchvision's Resize(int), then CenterCrop.
+  // Below kSquashFromSize: resize the shorter side as torchvision's Resize(int), then CenterCrop.
+  if (size < kSquashFromSize) {
     const int64_t shorter = std::min(rgb.width, rgb.height);
     const int64_t longer = std::max(rgb.width, rgb.height);
     const auto new_short = static_cast<int64_t>(size / config.crop_pct);
@@ -430,6 +430,33 @@ absl::StatusOr<at::Tensor> DecodeAndTransform(absl::string_view encoded,
                                               const PreprocessConfig& config) {
   ASSIGN_OR_RETURN(const RgbImage image, DecodeImage(encoded, config));
   return TransformImage(image, config);
+}
+
+absl::StatusOr<InputPlan> PlanInput(int64_t width, int64_t height, const PreprocessConfig& config,
+                                     bool keep_size) {
+  RETURN_IF_ERROR(ValidatePreprocessConfig(config));
+  if (width < 1 || height < 1 || width > (int64_t{1} << 31) || height > (int64_t{1} << 31)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image is ", width, "x", height, ": sides must be in [1, 2^31]"));
+  }
+  RETURN_IF_ERROR(CheckPixels(width, height, config.max_pixels));
+  InputPlan plan;
+  const int64_t pixels = width * height;
+  // Decoding: the decoder's own image (up to 4 channels of 16 bits: 8 bytes a pixel) and our RGB
+  // copy (3 bytes a pixel), both alive while converting.
+  plan.bytes = 11 * pixels;
+  if (keep_size) {
+    plan.height = (height + 31) / 32 * 32;
+    plan.width = (width + 31) / 32 * 32;
+  } else {
+    plan.height = plan.width = config.size;
+    // The separable resize's intermediate: `size` output columns (at most) of every source row,
+    // for either orientation, 3 bytes each; then the cropped size x size result.
+    plan.bytes += 3 * int64_t{config.size} * std::max(width, height) +
+                  3 * int64_t{config.size} * config.size;
+  }
+  plan.bytes += 3 * plan.height * plan.width * static_cast<int64_t>(sizeof(float));  // The tensor.
+  return plan;
 }
 
 absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path,

@@ -88,6 +88,20 @@ absl::StatusOr<at::Tensor> TransformPixelsKeepSize(const uint8_t* data, size_t n
                                                    int height, int channels, bool bgr,
                                                    const PreprocessConfig& config);
 
+// What preparing an image costs, known before any pixel is decoded (from the header's dimensions),
+// so that a server can refuse or defer an image it cannot afford. An estimate, on the safe side.
+struct InputPlan {
+  int64_t height = 0;  // The model input's rows and columns (size x size, or the padded
+  int64_t width = 0;   // KEEP_SIZE dimensions).
+  int64_t bytes = 0;   // Peak bytes while preparing it: decoded pixels, resampling buffers, tensor.
+};
+
+// The plan for a source image of `width` x `height` pixels with the CLASSIFICATION transform or,
+// if `keep_size`, the KEEP_SIZE one. INVALID_ARGUMENT (as decoding would say) for an image over
+// config.max_pixels.
+absl::StatusOr<InputPlan> PlanInput(int64_t width, int64_t height, const PreprocessConfig& config,
+                                    bool keep_size);
+
 // Reads the file at `path` (NOT_FOUND if it cannot be opened; at most max_encoded_bytes) and calls
 // DecodeAndTransform. Errors name the path.
 absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path, const PreprocessConfig& config);

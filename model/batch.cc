@@ -110,6 +110,37 @@ absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
   }
 }
 
+namespace {
+
+// Rows (or columns) of stage `i` (0-based) for an input side of `side` pixels: the stem divides by
+// 4 and each downsampling by 2, flooring as the convolutions do.
+int64_t StageSide(int64_t side, int i) { return (side / 4) >> i; }
+
+int64_t StageElements(const ConvNeXtConfig& c, int i, int64_t height, int64_t width) {
+  return c.dims[i] * StageSide(height, i) * StageSide(width, i);
+}
+
+}  // namespace
+
+int64_t EstimateForwardBytes(const ConvNeXtConfig& config, int64_t height, int64_t width) {
+  constexpr int64_t kFloat = sizeof(float);
+  int64_t elements = int64_t{config.in_channels} * height * width;
+  elements += 7 * StageElements(config, 0, height, width);
+  for (int i = 0; i < kNumStages; ++i) elements += StageElements(config, i, height, width);
+  return elements * kFloat;
+}
+
+int64_t EstimateOutputBytes(const ConvNeXtConfig& config, const ImageRequest& request,
+                            int64_t height, int64_t width) {
+  const int64_t element = request.dtype == OutputDType::kFloat16 ? 2 : 4;
+  int64_t bytes = 64 + int64_t{request.top_k} * 16;  // Message framing; (index, score) pairs.
+  if (request.embedding) bytes += config.dims[kNumStages - 1] * element;
+  for (int s : request.stages) {
+    if (s >= 1 && s <= kNumStages) bytes += StageElements(config, s - 1, height, width) * element;
+  }
+  return 2 * bytes;
+}
+
 std::string BatchShapeKey(const at::Tensor& input) { return absl::StrJoin(input.sizes(), "x"); }
 
 absl::Status WarmUp(const ConvNeXt& model, int64_t max_batch_size, int64_t size) {

@@ -71,6 +71,19 @@ absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
                                                    const std::vector<ImageRequest>& requests,
                                                    const BeforeForwardFn& before_forward = {});
 
+// Memory estimates, for admission before any work is done (server/model_host.cc). Estimates on
+// the safe side, in bytes, per image of a batch: a batch of n images of one shape needs n times
+// as much, so budgeting each admitted image bounds every batch formed from them.
+//
+// The forward pass at an input of height x width: the input, stage 1's activations (the
+// residual stream, the depthwise output and the 4x-wide hidden layer: 7 x dims[0] channels at a
+// quarter of the resolution; every later stage needs less), and the stage maps kept for output.
+int64_t EstimateForwardBytes(const ConvNeXtConfig& config, int64_t height, int64_t width);
+// The answer `request` produces at an input of height x width: its tensors' bytes, twice (the
+// result, then its serialised message).
+int64_t EstimateOutputBytes(const ConvNeXtConfig& config, const ImageRequest& request,
+                            int64_t height, int64_t width);
+
 // A key that is equal for two inputs exactly when they can share a batch (their shapes agree).
 std::string BatchShapeKey(const at::Tensor& input);
 

@@ -1,6 +1,9 @@
 #include "server/image_input.h"
 
+#include <cmath>
+
 #include "absl/strings/str_cat.h"
+#include "image/image_header.h"
 #include "base/status_macros.h"
 #include "server/tensor_proto.h"
 
@@ -17,6 +20,37 @@ absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const PreprocessingConfig& c
   out.max_pixels = static_cast<int64_t>(max_image_pixels);
   RETURN_IF_ERROR(ValidatePreprocessConfig(out));
   return out;
+}
+
+absl::StatusOr<InputPlan> PlanImage(const v1::Image& image, const PreprocessConfig& config,
+                                    v1::ResizePolicy resize) {
+  const bool keep_size = resize == v1::KEEP_SIZE;
+  switch (image.source_case()) {
+    case v1::Image::kEncoded: {
+      ASSIGN_OR_RETURN(const ImageHeader header, ReadImageHeader(image.encoded()));
+      if (header.format != ImageFormat::kUnknown) {
+        return PlanInput(header.width, header.height, config, keep_size);
+      }
+      // Decoded without a header check: budget for the largest image that decoding allows.
+      const auto side = static_cast<int64_t>(std::sqrt(static_cast<double>(config.max_pixels)));
+      return PlanInput(side, side, config, keep_size);
+    }
+    case v1::Image::kRaw:
+      return PlanInput(image.raw().width(), image.raw().height(), config, keep_size);
+    case v1::Image::kTensor: {
+      // Used at its own size, as KEEP_SIZE would. A malformed shape is left to
+      // ImageTensorFromProto, whose message says what a tensor input must be.
+      const auto& shape = image.tensor().shape();
+      const int64_t h = shape.size() >= 2 ? shape[shape.size() - 2] : 0;
+      const int64_t w = shape.size() >= 2 ? shape[shape.size() - 1] : 0;
+      if (h < 1 || w < 1 || h > (1 << 20) || w > (1 << 20)) {
+        return InputPlan{kMinSize, kMinSize, static_cast<int64_t>(image.tensor().data().size())};
+      }
+      return PlanInput(w, h, config, /*keep_size=*/true);
+    }
+    default:
+      return absl::InvalidArgumentError("the image has no source (encoded, raw or tensor)");
+  }
 }
 
 absl::StatusOr<at::Tensor> PrepareImage(const v1::Image& image, const PreprocessConfig& config,

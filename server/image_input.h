@@ -17,6 +17,13 @@ namespace convnext::server {
 absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const server::PreprocessingConfig& config,
                                                     uint64_t max_image_pixels);
 
+// What preparing `image` will cost and the model input size it gives, before anything is decoded:
+// from the encoded header, the raw image's size or the tensor's shape (image/preprocess.h,
+// PlanInput). An encoded format whose header is not read is planned as the largest image allowed.
+// INVALID_ARGUMENT for a malformed header, a missing source or an image over the pixel limit.
+absl::StatusOr<InputPlan> PlanImage(const v1::Image& image, const PreprocessConfig& config,
+                                    v1::ResizePolicy resize);
+
 // INVALID_ARGUMENT for anything that is not a valid image of acceptable size.
 absl::StatusOr<at::Tensor> PrepareImage(const v1::Image& image, const PreprocessConfig& config,
                                         v1::ResizePolicy resize);

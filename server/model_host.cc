@@ -105,6 +105,8 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
       ToPreprocessConfig(config.preprocessing(), options.max_image_pixels);
   if (!preprocess.ok()) return annotate(preprocess.status());
   host->preprocess_ = *preprocess;
+  host->memory_ = std::make_unique<MemoryBudget>(
+      static_cast<int64_t>(config.batching().max_memory_bytes()), options.process_memory);
   if (absl::Status s = WarmUp(*host->loaded_.model, config.batching().max_batch_size(),
                               config.preprocessing().size());
       !s.ok()) {
@@ -174,12 +176,47 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
                      "' admits at once (batching.max_queue_size = ", limit,
                      "); split it into smaller requests"));
   }
+  // What each image will cost, from headers and shapes only: nothing is decoded yet.
+  const InferenceRequest::Params& params = request->params();
+  const ImageRequest outputs = ToImageRequest(params);
+  std::vector<int64_t> costs(n);
+  int64_t total = 0, answer = 0;
+  for (int i = 0; i < n; ++i) {
+    absl::StatusOr<InputPlan> plan = PlanImage(images.Get(i), preprocess_, params.resize);
+    if (!plan.ok()) {
+      return absl::Status(plan.status().code(),
+                          absl::StrCat("image ", i, ": ", plan.status().message()));
+    }
+    const int64_t output = EstimateOutputBytes(architecture(), outputs, plan->height, plan->width);
+    costs[i] = plan->bytes + EstimateForwardBytes(architecture(), plan->height, plan->width) +
+               output;
+    total += costs[i];
+    answer += output / 2;  // EstimateOutputBytes counts the serialised copy too.
+  }
+  if (answer > options_.max_response_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the answer would be about ", answer >> 20, " MiB, more than max_message_bytes (",
+        options_.max_response_bytes >> 20, " MiB); ask for fewer or smaller outputs (stages, "
+        "FP16, CLASSIFICATION resize) or fewer images per request"));
+  }
+  if (!memory_->CanEverFit(total)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the request needs about ", total >> 20, " MiB of memory, more than model '", name(),
+        "' may use at once (batching.max_memory_bytes = ", memory_->limit_bytes() >> 20,
+        " MiB, within max_memory_bytes for the process); send smaller images or fewer per "
+        "request"));
+  }
   int64_t pending;
   {
     absl::MutexLock lock(&pending_mu_);
     if (pending_images_ + n > limit) {
       return absl::UnavailableError(absl::StrCat("model '", name(), "' has ", limit,
                                                  " images in flight, its limit; retry later"));
+    }
+    if (!memory_->TryReserve(total)) {
+      return absl::UnavailableError(absl::StrCat(
+          "model '", name(), "' has no memory budget left for this request now (it needs about ",
+          total >> 20, " MiB); retry later"));
     }
     pending = pending_images_ += n;
   }
@@ -193,6 +230,7 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
     auto work = std::make_unique<Work>();
     work->request = request;
     work->index = i;
+    work->reserved_bytes = costs[i];
     work->admitted = now;
     const v1::Image* image = &images.Get(i);
     options_.preprocess_pool->Schedule(
@@ -207,8 +245,14 @@ void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
     return;
   }
   const absl::Time start = absl::Now();
-  absl::StatusOr<at::Tensor> input =
-      PrepareImage(*image, preprocess_, work->request->params().resize);
+  absl::StatusOr<at::Tensor> input = absl::InternalError("not prepared");
+  try {  // OpenCV and LibTorch throw; the image must still end with a status.
+    input = PrepareImage(*image, preprocess_, work->request->params().resize);
+  } catch (const std::bad_alloc&) {
+    input = absl::ResourceExhaustedError("out of memory while preparing the image");
+  } catch (const std::exception& e) {
+    input = absl::InternalError(absl::StrCat("preparing the image failed: ", e.what()));
+  }
   if (!input.ok()) {
     End(*work, absl::Status(input.status().code(),
                             absl::StrCat("image ", work->index, ": ", input.status().message())));
@@ -227,6 +271,7 @@ void ModelHost::End(const Work& work, const absl::Status& status) {
   {
     absl::MutexLock lock(&pending_mu_);
     pending = --pending_images_;
+    memory_->Release(work.reserved_bytes);
   }
   SetQueueDepth(metrics_, pending);
   work.request->ImageDone(status);
@@ -259,27 +304,37 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
     const int64_t queue_us = Micros(start - w.admitted) - w.preprocess_us;
     w.request->RecordTimings(queue_us, w.preprocess_us, compute_us);
     RecordImage(metrics_, queue_us, w.preprocess_us);
-    ImageOutputs& o = (*out)[j];
-    if (w.request->params().kind == InferenceRequest::Kind::kClassify) {
-      w.request->Fill([&](v1::ClassifyResponse* r, v1::EmbedResponse*) {
-        v1::Classification* c = r->mutable_results(w.index);
-        for (size_t k = 0; k < o.class_indices.size(); ++k) {
-          const int64_t index = o.class_indices[k];
-          v1::ClassScore* score = c->add_classes();
-          score->set_index(static_cast<int32_t>(index));
-          score->set_score(o.class_scores[k]);
-          if (index < static_cast<int64_t>(labels_.size())) score->set_label(labels_[index]);
-        }
-      });
-    } else {
-      v1::Embedding result;
-      if (!o.embedding.shape.empty()) ToProto(std::move(o.embedding), result.mutable_embedding());
-      for (OutputTensor& stage : o.stages) ToProto(std::move(stage), result.add_stages());
-      w.request->Fill([&](v1::ClassifyResponse*, v1::EmbedResponse* r) {
-        r->mutable_results(w.index)->Swap(&result);
-      });
+    absl::Status written;
+    try {
+      WriteResult(w, (*out)[j]);
+    } catch (const std::bad_alloc&) {
+      written = absl::ResourceExhaustedError("out of memory while writing the answer");
+    } catch (const std::exception& e) {
+      written = absl::InternalError(absl::StrCat("writing the answer failed: ", e.what()));
     }
-    End(w, absl::OkStatus());
+    End(w, written);
+  }
+}
+
+void ModelHost::WriteResult(const Work& w, ImageOutputs& o) const {
+  if (w.request->params().kind == InferenceRequest::Kind::kClassify) {
+    w.request->Fill([&](v1::ClassifyResponse* r, v1::EmbedResponse*) {
+      v1::Classification* c = r->mutable_results(w.index);
+      for (size_t k = 0; k < o.class_indices.size(); ++k) {
+        const int64_t index = o.class_indices[k];
+        v1::ClassScore* score = c->add_classes();
+        score->set_index(static_cast<int32_t>(index));
+        score->set_score(o.class_scores[k]);
+        if (index < static_cast<int64_t>(labels_.size())) score->set_label(labels_[index]);
+      }
+    });
+  } else {
+    v1::Embedding result;
+    if (!o.embedding.shape.empty()) ToProto(std::move(o.embedding), result.mutable_embedding());
+    for (OutputTensor& stage : o.stages) ToProto(std::move(stage), result.add_stages());
+    w.request->Fill([&](v1::ClassifyResponse*, v1::EmbedResponse* r) {
+      r->mutable_results(w.index)->Swap(&result);
+    });
   }
 }
 

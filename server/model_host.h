@@ -29,6 +29,7 @@
 #include "server/batcher.h"
 #include "server/config.pb.h"
 #include "server/inference_request.h"
+#include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/thread_pool.h"
 
@@ -38,6 +39,13 @@ struct ModelHostOptions {
   server::ModelConfig config;  // Normalised and validated.
   // ServerConfig.max_image_pixels (normalised).
   uint64_t max_image_pixels = 0;
+  // The largest answer the server sends (ServerConfig.max_message_bytes): a call whose answer
+  // would be larger is refused before any work.
+  int64_t max_response_bytes = 0;
+  // The process-wide memory budget (ServerConfig.max_memory_bytes) that this model's budget
+  // (batching.max_memory_bytes) nests in. Not owned; outlives the host; may be null (no
+  // process-wide limit).
+  MemoryBudget* process_memory = nullptr;
   ThreadPool* preprocess_pool = nullptr;  // Not owned; outlives the host.
   // Fault injection for tests: if set, called with each batch's stacked input [N, 3, H, W] on the
   // executor just before the forward pass, as part of it: an exception it throws fails that batch
@@ -59,9 +67,15 @@ class ModelHost {
   // This model's Prometheus metrics; null when metrics are off.
   ModelMetrics* metrics() const { return metrics_; }
 
-  // Admits the request's images (all or none): UNAVAILABLE if the model's queue is full now or it
-  // is shutting down (retryable); INVALID_ARGUMENT if the request has more images than the queue
-  // can ever hold. On OK each image later ends through `request` (which owns the answer).
+  // Admits the request's images (all or none), before any of them is decoded:
+  //  - INVALID_ARGUMENT: more images than the queue can ever hold, or an image that is malformed
+  //    or over the pixel limit as its header declares it;
+  //  - RESOURCE_EXHAUSTED (never retryable): the request's estimated memory (image/ and model/
+  //    estimates: decoding, input tensors, activations, answer) is more than the model's or the
+  //    process's memory budget, or its answer more than max_response_bytes;
+  //  - UNAVAILABLE (retryable): the queue or the memory budget is full now, or shutting down.
+  // On OK each image later ends through `request` (which owns the answer) and its memory is
+  // released.
   absl::Status Submit(const std::shared_ptr<InferenceRequest>& request,
                       const google::protobuf::RepeatedPtrField<v1::Image>& images);
 
@@ -83,6 +97,7 @@ class ModelHost {
   struct Work {
     std::shared_ptr<InferenceRequest> request;
     int index = 0;     // Image index within the request.
+    int64_t reserved_bytes = 0;  // Its share of the memory budget, released when it ends.
     at::Tensor input;  // [1, 3, H, W] float32 from image/, handed to model/ untouched.
     absl::Time admitted;
     int64_t preprocess_us = 0;
@@ -92,6 +107,8 @@ class ModelHost {
   explicit ModelHost(const ModelHostOptions& options) : options_(options) {}
   void Preprocess(WorkPtr work, const v1::Image* image);
   void ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch);
+  // Writes one image's outputs into its call's response. May throw (allocation).
+  void WriteResult(const Work& work, ImageOutputs& outputs) const;
   void End(const Work& work, const absl::Status& status);
 
   const ModelHostOptions options_;
@@ -100,6 +117,7 @@ class ModelHost {
   PreprocessConfig preprocess_;
   std::string checkpoint_sha256_;
   std::unique_ptr<Batcher<WorkPtr>> batcher_;
+  std::unique_ptr<MemoryBudget> memory_;  // batching.max_memory_bytes, nested in the process's.
   mutable absl::Mutex pending_mu_;
   int64_t pending_images_ ABSL_GUARDED_BY(pending_mu_) = 0;  // Admitted and not yet ended.
   std::atomic<bool> ready_{false};

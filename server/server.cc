@@ -26,11 +26,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   }
   server->preprocess_pool_ =
       std::make_unique<ThreadPool>(static_cast<int>(config.preprocess_threads()));
+  server->memory_ = std::make_unique<MemoryBudget>(static_cast<int64_t>(config.max_memory_bytes()));
   for (const ModelConfig& m : config.model()) {
     const absl::Time start = absl::Now();
     ModelHostOptions host_options;
     host_options.config = m;
     host_options.max_image_pixels = config.max_image_pixels();
+    host_options.max_response_bytes = config.max_message_bytes();
+    host_options.process_memory = server->memory_.get();
     host_options.preprocess_pool = server->preprocess_pool_.get();
     host_options.before_forward_for_testing = options.before_forward_for_testing;
     absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(host_options);
@@ -60,7 +63,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
       options.credentials != nullptr ? options.credentials : grpc::InsecureServerCredentials(),
       &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes()));
-  builder.SetMaxSendMessageSize(-1);
+  // Answers are checked against the same limit at admission (ModelHost::Submit), before any work.
+  builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes()));
   builder.RegisterService(server->service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {

@@ -32,6 +32,7 @@
 #include "absl/time/time.h"
 #include "model/batch.h"
 #include "server/config.pb.h"
+#include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/model_host.h"
 #include "server/service.h"
@@ -85,6 +86,7 @@ class Server {
   int port_ = 0;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<ThreadPool> preprocess_pool_;
+  std::unique_ptr<MemoryBudget> memory_;  // max_memory_bytes; the hosts' budgets nest in it.
   std::vector<std::unique_ptr<ModelHost>> hosts_;
   std::map<std::string, ModelHost*> by_name_;
   std::unique_ptr<ImageModelServiceImpl> service_;

@@ -87,7 +87,7 @@ absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag) {
   return model;
 }
 
-void NormalizeConfig(server::ServerConfig* config, int cores) {
+void NormalizeConfig(server::ServerConfig* config, int cores, int64_t memory_bytes) {
   // Every default below is read from where the layer that uses it defines it.
   const PreprocessConfig preprocess;
   const BatchQueueOptions batching;
@@ -96,6 +96,9 @@ void NormalizeConfig(server::ServerConfig* config, int cores) {
   if (config->preprocess_threads() == 0) config->set_preprocess_threads(cores);
   if (config->max_message_bytes() == 0) config->set_max_message_bytes(kDefaultMaxMessageBytes);
   if (config->max_image_pixels() == 0) config->set_max_image_pixels(preprocess.max_pixels);
+  if (config->max_memory_bytes() == 0) {
+    config->set_max_memory_bytes(static_cast<uint64_t>(std::max<int64_t>(memory_bytes, 2) / 2));
+  }
   if (config->default_model().empty() && config->model_size() > 0) {
     config->set_default_model(config->model(0).name());
   }
@@ -122,6 +125,7 @@ void NormalizeConfig(server::ServerConfig* config, int cores) {
       b->set_max_queue_size(std::max<uint32_t>(batching.max_queue_size, b->max_batch_size()));
     }
     if (b->instances() == 0) b->set_instances(1);
+    if (b->max_memory_bytes() == 0) b->set_max_memory_bytes(config->max_memory_bytes());
   }
 }
 

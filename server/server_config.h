@@ -27,8 +27,9 @@ absl::StatusOr<server::ServerConfig> ParseConfigText(const std::string& text,
 // Parses "NAME=CHECKPOINT" (a --model flag) into a ModelConfig with defaults left unset.
 absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag);
 
-// Fills unset fields with their defaults (see config.proto). `cores` is the machine's core count.
-void NormalizeConfig(server::ServerConfig* config, int cores);
+// Fills unset fields with their defaults (see config.proto). `cores` and `memory_bytes` are what
+// the machine or container gives the process (server/machine.h).
+void NormalizeConfig(server::ServerConfig* config, int cores, int64_t memory_bytes);
 
 // Checks a normalised config (model architectures are checked when the models load).
 // INVALID_ARGUMENT naming the model and the field.

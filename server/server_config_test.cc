@@ -17,7 +17,7 @@ std::string Write(const std::string& name, const std::string& text) {
 }
 
 absl::Status Check(server::ServerConfig config) {
-  NormalizeConfig(&config, 2);
+  NormalizeConfig(&config, 2, int64_t{8} << 30);
   return ValidateServerConfig(config);
 }
 
@@ -35,7 +35,7 @@ TEST(ServerConfigTest, ReadsNormalisesAndValidatesATextProto) {
     }
   )pb"));
   ASSERT_TRUE(config.ok()) << config.status();
-  NormalizeConfig(&*config, 2);
+  NormalizeConfig(&*config, 2, int64_t{8} << 30);
   ASSERT_TRUE(ValidateServerConfig(*config).ok()) << ValidateServerConfig(*config);
   EXPECT_EQ(config->default_model(), "a");
   EXPECT_EQ(config->intra_op_threads(), 2u);

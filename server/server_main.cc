@@ -29,6 +29,7 @@
 #include "base/status_macros.h"
 #include "model/process_tuning.h"
 #include "server/log.h"
+#include "server/machine.h"
 #include "server/server.h"
 #include "server/server_config.h"
 
@@ -105,7 +106,13 @@ absl::StatusOr<ServerConfig> BuildConfig(const std::vector<std::string>& model_f
           std::max(1, absl::GetFlag(FLAGS_max_queue_delay_us)));
     }
   }
-  NormalizeConfig(&config, static_cast<int>(std::thread::hardware_concurrency()));
+  const MachineResources machine = ReadMachineResources();
+  Log("info", "machine",
+      {{"cores", absl::StrCat(machine.cores)},
+       {"cores_from", machine.cores_source},
+       {"memory_bytes", absl::StrCat(machine.memory_bytes)},
+       {"memory_from", machine.memory_source}});
+  NormalizeConfig(&config, machine.cores, machine.memory_bytes);
   if (absl::Status s = ValidateServerConfig(config); !s.ok()) return s;
   return config;
 }

@@ -1,6 +1,9 @@
 #include "server/thread_pool.h"
 
+#include <exception>
 #include <utility>
+
+#include "server/log.h"
 
 namespace convnext::server {
 
@@ -31,7 +34,16 @@ void ThreadPool::Work() {
       fn = std::move(queue_.front());
       queue_.pop_front();
     }
-    fn();
+    // Tasks end their own calls with a status (ModelHost::Preprocess); this is the last line of
+    // defence, so that an exception that escapes one anyway cannot reach std::thread and
+    // terminate the server.
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      Log("error", "task_exception", {{"what", e.what()}});
+    } catch (...) {
+      Log("error", "task_exception", {{"what", "unknown exception"}});
+    }
   }
 }
 

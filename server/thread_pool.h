@@ -1,6 +1,7 @@
 // ThreadPool: a fixed set of worker threads running queued closures in FIFO order. Used for image
 // decoding and preprocessing, so that this work never runs on a gRPC thread or on a model's
-// compute thread. The destructor runs every queued closure, then joins.
+// compute thread. The destructor runs every queued closure, then joins. A closure should not throw;
+// one that does is logged (event=task_exception) and the worker goes on.
 #ifndef CONVNEXT_SERVER_THREAD_POOL_H_
 #define CONVNEXT_SERVER_THREAD_POOL_H_
 

@@ -10,6 +10,8 @@
 #include "absl/synchronization/notification.h"
 #include "convnext/client.h"
 #include "convnext/v1/image_model.grpc.pb.h"
+#include "image/preprocess.h"
+#include "model/batch.h"
 #include "server/server.h"
 #include "server/server_config.h"
 #include "testing/reference.h"
@@ -19,7 +21,7 @@ namespace {
 
 // A loopback server of `config` (normalised and validated here), metrics off.
 std::unique_ptr<Server> StartServer(ServerConfig config, ServerOptions options = {}) {
-  NormalizeConfig(&config, 2);
+  NormalizeConfig(&config, 2, int64_t{8} << 30);
   config.set_intra_op_threads(2);
   if (absl::Status s = ValidateServerConfig(config); !s.ok()) {
     ADD_FAILURE() << s;
@@ -238,7 +240,9 @@ TEST_F(ServerE2eTest, ClientRetriesThenReportsUnavailable) {
     done.Notify();
   });
   done.WaitForNotification();
-  EXPECT_TRUE(client::IsRetryable(absl::StatusCode::kResourceExhausted));
+  EXPECT_TRUE(client::IsRetryable(absl::StatusCode::kUnavailable));
+  // Never-fitting requests (over the message size or the memory budget) are not retried.
+  EXPECT_FALSE(client::IsRetryable(absl::StatusCode::kResourceExhausted));
   EXPECT_FALSE(client::IsRetryable(absl::StatusCode::kInvalidArgument));
 }
 
@@ -338,6 +342,68 @@ TEST_F(ModelFaultTest, HostWithoutTheFastPathGivesTheReferenceAnswers) {
   for (const v1::ClassScore& c : response.results(0).classes()) {
     EXPECT_NEAR(c.score(), probs[0][c.index()].item<float>(), 1e-4) << c.index();
   }
+}
+
+// The memory budget at admission: a request that fits the budget but not what is left of it now is
+// UNAVAILABLE (retryable) and admitted once memory is released; one larger than the budget is
+// RESOURCE_EXHAUSTED at once. The first request is held inside its forward pass, so what is in use
+// at each step is known.
+TEST(MemoryBudgetE2eTest, NotNowIsUnavailableNeverIsResourceExhausted) {
+  const at::Tensor input = testing::ReadReference("custom.input.npy")[0];  // [3, 100, 72]
+  ServerConfig config;
+  ModelConfig* m = config.add_model();
+  m->set_name("custom");
+  m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
+  m->mutable_batching()->set_max_batch_size(1);
+  // One image's estimated cost, from the same estimates admission uses.
+  int64_t cost = 0;
+  {
+    std::unique_ptr<Server> probe = StartServer(config);
+    ASSERT_NE(probe, nullptr);
+    const ConvNeXtConfig& arch = probe->model("custom")->architecture();
+    PreprocessConfig preprocess;
+    absl::StatusOr<InputPlan> plan = PlanInput(input.size(2), input.size(1), preprocess, true);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    ImageRequest classify;
+    classify.top_k = 5;
+    cost = plan->bytes + EstimateForwardBytes(arch, plan->height, plan->width) +
+           EstimateOutputBytes(arch, classify, plan->height, plan->width);
+  }
+  config.set_max_memory_bytes(cost * 3 / 2);  // One image fits, two never do.
+  absl::Notification entered, release;
+  ServerOptions options;
+  options.before_forward_for_testing = [&](const at::Tensor&) {
+    if (!entered.HasBeenNotified()) entered.Notify();
+    release.WaitForNotification();
+  };
+  std::unique_ptr<Server> server = StartServer(config, options);
+  ASSERT_NE(server, nullptr);
+  auto stub = v1::ImageModelService::NewStub(grpc::CreateChannel(
+      absl::StrCat("127.0.0.1:", server->port()), grpc::InsecureChannelCredentials()));
+  auto classify = [&](int images) {
+    v1::ClassifyRequest request;
+    for (int i = 0; i < images; ++i) *request.add_images() = ServerE2eTest::TensorImageFor(input);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+    v1::ClassifyResponse response;
+    return stub->Classify(&ctx, request, &response);
+  };
+  grpc::Status first;
+  std::thread held([&] { first = classify(1); });
+  ASSERT_TRUE(entered.WaitForNotificationWithTimeout(absl::Seconds(60)));
+  const grpc::Status not_now = classify(1);
+  EXPECT_EQ(not_now.error_code(), grpc::StatusCode::UNAVAILABLE) << not_now.error_message();
+  EXPECT_NE(not_now.error_message().find("memory budget"), std::string::npos)
+      << not_now.error_message();
+  const grpc::Status never = classify(2);
+  EXPECT_EQ(never.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << never.error_message();
+  EXPECT_NE(never.error_message().find("max_memory_bytes"), std::string::npos)
+      << never.error_message();
+  release.Notify();
+  held.join();
+  EXPECT_TRUE(first.ok()) << first.error_message();
+  const grpc::Status later = classify(1);  // The first call's memory came back.
+  EXPECT_TRUE(later.ok()) << later.error_message();
 }
 
 }  // namespace

@@ -14,7 +14,7 @@
 //   if (!response.ok()) return response.status();
 //
 // Every call has a deadline (ClientOptions::deadline). Calls that fail with a retryable status
-// (UNAVAILABLE: server draining, queue full, connection refused; RESOURCE_EXHAUSTED) are retried
+// (UNAVAILABLE: server draining, queue or memory budget full, connection refused) are retried
 // up to max_attempts in all, after exponential backoff with full jitter, as long as the deadline
 // allows. Results are absl::StatusOr with the server's status code and message.
 //
