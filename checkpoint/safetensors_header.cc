@@ -1,5 +1,6 @@
 #include "checkpoint/safetensors_header.h"
 
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -127,6 +128,23 @@ absl::StatusOr<SafetensorsHeader> ParseSafetensorsHeader(absl::string_view prefi
     }
     ASSIGN_OR_RETURN(SafetensorsEntry entry, ParseEntry(it.key(), it.value(), data_size));
     result.entries.push_back(std::move(entry));
+  }
+  // Every tensor owns its bytes: overlapping ranges would let a small file stand for much more
+  // tensor data than it holds.
+  std::vector<const SafetensorsEntry*> by_offset;
+  for (const SafetensorsEntry& e : result.entries) {
+    if (e.end > e.begin) by_offset.push_back(&e);
+  }
+  std::sort(
+      by_offset.begin(), by_offset.end(),
+      [](const SafetensorsEntry* a, const SafetensorsEntry* b) { return a->begin < b->begin; });
+  for (size_t i = 1; i < by_offset.size(); ++i) {
+    if (by_offset[i]->begin < by_offset[i - 1]->end) {
+      return Bad(absl::StrCat("tensors ", by_offset[i - 1]->name, " and ", by_offset[i]->name,
+                              " overlap (data_offsets [", by_offset[i - 1]->begin, ", ",
+                              by_offset[i - 1]->end, ") and [", by_offset[i]->begin, ", ",
+                              by_offset[i]->end, "))"));
+    }
   }
   return result;
 }

@@ -102,7 +102,12 @@ INSTANTIATE_TEST_SUITE_P(
                       R"("data_offsets":[0,8]}})",
                       8, "impossibly large shape"},
         BadHeaderCase{"NonStringMetadata", R"({"__metadata__":{"a":1}})", 0,
-                      "values must be strings"}),
+                      "values must be strings"},
+        // Two tensors sharing bytes: a few bytes of file claiming many tensors' worth of data.
+        BadHeaderCase{"OverlappingRanges",
+                      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                      12, "tensors a and b overlap"}),
     [](const auto& info) { return info.param.name; });
 
 TEST(SafetensorsTest, HeaderLongerThanFileIsTruncated) {

@@ -98,6 +98,25 @@ class StorageLoader {
         last += (ref.size[d] - 1) * ref.stride[d];
       }
     }
+    // A view may select from its storage but never multiply it: stride-0 (broadcast) dimensions
+    // or more elements than the storage holds would turn a few bytes of file into a huge tensor
+    // when it is materialised.
+    int64_t elements = 1;
+    for (size_t d = 0; d < ref.size.size() && !empty; ++d) {
+      if (ref.size[d] > 1 && ref.stride[d] == 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "tensor ", name, ": its view repeats its storage (stride 0 in dimension ", d, ")"));
+      }
+      if (ref.size[d] > 0 && elements > INT64_MAX / ref.size[d]) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": absurd shape"));
+      }
+      elements *= ref.size[d];
+    }
+    if (!empty && elements > flat.numel()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": its view has ", elements,
+                                                     " elements, more than the ", flat.numel(),
+                                                     " of its storage"));
+    }
     if (!empty && last >= flat.numel()) {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": its view reaches element ",
                                                      last, " of a storage of ", flat.numel()));

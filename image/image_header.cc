@@ -182,11 +182,16 @@ absl::StatusOr<ImageHeader> ReadTiff(const Bytes& b) {
   const uint64_t entries = b.Uint(ifd, count_bytes, le);
   const size_t entry_bytes = 4 + 2 * offset_bytes;  // Tag (2), type (2), count, value.
   int64_t dims[2] = {0, 0};                         // ImageWidth, ImageLength.
+  bool seen[2] = {false, false};
   for (uint64_t i = 0; i < entries; ++i) {
     const size_t at = ifd + count_bytes + i * entry_bytes;
     if (!b.Has(at, entry_bytes)) return Truncated(kTiff, "inside the directory");
     const uint64_t tag = b.Uint(at, 2, le);
     if (tag != 256 && tag != 257) continue;
+    // libtiff keeps the first of duplicated tags, a reader that keeps the last would check another
+    // size than the one decoded: refused.
+    if (seen[tag - 256]) return Malformed(kTiff, absl::StrCat("tag ", tag, " appears twice"));
+    seen[tag - 256] = true;
     const uint64_t type = b.Uint(at + 2, 2, le);
     const size_t value_at = at + 4 + offset_bytes;
     uint64_t value;

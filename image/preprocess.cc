@@ -354,6 +354,22 @@ absl::StatusOr<at::Tensor> TransformRaw(
 
 }  // namespace
 
+bool IsAcceptedFormat(ImageFormat format) {
+  switch (format) {
+    case ImageFormat::kJpeg:
+    case ImageFormat::kPng:
+    case ImageFormat::kWebp:
+    case ImageFormat::kBmp:
+    case ImageFormat::kTiff:
+    case ImageFormat::kPnm:
+      return true;
+    case ImageFormat::kGif:  // Recognised (its size is read) but OpenCV 4.6 cannot decode it.
+    case ImageFormat::kUnknown:
+      return false;
+  }
+  return false;
+}
+
 absl::StatusOr<RgbImage> DecodeImage(absl::string_view encoded, const PreprocessConfig& config) {
   RETURN_IF_ERROR(ValidatePreprocessConfig(config));
   if (encoded.empty())
@@ -367,9 +383,17 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view encoded, const Preprocess
   if (header.format != ImageFormat::kUnknown) {
     RETURN_IF_ERROR(CheckPixels(header.width, header.height, config.max_pixels));
   }
-  const std::string format = header.format == ImageFormat::kUnknown
-                                 ? std::string("image")
-                                 : absl::StrCat(ImageFormatName(header.format), " image");
+  // Only formats whose header was read (and so whose size was checked) reach the decoder: OpenCV
+  // also decodes JPEG 2000, OpenEXR, Radiance HDR, Sun raster, PAM, PFM..., bounded only by its
+  // own limit of 2^30 pixels.
+  if (!IsAcceptedFormat(header.format)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(header.format == ImageFormat::kUnknown
+                         ? std::string("not an image: the data is in no accepted format")
+                         : absl::StrCat(ImageFormatName(header.format), " images are not accepted"),
+                     " (accepted: ", kAcceptedFormats, ")"));
+  }
+  const std::string format = absl::StrCat(ImageFormatName(header.format), " image");
   RgbImage image;
   try {
     const cv::Mat buf(1, static_cast<int>(encoded.size()), CV_8UC1,
@@ -377,11 +401,6 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view encoded, const Preprocess
     // IMREAD_COLOR: EXIF orientation applied; 8-bit BGR whatever the source's channels and depth.
     const cv::Mat bgr = cv::imdecode(buf, cv::IMREAD_COLOR);
     if (bgr.empty()) {
-      if (header.format == ImageFormat::kUnknown) {
-        return absl::InvalidArgumentError(
-            "not an image: the data is in no format the decoder reads (JPEG, PNG, WebP, BMP, "
-            "TIFF, PNM, ...)");
-      }
       return absl::InvalidArgumentError(
           absl::StrCat("cannot decode ", format, ": corrupt data or an unsupported variant"));
     }
@@ -433,7 +452,7 @@ absl::StatusOr<at::Tensor> DecodeAndTransform(absl::string_view encoded,
 }
 
 absl::StatusOr<InputPlan> PlanInput(int64_t width, int64_t height, const PreprocessConfig& config,
-                                     bool keep_size) {
+                                    bool keep_size) {
   RETURN_IF_ERROR(ValidatePreprocessConfig(config));
   if (width < 1 || height < 1 || width > (int64_t{1} << 31) || height > (int64_t{1} << 31)) {
     return absl::InvalidArgumentError(
@@ -452,8 +471,8 @@ absl::StatusOr<InputPlan> PlanInput(int64_t width, int64_t height, const Preproc
     plan.height = plan.width = config.size;
     // The separable resize's intermediate: `size` output columns (at most) of every source row,
     // for either orientation, 3 bytes each; then the cropped size x size result.
-    plan.bytes += 3 * int64_t{config.size} * std::max(width, height) +
-                  3 * int64_t{config.size} * config.size;
+    plan.bytes +=
+        3 * int64_t{config.size} * std::max(width, height) + 3 * int64_t{config.size} * config.size;
   }
   plan.bytes += 3 * plan.height * plan.width * static_cast<int64_t>(sizeof(float));  // The tensor.
   return plan;

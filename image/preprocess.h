@@ -43,6 +43,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "image/image_header.h"
 #include "image/preprocess_config.h"
 
 namespace convnext {
@@ -54,7 +55,12 @@ struct RgbImage {
   std::vector<uint8_t> pixels;  // width * height * 3 bytes.
 };
 
-// Decodes an encoded image (JPEG, PNG, WebP, BMP, TIFF, PNM, and whatever else OpenCV reads) into
+// The encoded formats accepted: those whose header image_header.h reads, so that every image's
+// size is checked before it is decoded, and that the decoder reads.
+inline constexpr char kAcceptedFormats[] = "JPEG, PNG, WebP, BMP, TIFF, PNM";
+bool IsAcceptedFormat(ImageFormat format);
+
+// Decodes an encoded image (one of kAcceptedFormats; anything else is INVALID_ARGUMENT) into
 // RGB, as described above. Uses only config.max_encoded_bytes and config.max_pixels (but checks
 // the whole config). INVALID_ARGUMENT for empty input, too many bytes, not an image, truncated or
 // corrupt data, or more than max_pixels pixels.

@@ -118,6 +118,35 @@ TEST(PreprocessDecodeTest, HeadersOfEveryFormatAreChecked) {
   }
 }
 
+// TIFF: libtiff decodes the size of the first of duplicated ImageWidth/ImageLength tags; a small
+// second one must not pass the size check for a huge first one. Duplicates are refused.
+TEST(PreprocessDecodeTest, DuplicatedTiffSizeTagsAreRefused) {
+  const std::string tiff = std::string("II*\0", 4) + Le32(8) + std::string("\x03\x00", 2) +
+                           std::string("\x00\x01\x04\x00", 4) + Le32(1) + Le32(40000) +
+                           std::string("\x00\x01\x04\x00", 4) + Le32(1) + Le32(8) +
+                           std::string("\x01\x01\x04\x00", 4) + Le32(1) + Le32(8) + Le32(0);
+  absl::StatusOr<ImageHeader> header = ReadImageHeader(tiff);
+  EXPECT_EQ(header.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(InvalidArgumentMessage(DecodeImage(tiff, {})), HasSubstr("tag 256 appears twice"));
+}
+
+// Only formats whose header is read (and so whose size is checked before decoding) are decoded:
+// others that OpenCV would decode, bounded only by its own 2^30-pixel limit, are refused.
+TEST(PreprocessDecodeTest, OnlyAcceptedFormatsAreDecoded) {
+  // Radiance HDR and Sun raster signatures (OpenCV decodes both), and a small GIF.
+  for (const std::string& bytes :
+       {std::string("#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 8 +X 8\n") + std::string(64, '\0'),
+        std::string("\x59\xA6\x6A\x95", 4) + std::string(64, '\0')}) {
+    EXPECT_THAT(InvalidArgumentMessage(DecodeImage(bytes, {})),
+                HasSubstr("no accepted format (accepted: JPEG, PNG, WebP, BMP, TIFF, PNM)"));
+  }
+  EXPECT_THAT(InvalidArgumentMessage(DecodeImage(
+                  std::string("GIF89a\x08\x00\x08\x00", 10) + std::string(32, '\0'), {})),
+              HasSubstr("GIF images are not accepted"));
+  EXPECT_TRUE(IsAcceptedFormat(ImageFormat::kJpeg));
+  EXPECT_FALSE(IsAcceptedFormat(ImageFormat::kUnknown));
+}
+
 TEST(PreprocessDecodeTest, BadInputIsInvalidArgument) {
   const std::string jpeg = Photo("china.jpg");
   EXPECT_THAT(InvalidArgumentMessage(DecodeImage(jpeg.substr(0, jpeg.size() / 2), {})),

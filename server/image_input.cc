@@ -1,10 +1,8 @@
 #include "server/image_input.h"
 
-#include <cmath>
-
 #include "absl/strings/str_cat.h"
-#include "image/image_header.h"
 #include "base/status_macros.h"
+#include "image/image_header.h"
 #include "server/tensor_proto.h"
 
 namespace convnext::server {
@@ -28,12 +26,11 @@ absl::StatusOr<InputPlan> PlanImage(const v1::Image& image, const PreprocessConf
   switch (image.source_case()) {
     case v1::Image::kEncoded: {
       ASSIGN_OR_RETURN(const ImageHeader header, ReadImageHeader(image.encoded()));
-      if (header.format != ImageFormat::kUnknown) {
-        return PlanInput(header.width, header.height, config, keep_size);
+      if (!IsAcceptedFormat(header.format)) {
+        // Refused when decoded, with its message; costs nothing until then.
+        return InputPlan{kMinSize, kMinSize, 0};
       }
-      // Decoded without a header check: budget for the largest image that decoding allows.
-      const auto side = static_cast<int64_t>(std::sqrt(static_cast<double>(config.max_pixels)));
-      return PlanInput(side, side, config, keep_size);
+      return PlanInput(header.width, header.height, config, keep_size);
     }
     case v1::Image::kRaw:
       return PlanInput(image.raw().width(), image.raw().height(), config, keep_size);

@@ -19,7 +19,7 @@ absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const server::PreprocessingC
 
 // What preparing `image` will cost and the model input size it gives, before anything is decoded:
 // from the encoded header, the raw image's size or the tensor's shape (image/preprocess.h,
-// PlanInput). An encoded format whose header is not read is planned as the largest image allowed.
+// PlanInput). An encoded image in a format that is not accepted costs nothing: decoding refuses it.
 // INVALID_ARGUMENT for a malformed header, a missing source or an image over the pixel limit.
 absl::StatusOr<InputPlan> PlanImage(const v1::Image& image, const PreprocessConfig& config,
                                     v1::ResizePolicy resize);

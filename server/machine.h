@@ -12,10 +12,10 @@
 namespace convnext::server {
 
 struct MachineResources {
-  int cores = 1;                // >= 1: the CPU quota rounded up, or the host's cores.
-  int64_t memory_bytes = 0;     // > 0: the memory limit, or the host's physical memory.
-  std::string cores_source;     // "cgroup" or "host", for the start-up log.
-  std::string memory_source;    // "cgroup" or "host".
+  int cores = 1;              // >= 1: the CPU quota rounded up, or the host's cores.
+  int64_t memory_bytes = 0;   // > 0: the memory limit, or the host's physical memory.
+  std::string cores_source;   // "cgroup" or "host", for the start-up log.
+  std::string memory_source;  // "cgroup" or "host".
 };
 
 // Reads the limits of this process's cgroup under `cgroup_root` (normally /sys/fs/cgroup; tests

@@ -6,20 +6,37 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace convnext::server {
 namespace {
 
-void WriteAll(int fd, const std::string& data) {
+// Waits until `fd` is ready for `events` or `deadline` passes; false on timeout or error.
+bool WaitFor(int fd, short events, absl::Time deadline) {
+  while (true) {
+    const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
+    if (ms <= 0) return false;
+    pollfd p{fd, events, 0};
+    const int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(ms, 1000)));
+    if (n > 0) return true;
+    if (n < 0 && errno != EINTR) return false;
+  }
+}
+
+void WriteAll(int fd, const std::string& data, absl::Time deadline) {
   size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL);
+  while (done < data.size() && WaitFor(fd, POLLOUT, deadline)) {
+    const ssize_t n =
+        ::send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (n <= 0) return;
     done += static_cast<size_t>(n);
   }
@@ -70,6 +87,10 @@ MetricsHttpServer::~MetricsHttpServer() {
   ::shutdown(fd_, SHUT_RDWR);
   thread_.join();
   ::close(fd_);
+  // Connections still being answered end by their deadline.
+  absl::MutexLock lock(&mu_);
+  mu_.Await(absl::Condition(
+      +[](int* connections) { return *connections == 0; }, &connections_));
 }
 
 void MetricsHttpServer::Serve() {
@@ -78,19 +99,31 @@ void MetricsHttpServer::Serve() {
     if (::poll(&p, 1, 500) <= 0) continue;
     const int client = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
     if (client < 0) continue;
-    timeval timeout{2, 0};  // A stalled client cannot hold the endpoint for long.
-    ::setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-    ::setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-    Answer(client);
-    ::close(client);
+    const absl::Time deadline = absl::Now() + kConnectionDeadline;
+    {
+      absl::MutexLock lock(&mu_);
+      if (connections_ >= kMaxConnections) {
+        ::close(client);
+        continue;
+      }
+      ++connections_;
+    }
+    std::thread([this, client, deadline] {
+      Answer(client, deadline);
+      ::close(client);
+      absl::MutexLock lock(&mu_);
+      --connections_;
+    }).detach();
   }
 }
 
-void MetricsHttpServer::Answer(int client) const {
+void MetricsHttpServer::Answer(int client, absl::Time deadline) const {
   std::string request;
   char buf[2048];
   while (request.size() < 16384 && request.find("\r\n\r\n") == std::string::npos) {
-    const ssize_t n = ::recv(client, buf, sizeof(buf), 0);
+    if (!WaitFor(client, POLLIN, deadline)) return;  // Too slow: closed unanswered.
+    const ssize_t n = ::recv(client, buf, sizeof(buf), MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
     if (n <= 0) break;
     request.append(buf, static_cast<size_t>(n));
   }
@@ -98,10 +131,12 @@ void MetricsHttpServer::Answer(int client) const {
                        absl::StartsWith(request, "GET /metrics?") ||
                        absl::StartsWith(request, "GET / ");
   const std::string body = metrics ? render_() : "not found: try /metrics\n";
-  WriteAll(client, absl::StrCat("HTTP/1.1 ", metrics ? "200 OK" : "404 Not Found",
-                                "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"
-                                "\r\nContent-Length: ",
-                                body.size(), "\r\nConnection: close\r\n\r\n", body));
+  WriteAll(client,
+           absl::StrCat("HTTP/1.1 ", metrics ? "200 OK" : "404 Not Found",
+                        "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"
+                        "\r\nContent-Length: ",
+                        body.size(), "\r\nConnection: close\r\n\r\n", body),
+           deadline);
 }
 
 }  // namespace convnext::server

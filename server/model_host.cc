@@ -188,16 +188,17 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
                           absl::StrCat("image ", i, ": ", plan.status().message()));
     }
     const int64_t output = EstimateOutputBytes(architecture(), outputs, plan->height, plan->width);
-    costs[i] = plan->bytes + EstimateForwardBytes(architecture(), plan->height, plan->width) +
-               output;
+    costs[i] =
+        plan->bytes + EstimateForwardBytes(architecture(), plan->height, plan->width) + output;
     total += costs[i];
     answer += output / 2;  // EstimateOutputBytes counts the serialised copy too.
   }
   if (answer > options_.max_response_bytes) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the answer would be about ", answer >> 20, " MiB, more than max_message_bytes (",
-        options_.max_response_bytes >> 20, " MiB); ask for fewer or smaller outputs (stages, "
-        "FP16, CLASSIFICATION resize) or fewer images per request"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the answer would be about ", answer >> 20,
+                     " MiB, more than max_message_bytes (", options_.max_response_bytes >> 20,
+                     " MiB); ask for fewer or smaller outputs (stages, "
+                     "FP16, CLASSIFICATION resize) or fewer images per request"));
   }
   if (!memory_->CanEverFit(total)) {
     return absl::ResourceExhaustedError(absl::StrCat(

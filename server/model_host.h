@@ -96,9 +96,9 @@ class ModelHost {
  private:
   struct Work {
     std::shared_ptr<InferenceRequest> request;
-    int index = 0;     // Image index within the request.
+    int index = 0;               // Image index within the request.
     int64_t reserved_bytes = 0;  // Its share of the memory budget, released when it ends.
-    at::Tensor input;  // [1, 3, H, W] float32 from image/, handed to model/ untouched.
+    at::Tensor input;            // [1, 3, H, W] float32 from image/, handed to model/ untouched.
     absl::Time admitted;
     int64_t preprocess_us = 0;
   };

@@ -63,6 +63,20 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
       options.credentials != nullptr ? options.credentials : grpc::InsecureServerCredentials(),
       &server->port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(config.max_message_bytes()));
+  grpc::ResourceQuota quota("convnext-transport");
+  quota.Resize(static_cast<size_t>(config.transport_memory_bytes()));
+  builder.SetResourceQuota(quota);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(config.max_concurrent_streams()));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, options.keepalive_time_ms);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, options.keepalive_timeout_ms);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                             options.min_client_ping_interval_ms);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, options.max_connection_idle_ms);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, options.max_connection_age_ms);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                             options.max_connection_age_grace_ms);
   // Answers are checked against the same limit at admission (ModelHost::Submit), before any work.
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes()));
   builder.RegisterService(server->service_.get());

@@ -53,6 +53,19 @@ struct ServerOptions {
   std::string libtorch_version = "unknown";
   // Transport security; null means plaintext (grpc::InsecureServerCredentials()).
   std::shared_ptr<grpc::ServerCredentials> credentials;
+  // Connection management (gRPC channel arguments). The server pings an idle connection every
+  // keepalive_time_ms and drops it if no answer comes within keepalive_timeout_ms (dead clients
+  // and half-open connections do not hold streams for ever); a client may ping no more often than
+  // min_client_ping_interval_ms (more is a ping flood: the connection is closed after two
+  // strikes). A connection idle for max_connection_idle_ms is closed; one older than
+  // max_connection_age_ms is asked to reconnect (GOAWAY), with max_connection_age_grace_ms for its
+  // calls to finish, so that clients spread over new replicas behind a load balancer.
+  int keepalive_time_ms = 60'000;
+  int keepalive_timeout_ms = 20'000;
+  int min_client_ping_interval_ms = 10'000;
+  int max_connection_idle_ms = 30 * 60'000;
+  int max_connection_age_ms = 60 * 60'000;
+  int max_connection_age_grace_ms = 60'000;
   // Log one line per call (ServiceOptions::access_log).
   bool access_log = false;
   // Fault injection for tests, given to every model host (ModelHostOptions). Unset in production.

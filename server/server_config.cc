@@ -96,6 +96,14 @@ void NormalizeConfig(server::ServerConfig* config, int cores, int64_t memory_byt
   if (config->preprocess_threads() == 0) config->set_preprocess_threads(cores);
   if (config->max_message_bytes() == 0) config->set_max_message_bytes(kDefaultMaxMessageBytes);
   if (config->max_image_pixels() == 0) config->set_max_image_pixels(preprocess.max_pixels);
+  if (config->transport_memory_bytes() == 0) {
+    config->set_transport_memory_bytes(
+        std::max<uint64_t>(static_cast<uint64_t>(std::max<int64_t>(memory_bytes, 8) / 8),
+                           uint64_t{4} * config->max_message_bytes()));
+  }
+  if (config->max_concurrent_streams() == 0) {
+    config->set_max_concurrent_streams(kDefaultMaxConcurrentStreams);
+  }
   if (config->max_memory_bytes() == 0) {
     config->set_max_memory_bytes(static_cast<uint64_t>(std::max<int64_t>(memory_bytes, 2) / 2));
   }
@@ -185,6 +193,14 @@ absl::Status ValidateServerConfig(const server::ServerConfig& config) {
   }
   if (config.preprocess_threads() > 256) {
     return absl::InvalidArgumentError("preprocess_threads must be <= 256");
+  }
+  if (config.max_message_bytes() > static_cast<uint32_t>(INT32_MAX)) {
+    return absl::InvalidArgumentError("max_message_bytes must be < 2 GiB");
+  }
+  if (config.transport_memory_bytes() < config.max_message_bytes()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("transport_memory_bytes (", config.transport_memory_bytes(),
+                     ") must be at least max_message_bytes (", config.max_message_bytes(), ")"));
   }
   return absl::OkStatus();
 }

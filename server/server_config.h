@@ -15,6 +15,8 @@ namespace convnext::server {
 
 // The default of ServerConfig.max_message_bytes: the largest request message accepted.
 inline constexpr uint32_t kDefaultMaxMessageBytes = 64 << 20;
+// The default of ServerConfig.max_concurrent_streams: calls at once on one client connection.
+inline constexpr uint32_t kDefaultMaxConcurrentStreams = 256;
 
 // Parses a protobuf text-format ServerConfig file. Relative checkpoint and labels paths in it are
 // taken relative to the file's directory.

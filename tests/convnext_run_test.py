@@ -91,6 +91,30 @@ class ConvNeXtRunTest(unittest.TestCase):
         self.assert_fails(["--checkpoint", data("custom.safetensors"), empty], 1,
                           "cannot decode image")
 
+    def test_checkpoint_bombs_fail_with_one_line_and_bounded_memory(self):
+        """A few bytes of file that claim gigabytes of tensor: refused before it is materialised."""
+        import json
+        import resource
+        import struct
+
+        import torch
+        # A stride-0 view: one stored float standing for 2^31 of them (8 GB if materialised).
+        expanded = self.out("expanded.pth")
+        torch.save({"stem.0.weight": torch.zeros(1).expand(2 ** 31)}, expanded)
+        self.assert_fails(["--checkpoint", expanded, "--input", data("tiny.input.npy")], 1,
+                          "its view repeats its storage")
+        # safetensors entries sharing bytes.
+        header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                             "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+        overlapping = self.out("overlap.safetensors")
+        with open(overlapping, "wb") as f:
+            f.write(struct.pack("<Q", len(header)) + header + bytes(8))
+        self.assert_fails(["--checkpoint", overlapping, "--input", data("tiny.input.npy")], 1,
+                          "tensors a and b overlap")
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"\npeak RSS of convnext-run over this test: {peak_mb:.0f} MB")
+        self.assertLess(peak_mb, 2048)
+
     def test_usage_errors_exit_2(self):
         self.assert_fails(["--input", data("tiny.input.npy")], 2, "usage:")
         self.assert_fails(["--checkpoint", data("tiny.safetensors")], 2, "usage:")
