@@ -62,9 +62,7 @@ std::map<std::string, std::vector<int64_t>> Shapes(const StateDict& weights) {
   return shapes;
 }
 
-}  // namespace
-
-absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
+absl::StatusOr<LoadedModel> Load(const LoadOptions& options) {
   LoadedModel loaded;
   ASSIGN_OR_RETURN(StateDict raw, ReadCheckpointFile(options.path, &loaded.format));
   absl::StatusOr<CanonicalWeights> canonical = ToCanonical(std::move(raw));
@@ -86,6 +84,11 @@ absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
     config.num_classes = head == weights.end() || head->second.dim() < 1 ? 0 : head->second.size(0);
     config.stage_norms = weights.count("norm0.weight") > 0;
   }
+  // The architecture is checked before anything is sized from it (a head shape of 2^40 classes
+  // must not size the label list).
+  if (absl::Status s = ValidateArchitecture(config); !s.ok()) {
+    return AnnotateCheckpointError(options.path, s);
+  }
   if (loaded.layout == "huggingface") {
     absl::Status status = ApplyHuggingFaceConfig(options.path, &config, &loaded.labels);
     if (!status.ok()) return AnnotateCheckpointError(options.path, status);
@@ -95,6 +98,19 @@ absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
   if (!model.ok()) return AnnotateCheckpointError(options.path, model.status());
   loaded.model = *std::move(model);
   return loaded;
+}
+
+}  // namespace
+
+absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options) {
+  // Whatever a hostile or broken checkpoint makes the loader allocate, running out of memory is a
+  // one-line error, never an abort.
+  try {
+    return Load(options);
+  } catch (const std::bad_alloc&) {
+    return AnnotateCheckpointError(
+        options.path, absl::ResourceExhaustedError("out of memory while loading the model"));
+  }
 }
 
 }  // namespace convnext
