@@ -5,9 +5,11 @@
 #   docker run -v /path/to/models:/models:ro -p 50051:50051 convnext-serve \
 #       --model tiny=/models/convnext_tiny_1k_224_ema.pth
 #
-# NOT BUILT OR RUN ON OUR MACHINES: they have no Docker engine. Its install and build steps are the
-# scripts CI runs (scripts/install-deps.sh, CMake), and tests/deploy_test.py checks that every
-# port, flag, path and metric name used here and in deploy/ exists in the server.
+# Built and run in CI (scripts/container_test.sh): podman builds this file on a debian:bookworm-slim
+# made locally with debootstrap (the build stage is a bare-machine build), runs the image as its
+# non-root user and checks health, a Classify of the default model, /metrics and a SIGTERM drain.
+# tests/deploy_test.py checks that every port, flag, path and metric name used here and in
+# deploy/ exists in the server.
 #
 # GPU: BASE_IMAGE may name a CUDA image (e.g. nvidia/cuda:12.2.0-runtime-ubuntu22.04) with a
 # CUDA build of LibTorch installed in it; Debian's LibTorch is CPU-only, so that variant needs

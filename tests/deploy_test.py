@@ -1,5 +1,5 @@
-"""The deployment files agree with the server: no Docker engine or Kubernetes cluster runs on our
-machines, so this checks what can be checked. Every YAML parses; every flag the Dockerfile,
+"""The deployment files agree with the server (the image itself is built and run by
+scripts/container_test.sh; no Kubernetes cluster runs on our machines). Every YAML parses; every flag the Dockerfile,
 compose file and manifests pass exists in the binaries; ports and paths agree with the server's
 defaults and with each other; the metric the autoscaler uses is exported; and the runtime
 packages the image installs cover every library the binaries link.
