@@ -15,7 +15,8 @@
 namespace convnext {
 namespace {
 
-absl::StatusOr<StateDict> ReadAny(const std::string& path, std::string* format) {
+absl::StatusOr<StateDict> ReadAny(const std::string& path, std::string* format,
+                                  uint64_t max_tensor_bytes) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) {
     return errno == ENOENT ? absl::NotFoundError("no such file")
@@ -34,11 +35,11 @@ absl::StatusOr<StateDict> ReadAny(const std::string& path, std::string* format) 
 
   if (absl::StartsWith(prefix, absl::string_view("PK\x03\x04", 4))) {
     if (format != nullptr) *format = "torch.save zip";
-    return ReadTorchZip(path);
+    return ReadTorchZip(path, max_tensor_bytes);
   }
   if (LooksLikeSafetensors(prefix)) {
     if (format != nullptr) *format = "safetensors";
-    return ReadSafetensors(path);
+    return ReadSafetensors(path, max_tensor_bytes);
   }
   // A legacy torch.save file is a bare pickle: PROTO opcode 0x80 and a protocol number.
   if (prefix.size() >= 2 && static_cast<unsigned char>(prefix[0]) == 0x80 && prefix[1] >= 2 &&
@@ -57,8 +58,16 @@ absl::Status AnnotateCheckpointError(const std::string& path, const absl::Status
   return absl::Status(status.code(), absl::StrCat("checkpoint '", path, "': ", status.message()));
 }
 
-absl::StatusOr<StateDict> ReadCheckpointFile(const std::string& path, std::string* format) {
-  absl::StatusOr<StateDict> result = ReadAny(path, format);
+absl::Status CheckTensorBytes(uint64_t bytes, uint64_t max_bytes) {
+  if (bytes <= max_bytes) return absl::OkStatus();
+  return absl::ResourceExhaustedError(
+      absl::StrCat("its tensors hold ", bytes, " bytes, more than the limit of ", max_bytes,
+                   " bytes for one checkpoint (max_checkpoint_bytes); nothing was read"));
+}
+
+absl::StatusOr<StateDict> ReadCheckpointFile(const std::string& path, std::string* format,
+                                             uint64_t max_tensor_bytes) {
+  absl::StatusOr<StateDict> result = ReadAny(path, format, max_tensor_bytes);
   if (!result.ok()) return AnnotateCheckpointError(path, result.status());
   return result;
 }

@@ -9,6 +9,7 @@
 #ifndef CONVNEXT_CHECKPOINT_CHECKPOINT_FILE_H_
 #define CONVNEXT_CHECKPOINT_CHECKPOINT_FILE_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
@@ -18,8 +19,10 @@
 namespace convnext {
 
 // Reads every tensor of a checkpoint file under its own names. `format` (optional) receives the
-// container format: "safetensors" or "torch.save zip".
-absl::StatusOr<StateDict> ReadCheckpointFile(const std::string& path, std::string* format);
+// container format: "safetensors" or "torch.save zip". RESOURCE_EXHAUSTED, before any tensor is
+// copied, if the tensors would hold more than `max_tensor_bytes`.
+absl::StatusOr<StateDict> ReadCheckpointFile(const std::string& path, std::string* format,
+                                             uint64_t max_tensor_bytes = kDefaultMaxCheckpointBytes);
 
 // Prefixes `status`'s message with "checkpoint '<path>': ", keeping its code.
 absl::Status AnnotateCheckpointError(const std::string& path, const absl::Status& status);

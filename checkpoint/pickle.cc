@@ -23,6 +23,9 @@ const Value* Value::Find(absl::string_view key) const {
 
 namespace {
 
+// What one memo entry costs in the unordered_map (node, key, value, bucket), for Charge.
+constexpr size_t kMemoEntryBytes = 48;
+
 // Modules whose globals can run code, read files or reach the network: no checkpoint needs any.
 constexpr const char* kRefusedModules[] = {
     "os",         "posix",     "nt",        "subprocess", "sys",       "shutil",
@@ -85,10 +88,24 @@ class Unpickler {
         absl::StrCat("malformed pickle at byte ", op_pos_, ": ", what));
   }
 
+  // Counts `bytes` against Limits::max_bytes: every value, string and copied item list is charged,
+  // so that a few bytes of pickle that copy a large list many times (a set or a call built from
+  // a memoized tuple) are refused instead of exhausting memory.
+  absl::Status Charge(size_t bytes) {
+    bytes_ += bytes;
+    if (bytes_ > limits_.max_bytes) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("pickle at byte ", op_pos_, " would need more than ", limits_.max_bytes,
+                       " bytes of memory (the unpickler's limit); nothing was loaded"));
+    }
+    return absl::OkStatus();
+  }
+
   absl::StatusOr<Value*> New(Kind kind) {
     if (result_->arena_.size() >= limits_.max_values) {
       return Error(absl::StrCat("more than ", limits_.max_values, " values"));
     }
+    RETURN_IF_ERROR(Charge(sizeof(Value) + sizeof(std::unique_ptr<Value>)));
     result_->arena_.push_back(std::make_unique<Value>());
     Value* v = result_->arena_.back().get();
     v->kind = kind;
@@ -158,6 +175,7 @@ class Unpickler {
   }
 
   absl::Status PushText(Kind kind, absl::string_view s) {
+    RETURN_IF_ERROR(Charge(s.size()));
     ASSIGN_OR_RETURN(Value * x, New(kind));
     x->text = std::string(s);
     stack_.push_back(x);
@@ -186,6 +204,7 @@ class Unpickler {
   absl::Status Memoize(uint64_t index) {
     ASSIGN_OR_RETURN(Value * top, Top());
     if (memo_.size() >= limits_.max_values) return Error("memo too large");
+    RETURN_IF_ERROR(Charge(kMemoEntryBytes));
     memo_[index] = top;
     return absl::OkStatus();
   }
@@ -204,12 +223,14 @@ class Unpickler {
       if (dict->kind == Kind::kObject) return absl::OkStatus();
       return Error("SETITEM on a value that is not a dict");
     }
+    RETURN_IF_ERROR(Charge(kv.size() / 2 * sizeof(dict->entries[0])));
     for (size_t i = 0; i < kv.size(); i += 2) dict->entries.emplace_back(kv[i], kv[i + 1]);
     return absl::OkStatus();
   }
 
   absl::Status Append(Value* list, const std::vector<Value*>& items) {
     if (list->kind == Kind::kList || list->kind == Kind::kSet) {
+      RETURN_IF_ERROR(Charge(items.size() * sizeof(Value*)));
       list->items.insert(list->items.end(), items.begin(), items.end());
       return absl::OkStatus();
     }
@@ -243,6 +264,7 @@ class Unpickler {
     if (name == "builtins.set" || name == "builtins.frozenset" || name == "__builtin__.set") {
       ASSIGN_OR_RETURN(Value * set, New(Kind::kSet));
       if (!a.empty() && (a[0]->kind == Kind::kList || a[0]->kind == Kind::kTuple)) {
+        RETURN_IF_ERROR(Charge(a[0]->items.size() * sizeof(Value*)));
         set->items = a[0]->items;
       }
       return set;
@@ -270,6 +292,7 @@ class Unpickler {
     }
     // Anything else: an inert placeholder remembering what it was.
     ASSIGN_OR_RETURN(Value * obj, New(Kind::kObject));
+    RETURN_IF_ERROR(Charge(a.size() * sizeof(Value*)));
     obj->text = name.empty() ? "<call of a non-global>" : name;
     obj->items = a;
     return obj;
@@ -575,6 +598,7 @@ class Unpickler {
 
   const absl::string_view data_;
   const Limits limits_;
+  size_t bytes_ = 0;  // Charged so far (see Charge).
   std::unique_ptr<Unpickled> result_;
   size_t pos_ = 0;
   size_t op_pos_ = 0;

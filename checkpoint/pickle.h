@@ -88,12 +88,16 @@ class Unpickled {
 struct Limits {
   // Values created at most (bounds memory for hostile input).
   size_t max_values = 10'000'000;
+  // Memory the unpickled tree may take at most, counting values, strings and copied item lists.
+  // A checkpoint's data.pkl takes a few hundred bytes per tensor: megabytes at most.
+  size_t max_bytes = size_t{256} << 20;
   // Dimensions of a tensor at most.
   size_t max_dims = 16;
 };
 
-// Unpickles `data`. INVALID_ARGUMENT for malformed input, unsupported opcodes, exceeded limits
-// or a refused global, with the opcode offset in the message.
+// Unpickles `data`. INVALID_ARGUMENT for malformed input, unsupported opcodes, exceeded value or
+// dimension limits or a refused global; RESOURCE_EXHAUSTED past max_bytes; the opcode offset is
+// in the message.
 absl::StatusOr<std::unique_ptr<Unpickled>> Unpickle(absl::string_view data,
                                                     const Limits& limits = Limits());
 

@@ -102,10 +102,13 @@ class MappedFile {
 
 }  // namespace
 
-absl::StatusOr<StateDict> ReadSafetensors(const std::string& path) {
+absl::StatusOr<StateDict> ReadSafetensors(const std::string& path, uint64_t max_tensor_bytes) {
   ASSIGN_OR_RETURN(std::unique_ptr<MappedFile> file, MappedFile::Open(path));
   absl::string_view bytes(file->data(), file->size());
   ASSIGN_OR_RETURN(SafetensorsHeader header, ParseSafetensorsHeader(bytes, file->size()));
+  uint64_t total = 0;  // Cannot overflow: the ranges lie inside the file and do not overlap.
+  for (const SafetensorsEntry& e : header.entries) total += e.end - e.begin;
+  RETURN_IF_ERROR(CheckTensorBytes(total, max_tensor_bytes));
   StateDict tensors;
   try {
     for (const SafetensorsEntry& e : header.entries) {

@@ -22,8 +22,10 @@
 namespace convnext {
 
 // Reads every tensor of the file at `path` into memory owned by the returned tensors (CPU, in the
-// file's dtype).
-absl::StatusOr<StateDict> ReadSafetensors(const std::string& path);
+// file's dtype). RESOURCE_EXHAUSTED, before anything is copied, if the tensors hold more than
+// `max_tensor_bytes` in all.
+absl::StatusOr<StateDict> ReadSafetensors(const std::string& path,
+                                          uint64_t max_tensor_bytes = kDefaultMaxCheckpointBytes);
 
 // Writes `tensors` (any CPU tensors of a supported dtype) to `path`; used by tests and tools.
 absl::Status WriteSafetensors(const std::string& path, const StateDict& tensors);

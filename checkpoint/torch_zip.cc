@@ -5,6 +5,8 @@
 
 #include <map>
 #include <memory>
+#include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -13,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
 #include "checkpoint/pickle.h"
+#include "checkpoint/zip_directory.h"
 
 namespace convnext {
 namespace {
@@ -130,23 +133,86 @@ class StorageLoader {
   std::map<std::string, at::Tensor> storages_;
 };
 
+// The sizes of a torch.save archive's records, from its zip directory. Records live under one
+// top-level folder, named by the first entry, as PyTorchStreamReader finds them.
+class RecordSizes {
+ public:
+  static absl::StatusOr<RecordSizes> Create(ZipDirectory dir) {
+    const size_t slash = dir.first_name.find('/');
+    if (slash == std::string::npos) {
+      return absl::InvalidArgumentError(
+          "is a zip file but not a torch.save checkpoint (its records are not in a folder)");
+    }
+    RecordSizes sizes;
+    sizes.prefix_ = dir.first_name.substr(0, slash + 1);
+    sizes.dir_ = std::move(dir);
+    return sizes;
+  }
+
+  // The bytes that reading record `name` allocates: its declared uncompressed size, which miniz
+  // allocates before inflating (and checks afterwards). For a stored record (torch.save stores
+  // every record) it lies inside the file; a deflated one can claim anything, so it is what the
+  // caller's caps must be checked against.
+  absl::StatusOr<uint64_t> Size(const std::string& name) const {
+    auto it = dir_.entries.find(prefix_ + name);
+    if (it == dir_.entries.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("record ", name, " is missing"));
+    }
+    return it->second.uncompressed_size;
+  }
+
+ private:
+  RecordSizes() = default;
+  std::string prefix_;
+  ZipDirectory dir_;
+};
+
 }  // namespace
 
-absl::StatusOr<StateDict> ReadTorchZip(const std::string& path) {
+absl::StatusOr<StateDict> ReadTorchZip(const std::string& path, uint64_t max_tensor_bytes) {
+  // Every record is sized from the directory before LibTorch's reader allocates it.
+  absl::StatusOr<ZipDirectory> dir = ReadZipDirectory(path);
+  if (!dir.ok()) {
+    return absl::Status(dir.status().code(), absl::StrCat("is a damaged or truncated zip file: ",
+                                                          dir.status().message()));
+  }
+  ASSIGN_OR_RETURN(RecordSizes sizes, RecordSizes::Create(*std::move(dir)));
   try {
     caffe2::serialize::PyTorchStreamReader reader(path);
     if (!reader.hasRecord("data.pkl")) {
       return absl::InvalidArgumentError(
           "is a zip file but not a torch.save checkpoint (no data.pkl)");
     }
+    const pickle::Limits limits;
+    ASSIGN_OR_RETURN(uint64_t pkl_bytes, sizes.Size("data.pkl"));
+    if (pkl_bytes > limits.max_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("data.pkl has ", pkl_bytes,
+                                                       " bytes, more than the limit of ",
+                                                       limits.max_bytes, " for the pickle"));
+    }
     auto [pkl, pkl_size] = reader.getRecord("data.pkl");
     absl::StatusOr<std::unique_ptr<pickle::Unpickled>> unpickled =
-        pickle::Unpickle(absl::string_view(static_cast<const char*>(pkl.get()), pkl_size));
+        pickle::Unpickle(absl::string_view(static_cast<const char*>(pkl.get()), pkl_size), limits);
     if (!unpickled.ok()) {
       return absl::Status(unpickled.status().code(),
                           absl::StrCat("data.pkl: ", unpickled.status().message()));
     }
     ASSIGN_OR_RETURN(const Value* sd, FindStateDict((*unpickled)->root()));
+    // What the state dict's storages hold in all, before any of them is read.
+    std::set<std::string> keys;
+    uint64_t total = 0;
+    for (const auto& [key, value] : sd->entries) {
+      if (key->kind != Value::Kind::kString || value->kind != Value::Kind::kTensor) continue;
+      const std::string& storage = value->tensor.storage.key;
+      if (!keys.insert(storage).second) continue;
+      absl::StatusOr<uint64_t> bytes = sizes.Size("data/" + storage);
+      if (!bytes.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("tensor ", key->text, ": ",
+                                                       bytes.status().message()));
+      }
+      total += *bytes;  // Cannot overflow: each record lies inside the file.
+    }
+    RETURN_IF_ERROR(CheckTensorBytes(total, max_tensor_bytes));
     StorageLoader storages(&reader);
     StateDict tensors;
     for (const auto& [key, value] : sd->entries) {
@@ -158,6 +224,8 @@ absl::StatusOr<StateDict> ReadTorchZip(const std::string& path) {
   } catch (const c10::Error& e) {
     return absl::InvalidArgumentError(
         absl::StrCat("is a damaged or truncated zip file: ", e.what_without_backtrace()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError("out of memory while reading its tensors");
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat("cannot be read as a zip file: ", e.what()));
   }

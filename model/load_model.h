@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/state_dict.h"
 #include "model/convnext.h"
 
 namespace convnext {
@@ -26,6 +27,9 @@ struct LoadOptions {
   // dims and num_classes from the tensor shapes. num_classes always comes from the checkpoint.
   std::string variant;
   ModelOptions model;
+  // The most bytes the checkpoint's tensors may hold (checkpoint/state_dict.h), checked before
+  // any tensor is read.
+  uint64_t max_checkpoint_bytes = kDefaultMaxCheckpointBytes;
 };
 
 struct LoadedModel {

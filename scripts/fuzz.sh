@@ -10,7 +10,7 @@ seconds="${1:-20}"
 CC=clang CXX=clang++ cmake -S fuzz -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-fuzz >/dev/null
 mkdir -p build-fuzz/findings
-for target in pickle safetensors_header image_header config request; do
+for target in pickle zip_directory safetensors_header image_header config request; do
   work="build-fuzz/corpus/$target"
   mkdir -p "$work"
   log="build-fuzz/$target.log"

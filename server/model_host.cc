@@ -84,6 +84,7 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   load.path = config.checkpoint();
   load.variant = config.variant();
   load.model.cpu_fast_path = !config.disable_cpu_fast_path();
+  load.max_checkpoint_bytes = config.max_checkpoint_bytes();
   absl::StatusOr<c10::Device> device = ParseDevice(config.device());
   if (!device.ok()) return annotate(device.status());
   load.model.device = *device;

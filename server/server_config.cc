@@ -3,6 +3,7 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 #include <set>
@@ -11,6 +12,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "checkpoint/state_dict.h"
 #include "image/preprocess_config.h"
 #include "server/batch_queue.h"
 
@@ -112,6 +114,11 @@ void NormalizeConfig(server::ServerConfig* config, int cores, int64_t memory_byt
   }
   for (server::ModelConfig& m : *config->mutable_model()) {
     if (m.device().empty()) m.set_device("cpu");
+    if (m.max_checkpoint_bytes() == 0) {
+      m.set_max_checkpoint_bytes(std::min<uint64_t>(
+          kDefaultMaxCheckpointBytes,
+          static_cast<uint64_t>(std::max<int64_t>(memory_bytes, 2) / 2)));
+    }
     server::PreprocessingConfig* p = m.mutable_preprocessing();
     if (p->size() == 0) p->set_size(preprocess.size);
     if (p->crop_pct() == 0) p->set_crop_pct(static_cast<float>(DefaultCropPct(p->size())));

@@ -4,11 +4,15 @@ Run by ctest (tests/CMakeLists.txt), which sets CONVNEXT_BIN and CONVNEXT_TESTDA
 """
 import os
 import subprocess
+import sys
 import tempfile
 import unittest
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "python"))
+import checkpoint_bombs  # noqa: E402
 
 BIN = os.path.join(os.environ.get("CONVNEXT_BIN", "build/bin"), "convnext-run")
 DATA = os.environ.get("CONVNEXT_TESTDATA", "build/testdata")
@@ -92,28 +96,17 @@ class ConvNeXtRunTest(unittest.TestCase):
                           "cannot decode image")
 
     def test_checkpoint_bombs_fail_with_one_line_and_bounded_memory(self):
-        """A few bytes of file that claim gigabytes of tensor: refused before it is materialised."""
-        import json
-        import resource
-        import struct
-
-        import torch
-        # A stride-0 view: one stored float standing for 2^31 of them (8 GB if materialised).
-        expanded = self.out("expanded.pth")
-        torch.save({"stem.0.weight": torch.zeros(1).expand(2 ** 31)}, expanded)
-        self.assert_fails(["--checkpoint", expanded, "--input", data("tiny.input.npy")], 1,
-                          "its view repeats its storage")
-        # safetensors entries sharing bytes.
-        header = json.dumps({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-                             "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
-        overlapping = self.out("overlap.safetensors")
-        with open(overlapping, "wb") as f:
-            f.write(struct.pack("<Q", len(header)) + header + bytes(8))
-        self.assert_fails(["--checkpoint", overlapping, "--input", data("tiny.input.npy")], 1,
-                          "tensors a and b overlap")
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(f"\npeak RSS of convnext-run over this test: {peak_mb:.0f} MB")
-        self.assertLess(peak_mb, 2048)
+        """Files that claim gigabytes of tensor or of pickle: refused before it is spent."""
+        for path, message in checkpoint_bombs.write(self.tmp.name):
+            with self.subTest(os.path.basename(path)):
+                code, stderr, peak_mb = checkpoint_bombs.run_measured(
+                    [BIN, "--checkpoint", path, "--max_checkpoint_bytes",
+                     str(checkpoint_bombs.CAP_BYTES), "--input", data("tiny.input.npy")])
+                print(f"\n{os.path.basename(path)}: exit {code}, peak RSS {peak_mb:.0f} MB")
+                self.assertEqual(code, 1, stderr)
+                self.assertIn(message, stderr)
+                self.assertEqual(len(stderr.strip().splitlines()), 1, stderr)
+                self.assertLess(peak_mb, 1024)
 
     def test_usage_errors_exit_2(self):
         self.assert_fails(["--input", data("tiny.input.npy")], 2, "usage:")

@@ -41,6 +41,8 @@ ABSL_FLAG(std::string, output, "out.npy",
 ABSL_FLAG(bool, features, false, "Write the pooled embedding and the four stage outputs.");
 ABSL_FLAG(int, threads, 0, "Intra-op threads; 0 = one per core.");
 ABSL_FLAG(std::string, device, "cpu", "LibTorch device: cpu, cuda, cuda:1 (only cpu is tested).");
+ABSL_FLAG(uint64_t, max_checkpoint_bytes, convnext::kDefaultMaxCheckpointBytes,
+          "The most bytes the checkpoint's tensors may hold, checked before any is read.");
 
 namespace convnext {
 namespace {
@@ -49,6 +51,7 @@ absl::Status Run(const std::vector<char*>& positional) {
   LoadOptions load;
   load.path = absl::GetFlag(FLAGS_checkpoint);
   load.variant = absl::GetFlag(FLAGS_variant);
+  load.max_checkpoint_bytes = absl::GetFlag(FLAGS_max_checkpoint_bytes);
   int threads = absl::GetFlag(FLAGS_threads);
   SetIntraOpThreads(threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()));
   ASSIGN_OR_RETURN(load.model.device, ParseDevice(absl::GetFlag(FLAGS_device)));
