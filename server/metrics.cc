@@ -21,7 +21,8 @@
 namespace convnext::server {
 namespace {
 
-constexpr const char* kMethodNames[kNumMethods] = {"Classify", "Embed", "ListModels", "GetModel"};
+constexpr const char* kMethodNames[kNumMethods] = {"Classify", "Embed", "ListModels", "GetModel",
+                                                   "ModelInfer"};
 constexpr const char* kCodeNames[kNumStatusCodes] = {
     "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
     "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
@@ -227,6 +228,8 @@ ModelMetrics* Metrics::ForModel(const std::string& model) {
   m->load_seconds = &s->load_seconds->Add({{"model", model}});
   return m.get();
 }
+
+const char* MethodName(Method method) { return kMethodNames[static_cast<int>(method)]; }
 
 void RecordRequest(ModelMetrics* m, Method method, grpc::StatusCode code, int64_t latency_us) {
   if (m == nullptr) return;

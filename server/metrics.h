@@ -32,8 +32,16 @@ class Registry;
 
 namespace convnext::server {
 
-enum class Method { kClassify = 0, kEmbed = 1, kListModels = 2, kGetModel = 3 };
-inline constexpr int kNumMethods = 4;
+// The inference and model-listing calls, of both protocols (ModelInfer: the Open Inference
+// Protocol's).
+enum class Method { kClassify = 0, kEmbed = 1, kListModels = 2, kGetModel = 3, kModelInfer = 4 };
+inline constexpr int kNumMethods = 5;
+// The model label of calls that name no served model: never the requested name, so that hostile
+// names cannot grow the metrics' label set.
+inline constexpr char kUnknownModelLabel[] = "unknown";
+
+// "Classify", "Embed", ...: the `method` label of the metrics and the access log.
+const char* MethodName(Method method);
 inline constexpr int kNumStatusCodes = 17;  // OK .. UNAUTHENTICATED.
 
 // The metrics of one served model (or of "unknown" for calls naming no served model).

@@ -81,6 +81,12 @@ class ModelHost {
 
   // Description and statistics (ListModels / GetModel).
   v1::ModelInfo Info() const;
+  // Loaded, warm and admitting (false once StopAdmitting() was called).
+  bool ready() const { return ready_; }
+  // Class names by index; empty when the model has none.
+  const std::vector<std::string>& labels() const { return labels_; }
+  // The preprocessing the model's encoded and raw images get.
+  const PreprocessConfig& preprocess() const { return preprocess_; }
 
   // Stops admitting: from now on Submit() answers UNAVAILABLE ("shutting down") while what was
   // admitted keeps running. The first step of a graceful shutdown.

@@ -54,6 +54,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   service_options.access_log = options.access_log;
   server->service_ = std::make_unique<ImageModelServiceImpl>(
       server->by_name_, config.default_model(), service_options);
+  server->oip_service_ = std::make_unique<OipServiceImpl>(server->by_name_, options.version);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -80,6 +81,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   // Answers are checked against the same limit at admission (ModelHost::Submit), before any work.
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes()));
   builder.RegisterService(server->service_.get());
+  builder.RegisterService(server->oip_service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
     server->grpc_server_.reset();

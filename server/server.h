@@ -1,7 +1,7 @@
 // Server: the whole serving process in one object. Create() assembles it bottom up: process
 // tuning (intra-op threads), the metrics endpoint, the preprocessing pool, one ModelHost per
-// configured model (loaded and warmed up), the gRPC services (ImageModelService, health,
-// reflection) and the gRPC server; when it returns OK, health says SERVING. Drain() is the one
+// configured model (loaded and warmed up), the gRPC services (ImageModelService, the Open
+// Inference Protocol's GRPCInferenceService, health, reflection) and the gRPC server; when it returns OK, health says SERVING. Drain() is the one
 // shutdown, in this order:
 //
 //   1. health NOT_SERVING; every model stops admitting (new calls: UNAVAILABLE "shutting down");
@@ -35,6 +35,7 @@
 #include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/model_host.h"
+#include "server/oip_service.h"
 #include "server/service.h"
 #include "server/thread_pool.h"
 
@@ -103,6 +104,7 @@ class Server {
   std::vector<std::unique_ptr<ModelHost>> hosts_;
   std::map<std::string, ModelHost*> by_name_;
   std::unique_ptr<ImageModelServiceImpl> service_;
+  std::unique_ptr<OipServiceImpl> oip_service_;  // The Open Inference Protocol, same port.
   std::unique_ptr<grpc::Server> grpc_server_;
 
   absl::Mutex drain_mu_;

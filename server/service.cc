@@ -15,11 +15,6 @@ namespace {
 // Images per request at most: a request is admitted whole, so it must fit a model's queue.
 constexpr int kMaxImagesPerRequest = 1024;
 
-absl::Time DeadlineOf(const grpc::CallbackServerContext* ctx) {
-  if (ctx->raw_deadline().tv_sec == INT64_MAX) return absl::InfiniteFuture();  // No deadline.
-  return absl::FromChrono(ctx->deadline());
-}
-
 absl::Status CheckImages(int count) {
   if (count == 0) return absl::InvalidArgumentError("the request has no images");
   if (count > kMaxImagesPerRequest) {
@@ -28,10 +23,6 @@ absl::Status CheckImages(int count) {
   }
   return absl::OkStatus();
 }
-
-// The label of calls that name no served model: never the requested name, so that hostile
-// names cannot grow the metrics' label set.
-constexpr char kUnknownModel[] = "unknown";
 
 }  // namespace
 
@@ -47,10 +38,9 @@ void ImageModelServiceImpl::Answer(grpc::ServerUnaryReactor* reactor, const std:
   RecordRequest(host != models_.end() ? host->second->metrics() : Metrics::ForModel(model), method,
                 grpc_status.error_code(), latency_us);
   if (options_.access_log) {
-    static constexpr const char* kNames[] = {"Classify", "Embed", "ListModels", "GetModel"};
     Log(status.ok() ? "info" : "warning", "request",
         {{"model", model},
-         {"method", kNames[static_cast<int>(method)]},
+         {"method", MethodName(method)},
          {"request_id", absl::StrCat(next_request_id_++)},
          {"status", absl::StatusCodeToString(status.code())},
          {"latency_us", absl::StrCat(latency_us)},
@@ -68,7 +58,7 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Run(
   const std::string& model = host->name();
   AddInFlight(metrics, 1);
   auto inference = std::make_shared<InferenceRequest>(
-      params, images.size(), DeadlineOf(ctx), ctx, classify, embed,
+      params, images.size(), DeadlineOf(*ctx), ctx, classify, embed,
       [this, reactor, model, method, start, metrics](const absl::Status& s) {
         AddInFlight(metrics, -1);
         Answer(reactor, model, method, start, s);
@@ -107,7 +97,7 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Classify(grpc::CallbackServerCo
   const absl::Time start = absl::Now();
   constexpr Method kMethod = Method::kClassify;
   absl::StatusOr<ModelHost*> host = Find(request->model());
-  if (!host.ok()) return AnswerNow(ctx, kUnknownModel, kMethod, start, host.status());
+  if (!host.ok()) return AnswerNow(ctx, kUnknownModelLabel, kMethod, start, host.status());
   const std::string& model = (*host)->name();
   if (absl::Status s = CheckImages(request->images_size()); !s.ok()) {
     return AnswerNow(ctx, model, kMethod, start, s);
@@ -141,7 +131,7 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerConte
   const absl::Time start = absl::Now();
   constexpr Method kMethod = Method::kEmbed;
   absl::StatusOr<ModelHost*> host = Find(request->model());
-  if (!host.ok()) return AnswerNow(ctx, kUnknownModel, kMethod, start, host.status());
+  if (!host.ok()) return AnswerNow(ctx, kUnknownModelLabel, kMethod, start, host.status());
   const std::string& model = (*host)->name();
   auto fail = [&](const absl::Status& s) { return AnswerNow(ctx, model, kMethod, start, s); };
   if (absl::Status s = CheckImages(request->images_size()); !s.ok()) return fail(s);
@@ -196,7 +186,7 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::GetModel(grpc::CallbackServerCo
                                                           v1::ModelInfo* response) {
   const absl::Time start = absl::Now();
   absl::StatusOr<ModelHost*> host = Find(request->name());
-  if (!host.ok()) return AnswerNow(ctx, kUnknownModel, Method::kGetModel, start, host.status());
+  if (!host.ok()) return AnswerNow(ctx, kUnknownModelLabel, Method::kGetModel, start, host.status());
   *response = (*host)->Info();
   return AnswerNow(ctx, (*host)->name(), Method::kGetModel, start, absl::OkStatus());
 }

@@ -15,4 +15,9 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), message);
 }
 
+absl::Time DeadlineOf(const grpc::CallbackServerContext& ctx) {
+  if (ctx.raw_deadline().tv_sec == INT64_MAX) return absl::InfiniteFuture();  // No deadline.
+  return absl::FromChrono(ctx.deadline());
+}
+
 }  // namespace convnext::server

@@ -1,0 +1,288 @@
+"""The Open Inference Protocol (KServe v2) over gRPC, with the real client: tritonclient from PyPI
+(tests/requirements-oip.txt, installed by scripts/oip-venv.sh), against a running
+convnext-server. Answers are compared with our own protocol's, through the `convnext` CLI, and
+with convnext-run on the same checkpoint.
+
+Run by ctest in the virtual environment, which sets CONVNEXT_BIN and CONVNEXT_TESTDATA.
+"""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import numpy as np
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+BIN = os.environ.get("CONVNEXT_BIN", "build/bin")
+DATA = os.environ.get("CONVNEXT_TESTDATA", "build/testdata")
+# Real photos shipped by Debian's python3-skimage.
+PHOTOS = [os.path.join("/usr/lib/python3/dist-packages/skimage/data", name)
+          for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")]
+
+
+class Server:
+    """A convnext-server process on a free loopback port."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "convnext-server"), "--host", "127.0.0.1", "--port", "0",
+             "--metrics_host", "127.0.0.1", "--metrics_port", "0", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines, self.port = [], None
+        deadline = time.time() + 180
+        while time.time() < deadline and self.port is None:
+            line = self.proc.stderr.readline()
+            if not line:
+                break
+            self.lines.append(line)
+            match = re.search(r"event=serving .* port=(\d+) metrics_port=(\d+)", line)
+            if match:
+                self.port, self.metrics_port = int(match.group(1)), int(match.group(2))
+        if self.port is None:
+            self.proc.kill()
+            raise RuntimeError("server did not start: " + "".join(self.lines))
+        threading.Thread(target=lambda: [self.lines.append(x) for x in self.proc.stderr],
+                         daemon=True).start()
+
+    def requests_total(self, code):
+        """convnext_requests_total for model tiny, method ModelInfer and `code`."""
+        import urllib.request
+        page = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
+                                      timeout=10).read().decode()
+        for line in page.splitlines():
+            if (line.startswith("convnext_requests_total{") and 'model="tiny"' in line and
+                    'method="ModelInfer"' in line and f'code="{code}"' in line):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def stop(self):
+        self.proc.terminate()
+        return self.proc.wait(timeout=60)
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class OipTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.checkpoint = os.path.join(DATA, "tiny.safetensors")
+        cls.server = Server("--model", f"tiny={cls.checkpoint}")
+        cls.target = f"127.0.0.1:{cls.server.port}"
+        cls.client = triton.InferenceServerClient(cls.target)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        code = cls.server.stop()
+        if code != 0:
+            raise AssertionError(f"convnext-server exited {code}: {''.join(cls.server.lines)}")
+
+    def cli(self, *args):
+        r = subprocess.run([os.path.join(BIN, "convnext"), "--target", self.target, *args],
+                           capture_output=True, text=True, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def images_input(self, paths):
+        data = np.array([read(p) for p in paths], dtype=np.object_)
+        image = triton.InferInput("IMAGE", [len(paths)], "BYTES")
+        image.set_data_from_numpy(data)
+        return image
+
+    def test_wire_compatible_with_the_proto_tritonclient_ships(self):
+        """Every message, field number, type and RPC of our .proto is Triton's (a superset)."""
+        from google.protobuf import descriptor_pb2
+        from tritonclient.grpc import service_pb2
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proto")
+        with tempfile.TemporaryDirectory() as out:
+            desc = os.path.join(out, "oip.desc")
+            subprocess.run(["protoc", f"--proto_path={root}", f"--descriptor_set_out={desc}",
+                            "inference/open_inference.proto"], check=True, timeout=60)
+            files = descriptor_pb2.FileDescriptorSet.FromString(read(desc))
+        ours = files.file[0]
+        self.assertEqual(ours.package, "inference")
+        triton_file = service_pb2.DESCRIPTOR
+
+        def compare(message, theirs, path):
+            for field in message.field:
+                other = theirs.fields_by_name.get(field.name)
+                self.assertIsNotNone(other, f"{path}.{field.name}")
+                self.assertEqual((field.number, field.type), (other.number, other.type),
+                                 f"{path}.{field.name}")
+                self.assertEqual(field.label == field.LABEL_REPEATED, other.is_repeated,
+                                 f"{path}.{field.name}")
+            for nested in message.nested_type:
+                if not nested.options.map_entry:
+                    compare(nested, theirs.nested_types_by_name[nested.name],
+                            f"{path}.{nested.name}")
+
+        for message in ours.message_type:
+            compare(message, triton_file.message_types_by_name[message.name], message.name)
+        service = ours.service[0]
+        self.assertEqual(service.name, "GRPCInferenceService")
+        theirs = triton_file.services_by_name[service.name]
+        for method in service.method:
+            other = theirs.methods_by_name[method.name]
+            self.assertEqual((method.input_type, method.output_type),
+                             ("." + other.input_type.full_name, "." + other.output_type.full_name))
+        self.assertEqual(len(ours.message_type), 14)
+
+    def test_health_and_metadata(self):
+        self.assertTrue(self.client.is_server_live())
+        self.assertTrue(self.client.is_server_ready())
+        self.assertTrue(self.client.is_model_ready("tiny"))
+        self.assertTrue(self.client.is_model_ready("tiny", "1"))
+        self.assertFalse(self.client.is_model_ready("tiny", "2"))
+        self.assertFalse(self.client.is_model_ready("nope"))
+        server = self.client.get_server_metadata(as_json=True)
+        self.assertEqual(server["name"], "convnext-serve")
+        self.assertIn("classification", server["extensions"])
+        meta = self.client.get_model_metadata("tiny", as_json=True)
+        self.assertEqual(meta["versions"], ["1"])
+        self.assertEqual([(t["name"], t["datatype"]) for t in meta["inputs"]],
+                         [("IMAGE", "BYTES"), ("PIXELS", "UINT8"), ("TENSOR", "FP32")])
+        self.assertEqual([t["name"] for t in meta["outputs"]],
+                         ["probabilities", "embedding", "stage1", "stage2", "stage3", "stage4"])
+        self.assertEqual(meta["outputs"][0]["shape"], ["-1", "1000"])
+        self.assertEqual(meta["outputs"][1]["shape"], ["-1", "768"])
+        with self.assertRaises(InferenceServerException) as e:
+            self.client.get_model_metadata("nope")
+        self.assertIn("NOT_FOUND", e.exception.status())
+
+    def test_classify_real_photos_like_our_own_protocol(self):
+        ours = json.loads(self.cli("classify", *PHOTOS, "--model", "tiny", "--top_k", "5",
+                                   "--json"))
+        top5 = [[c["index"] for c in r["classes"]] for r in ours["results"]]
+        # Every class's probability, dense.
+        result = self.client.infer("tiny", [self.images_input(PHOTOS)],
+                                   outputs=[triton.InferRequestedOutput("probabilities")],
+                                   request_id="photos-1")
+        self.assertEqual(result.get_response().id, "photos-1")
+        probabilities = result.as_numpy("probabilities")
+        self.assertEqual(probabilities.shape, (len(PHOTOS), 1000))
+        self.assertEqual([list(np.argsort(-p, kind="stable")[:5]) for p in probabilities], top5)
+        for p, r in zip(probabilities, ours["results"]):
+            self.assertAlmostEqual(float(p.sum()), 1.0, places=4)
+            for c in r["classes"]:
+                self.assertAlmostEqual(float(p[c["index"]]), c["score"], places=6)
+        # The classification extension: top 5 as "score:index".
+        result = self.client.infer("tiny", [self.images_input(PHOTOS)], outputs=[
+            triton.InferRequestedOutput("probabilities", class_count=5)])
+        classes = result.as_numpy("probabilities")
+        self.assertEqual(classes.shape, (len(PHOTOS), 5))
+        self.assertEqual([[int(x.decode().split(":")[1]) for x in row] for row in classes], top5)
+
+    def test_embeddings_and_stage_maps_like_our_own_protocol(self):
+        names = ["embedding"] + [f"stage{s}" for s in range(1, 5)]
+        result = self.client.infer("tiny", [self.images_input(PHOTOS[:2])], outputs=[
+            triton.InferRequestedOutput(n) for n in names])
+        with tempfile.TemporaryDirectory() as out:
+            for i, photo in enumerate(PHOTOS[:2]):
+                self.cli("embed", photo, "--model", "tiny", "--stages", "1,2,3,4", "--out", out)
+                stem = os.path.join(out, os.path.splitext(os.path.basename(photo))[0])
+                for name in names:
+                    ours = np.load(f"{stem}.{name}.npy")
+                    theirs = result.as_numpy(name)[i]
+                    self.assertEqual(theirs.shape, ours.shape, name)
+                    self.assertLessEqual(float(np.abs(theirs - ours).max()), 1e-5, name)
+        self.assertEqual(result.as_numpy("stage1").shape, (2, 96, 56, 56))
+
+    def test_fp32_and_fp16_tensors(self):
+        rng = np.random.default_rng(7)
+        x = rng.standard_normal((1, 3, 224, 224), dtype=np.float32)
+        with tempfile.TemporaryDirectory() as out:
+            outputs = {}
+            for dtype in (np.float32, np.float16):
+                values = x.astype(dtype)
+                np.save(os.path.join(out, "x.npy"), values.astype(np.float32))
+                r = subprocess.run([os.path.join(BIN, "convnext-run"), "--checkpoint",
+                                    self.checkpoint, "--input", os.path.join(out, "x.npy"),
+                                    "--output", os.path.join(out, "ref.npy"), "--features"],
+                                   capture_output=True, text=True, timeout=300)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                reference = np.load(os.path.join(out, "ref.embedding.npy"))
+                tensor = triton.InferInput("TENSOR", list(values.shape),
+                                           "FP32" if dtype == np.float32 else "FP16")
+                tensor.set_data_from_numpy(values)
+                result = self.client.infer("tiny", [tensor], outputs=[
+                    triton.InferRequestedOutput("embedding")])
+                outputs[dtype] = result.as_numpy("embedding")
+                self.assertEqual(outputs[dtype].shape, (1, 768))
+                self.assertLessEqual(float(np.abs(outputs[dtype] - reference).max()), 1e-4)
+
+    def test_pixels(self):
+        # The photo's pixels, decoded by Debian's PIL (the virtual environment has none).
+        with tempfile.TemporaryDirectory() as out:
+            npy = os.path.join(out, "pixels.npy")
+            subprocess.run(["/usr/bin/python3", "-c",
+                            "import sys, numpy; from PIL import Image; numpy.save(sys.argv[2], "
+                            "numpy.asarray(Image.open(sys.argv[1]).convert('RGB')))",
+                            PHOTOS[0], npy], check=True, timeout=60)
+            pixels = np.load(npy)[None]
+        image = triton.InferInput("PIXELS", list(pixels.shape), "UINT8")
+        image.set_data_from_numpy(pixels)
+        theirs = self.client.infer("tiny", [image]).as_numpy("probabilities")
+        ours = self.client.infer("tiny", [self.images_input(PHOTOS[:1])]).as_numpy(
+            "probabilities")
+        # A PNG decodes to the same pixels: the same answer.
+        self.assertLessEqual(float(np.abs(theirs - ours).max()), 1e-6)
+
+    def test_bad_requests_get_clear_errors(self):
+        def fails(code, text, *args, **kwargs):
+            with self.assertRaises(InferenceServerException) as e:
+                self.client.infer(*args, **kwargs)
+            self.assertIn(code, e.exception.status())
+            self.assertIn(text, e.exception.message())
+
+        image = self.images_input(PHOTOS[:1])
+        before = self.server.requests_total("INVALID_ARGUMENT")
+        fails("NOT_FOUND", "no model named 'nope'", "nope", [image])
+        fails("NOT_FOUND", "has no version '7'", "tiny", [image], model_version="7")
+        garbage = triton.InferInput("IMAGE", [1], "BYTES")
+        garbage.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
+        fails("INVALID_ARGUMENT", "image 0", "tiny", [garbage])
+        wrong = triton.InferInput("TENSOR", [1, 3, 8, 8], "INT32")
+        wrong.set_data_from_numpy(np.zeros((1, 3, 8, 8), dtype=np.int32))
+        fails("INVALID_ARGUMENT", "expected FP32 or FP16", "tiny", [wrong])
+        fails("INVALID_ARGUMENT", "has no output 'logits'", "tiny", [image],
+              outputs=[triton.InferRequestedOutput("logits")])
+        fails("INVALID_ARGUMENT", "classification = 5000", "tiny", [image],
+              outputs=[triton.InferRequestedOutput("probabilities", class_count=5000)])
+        # Counted under the model, as ModelInfer; the server is unharmed.
+        self.assertEqual(self.server.requests_total("INVALID_ARGUMENT") - before, 4)
+        self.assertTrue(self.client.is_server_ready())
+        ok = self.server.requests_total("OK")
+        self.client.infer("tiny", [image])
+        self.assertEqual(self.server.requests_total("OK") - ok, 1)
+
+
+class ReadmeSnippetTest(unittest.TestCase):
+    def test_the_readme_tritonclient_snippet_runs(self):
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        with open(os.path.join(root, "README.md")) as f:
+            readme = f.read()
+        section = readme[readme.index("## Using Triton and KServe clients"):]
+        snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+        server = Server()  # The default model, as the README's first command serves it.
+        try:
+            r = subprocess.run([sys.executable, "-c", snippet.replace(
+                "localhost:50051", f"127.0.0.1:{server.port}")], cwd=root, capture_output=True,
+                text=True, timeout=120)
+        finally:
+            self.assertEqual(server.stop(), 0)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        print("\n" + r.stdout.strip())
+        self.assertRegex(r.stdout, r"\[\[b'0\.9\d*:3:digit 3' b'0\.0\d*:\d:digit \d'\]\]")
+
+if __name__ == "__main__":
+    unittest.main()
