@@ -27,12 +27,14 @@ namespace convnext::server {
 
 class InferenceRequest {
  public:
-  enum class Kind { kClassify, kEmbed };
+  // kClassifyAndEmbed (Open Inference Protocol requests that ask for probabilities with the
+  // embedding or stage maps) computes both from one forward pass and fills both responses.
+  enum class Kind { kClassify, kEmbed, kClassifyAndEmbed };
 
   // What to compute for each image. Validated by the service before the request is created.
   struct Params {
     Kind kind = Kind::kClassify;
-    int top_k = 5;
+    int top_k = 5;  // kClassify and kClassifyAndEmbed.
     bool include_embedding = false;
     bool normalize = false;
     std::vector<int> stages;  // 1-based.
@@ -44,7 +46,8 @@ class InferenceRequest {
   using DoneFn = std::function<void(const absl::Status&)>;
 
   // `ctx` (may be null in tests) is polled for cancellation; `classify`/`embed` is the response
-  // being filled (one of them, matching params.kind).
+  // being filled (matching params.kind: one of them, or both for kClassifyAndEmbed; the timings go
+  // into `classify` when both are given).
   InferenceRequest(Params params, int num_images, absl::Time deadline,
                    grpc::CallbackServerContext* ctx, v1::ClassifyResponse* classify,
                    v1::EmbedResponse* embed, DoneFn done)

@@ -49,18 +49,19 @@ absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path, int
   return labels;
 }
 
-// Classify and Embed images batch apart (they ask for different outputs), and only images of one
+bool Classifies(InferenceRequest::Kind kind) { return kind != InferenceRequest::Kind::kEmbed; }
+bool Embeds(InferenceRequest::Kind kind) { return kind != InferenceRequest::Kind::kClassify; }
+
+// Images of different kinds batch apart (they ask for different outputs), and only images of one
 // input shape share a batch.
 std::string BatchKey(InferenceRequest::Kind kind, const at::Tensor& input) {
-  return absl::StrCat(kind == InferenceRequest::Kind::kClassify ? "classify:" : "embed:",
-                      BatchShapeKey(input));
+  return absl::StrCat(static_cast<int>(kind), ":", BatchShapeKey(input));
 }
 
 ImageRequest ToImageRequest(const InferenceRequest::Params& p) {
   ImageRequest r;
-  if (p.kind == InferenceRequest::Kind::kClassify) {
-    r.top_k = p.top_k;
-  } else {
+  if (Classifies(p.kind)) r.top_k = p.top_k;
+  if (Embeds(p.kind)) {
     r.embedding = p.include_embedding;
     r.normalize = p.normalize;
     r.stages = p.stages;
@@ -319,7 +320,7 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
 }
 
 void ModelHost::WriteResult(const Work& w, ImageOutputs& o) const {
-  if (w.request->params().kind == InferenceRequest::Kind::kClassify) {
+  if (Classifies(w.request->params().kind)) {
     w.request->Fill([&](v1::ClassifyResponse* r, v1::EmbedResponse*) {
       v1::Classification* c = r->mutable_results(w.index);
       for (size_t k = 0; k < o.class_indices.size(); ++k) {
@@ -330,7 +331,8 @@ void ModelHost::WriteResult(const Work& w, ImageOutputs& o) const {
         if (index < static_cast<int64_t>(labels_.size())) score->set_label(labels_[index]);
       }
     });
-  } else {
+  }
+  if (Embeds(w.request->params().kind)) {
     v1::Embedding result;
     if (!o.embedding.shape.empty()) ToProto(std::move(o.embedding), result.mutable_embedding());
     for (OutputTensor& stage : o.stages) ToProto(std::move(stage), result.add_stages());

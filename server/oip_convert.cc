@@ -317,30 +317,28 @@ absl::StatusOr<OipCall> ToOipCall(const ModelInferRequest& request, const OipMod
           "model '", model.name, "' is a detection backbone: ask for stage1..stage4 outputs"));
     }
   }
-  const bool classify = call.outputs[0].name == "probabilities";
-  if (call.outputs.size() > 1 && seen.count("probabilities") > 0) {
-    return absl::InvalidArgumentError(
-        "probabilities cannot be asked for with embedding or stage outputs in one request; "
-        "send two requests");
-  }
+  // Everything asked for comes from one forward pass.
   InferenceRequest::Params& p = call.params;
-  if (classify) {
-    p.kind = InferenceRequest::Kind::kClassify;
-    p.top_k = call.outputs[0].classification > 0 ? call.outputs[0].classification
-                                                 : static_cast<int>(model.num_classes);
-  } else {
-    p.kind = InferenceRequest::Kind::kEmbed;
-    p.normalize = normalize;
-    p.dtype = v1::FP32;
-    p.resize = v1::CLASSIFICATION;
-    for (const OipOutput& o : call.outputs) {
-      if (o.stage > 0) {
-        p.stages.push_back(o.stage);
-      } else {
-        p.include_embedding = true;
-      }
+  bool classify = false;
+  bool embed = false;
+  p.normalize = normalize;
+  p.dtype = v1::FP32;
+  p.resize = v1::CLASSIFICATION;
+  for (const OipOutput& o : call.outputs) {
+    if (o.name == "probabilities") {
+      classify = true;
+      p.top_k = o.classification > 0 ? o.classification : static_cast<int>(model.num_classes);
+    } else if (o.stage > 0) {
+      embed = true;
+      p.stages.push_back(o.stage);
+    } else {
+      embed = true;
+      p.include_embedding = true;
     }
   }
+  p.kind = classify && embed ? InferenceRequest::Kind::kClassifyAndEmbed
+           : classify        ? InferenceRequest::Kind::kClassify
+                             : InferenceRequest::Kind::kEmbed;
   return call;
 }
 
@@ -351,38 +349,39 @@ absl::Status FillInferResponse(const OipCall& call, const OipModel& model,
   auto mismatch = [](const std::string& what) {
     return absl::InternalError(absl::StrCat("the answer does not match the request: ", what));
   };
-  if (call.params.kind == InferenceRequest::Kind::kClassify) {
-    if (classify == nullptr || classify->results_size() != n) return mismatch("classify results");
-    const OipOutput& o = call.outputs[0];
-    std::string* raw = response->add_raw_output_contents();
-    if (o.classification > 0) {
-      AddOutput(o.name, "BYTES", {n, o.classification}, response);
-      for (const v1::Classification& c : classify->results()) {
-        if (c.classes_size() != o.classification) return mismatch("top-k size");
-        for (const v1::ClassScore& s : c.classes()) {
-          std::string text = absl::StrCat(s.score(), ":", s.index());
-          if (!s.label().empty()) absl::StrAppend(&text, ":", s.label());
-          const uint32_t len = static_cast<uint32_t>(text.size());
-          for (int b = 0; b < 4; ++b) raw->push_back(static_cast<char>((len >> (8 * b)) & 0xff));
-          raw->append(text);
+  for (const OipOutput& o : call.outputs) {
+    if (o.name == "probabilities") {
+      if (classify == nullptr || classify->results_size() != n) {
+        return mismatch("classify results");
+      }
+      std::string* raw = response->add_raw_output_contents();
+      if (o.classification > 0) {
+        AddOutput(o.name, "BYTES", {n, o.classification}, response);
+        for (const v1::Classification& c : classify->results()) {
+          if (c.classes_size() != o.classification) return mismatch("top-k size");
+          for (const v1::ClassScore& s : c.classes()) {
+            std::string text = absl::StrCat(s.score(), ":", s.index());
+            if (!s.label().empty()) absl::StrAppend(&text, ":", s.label());
+            const uint32_t len = static_cast<uint32_t>(text.size());
+            for (int b = 0; b < 4; ++b) raw->push_back(static_cast<char>((len >> (8 * b)) & 0xff));
+            raw->append(text);
+          }
+        }
+        continue;
+      }
+      const int64_t classes = model.num_classes;
+      AddOutput(o.name, "FP32", {n, classes}, response);
+      std::vector<float> dense(static_cast<size_t>(n * classes), 0.0f);
+      for (int64_t i = 0; i < n; ++i) {
+        for (const v1::ClassScore& s : classify->results(static_cast<int>(i)).classes()) {
+          if (s.index() < 0 || s.index() >= classes) return mismatch("class index");
+          dense[static_cast<size_t>(i * classes + s.index())] = s.score();
         }
       }
-      return absl::OkStatus();
+      raw->assign(reinterpret_cast<const char*>(dense.data()), dense.size() * sizeof(float));
+      continue;
     }
-    const int64_t classes = model.num_classes;
-    AddOutput(o.name, "FP32", {n, classes}, response);
-    std::vector<float> dense(static_cast<size_t>(n * classes), 0.0f);
-    for (int64_t i = 0; i < n; ++i) {
-      for (const v1::ClassScore& s : classify->results(static_cast<int>(i)).classes()) {
-        if (s.index() < 0 || s.index() >= classes) return mismatch("class index");
-        dense[static_cast<size_t>(i * classes + s.index())] = s.score();
-      }
-    }
-    raw->assign(reinterpret_cast<const char*>(dense.data()), dense.size() * sizeof(float));
-    return absl::OkStatus();
-  }
-  if (embed == nullptr || embed->results_size() != n) return mismatch("embed results");
-  for (const OipOutput& o : call.outputs) {
+    if (embed == nullptr || embed->results_size() != n) return mismatch("embed results");
     // Which tensor of each image's result: the embedding, or the stage's place in params.stages.
     int stage_index = -1;
     if (o.stage > 0) {
@@ -424,7 +423,7 @@ inference::ModelMetadataResponse OipMetadata(const OipModel& model) {
     t->set_datatype(datatype);
     for (int64_t d : shape) t->add_shape(d);
   };
-  add(m.mutable_inputs(), "IMAGE", "BYTES", {-1});
+  add(m.mutable_inputs(), "IMAGE", "BYTES", {-1, 1});
   add(m.mutable_inputs(), "PIXELS", "UINT8", {-1, -1, -1, -1});
   add(m.mutable_inputs(), "TENSOR", "FP32", {-1, 3, -1, -1});
   if (model.num_classes > 0) add(m.mutable_outputs(), "probabilities", "FP32", {-1, model.num_classes});
@@ -437,6 +436,44 @@ inference::ModelMetadataResponse OipMetadata(const OipModel& model) {
     add(m.mutable_outputs(), absl::StrCat("stage", s), "FP32", {-1, channels, -1, -1});
   }
   return m;
+}
+
+inference::ModelConfig OipModelConfig(const OipModel& model) {
+  inference::ModelConfig config;
+  config.set_name(model.name);
+  config.set_platform("convnext-serve");
+  config.set_backend("convnext-serve");
+  config.set_max_batch_size(static_cast<int32_t>(std::min<int64_t>(model.max_queue_size, kMaxImages)));
+  auto input = [&config](const char* name, inference::DataType type,
+                         inference::ModelInput::Format format, std::vector<int64_t> dims,
+                         bool optional) {
+    inference::ModelInput* in = config.add_input();
+    in->set_name(name);
+    in->set_data_type(type);
+    in->set_format(format);
+    for (int64_t d : dims) in->add_dims(d);
+    in->set_optional(optional);
+  };
+  input("IMAGE", inference::TYPE_STRING, inference::ModelInput::FORMAT_NONE, {1}, false);
+  input("PIXELS", inference::TYPE_UINT8, inference::ModelInput::FORMAT_NHWC, {-1, -1, -1}, true);
+  input("TENSOR", inference::TYPE_FP32, inference::ModelInput::FORMAT_NCHW, {3, -1, -1}, true);
+  auto output = [&config](const std::string& name, std::vector<int64_t> dims) {
+    inference::ModelOutput* out = config.add_output();
+    out->set_name(name);
+    out->set_data_type(inference::TYPE_FP32);
+    for (int64_t d : dims) out->add_dims(d);
+  };
+  if (model.num_classes > 0) output("probabilities", {model.num_classes});
+  if (model.has_embedding) output("embedding", {model.dims.empty() ? -1 : model.dims.back()});
+  for (int s = 1; s <= 4; ++s) {
+    output(absl::StrCat("stage", s),
+           {static_cast<int64_t>(model.dims.size()) >= s ? model.dims[s - 1] : -1, -1, -1});
+  }
+  config.mutable_dynamic_batching()->add_preferred_batch_size(
+      static_cast<int32_t>(model.max_batch_size));
+  config.mutable_dynamic_batching()->set_max_queue_delay_microseconds(
+      static_cast<uint64_t>(model.max_queue_delay_us));
+  return config;
 }
 
 }  // namespace convnext::server

@@ -1,13 +1,14 @@
 // The Open Inference Protocol's tensors to and from our own requests and answers: a
 // ModelInferRequest becomes the images and parameters of one Classify or Embed call (so that it
 // goes through the same admission, budgets, batcher and metrics), and that call's answer becomes
-// the ModelInferResponse's output tensors. Pure functions of protos, tested on their own
+// the ModelInferResponse's output tensors (probabilities together with the embedding or stage maps:
+// one call of kind kClassifyAndEmbed, one forward pass). Pure functions of protos, tested on their own
 // (oip_convert_test.cc); the gRPC handlers are oip_service.h.
 //
 // What a model accepts and returns (names, datatypes, shapes) is what ModelMetadata describes,
 // built here too, so that the description and the checks cannot drift apart:
 //   inputs (exactly one per request):
-//     IMAGE   BYTES [N]           encoded images (JPEG, PNG, WebP, BMP, TIFF, PNM), the model's
+//     IMAGE   BYTES [N] or [N, 1] encoded images (JPEG, PNG, WebP, BMP, TIFF, PNM), the model's
 //                                 classification transform applied
 //     PIXELS  UINT8 [N, H, W, C]  raw RGB pixels (C = 3; 1 = gray, 4 = RGBA), same transform
 //     TENSOR  FP32 [N, 3, H, W]   preprocessed, used as is (FP16 accepted too, datatype "FP16")
@@ -17,7 +18,6 @@
 //     embedding      FP32 [N, C4]       pooled, after the final LayerNorm (request parameter
 //                                       `normalize`: true for unit length)
 //     stage1..stage4 FP32 [N, Ci, Hi, Wi] stage feature maps (strides 4, 8, 16, 32)
-//   probabilities and the embedding outputs cannot be asked for in one request.
 #ifndef CONVNEXT_SERVER_OIP_CONVERT_H_
 #define CONVNEXT_SERVER_OIP_CONVERT_H_
 
@@ -41,6 +41,9 @@ struct OipModel {
   std::vector<int64_t> dims;      // Channels per stage.
   int64_t input_size = 224;       // The classification transform's output side.
   const std::vector<std::string>* labels = nullptr;  // May be null or empty.
+  int64_t max_batch_size = 1;      // Images per forward pass (batching.max_batch_size).
+  int64_t max_queue_size = 1;      // Images one request may carry at most.
+  int64_t max_queue_delay_us = 0;  // batching.max_queue_delay_us.
 };
 
 // One output the client asked for.
@@ -64,7 +67,7 @@ absl::StatusOr<OipCall> ToOipCall(const inference::ModelInferRequest& request,
                                   const OipModel& model);
 
 // Fills `response`'s outputs (raw contents, in the order asked) from the answer of `call`:
-// `classify` for a probabilities call, `embed` otherwise. INTERNAL if the answer does not have
+// probabilities from `classify`, the others from `embed` (either may be null when not asked). INTERNAL if the answer does not have
 // the shape the call implies.
 absl::Status FillInferResponse(const OipCall& call, const OipModel& model,
                                const v1::ClassifyResponse* classify,
@@ -73,6 +76,13 @@ absl::Status FillInferResponse(const OipCall& call, const OipModel& model,
 
 // The model's inputs and outputs as ModelMetadata describes them.
 inference::ModelMetadataResponse OipMetadata(const OipModel& model);
+
+// The same as Triton's model configuration (ModelConfig, for tritonclient and perf_analyzer):
+// max_batch_size is the most images one request may carry, dims leave out that batch dimension
+// (IMAGE: [1], one encoded image per row), PIXELS and TENSOR are marked optional since a request
+// carries exactly one of the three inputs, the outputs are ModelMetadata's, and dynamic batching
+// names the model's batch size and queue delay.
+inference::ModelConfig OipModelConfig(const OipModel& model);
 
 }  // namespace convnext::server
 

@@ -152,9 +152,14 @@ TEST(OipConvertTest, OutputsAndParameters) {
   EXPECT_EQ(call->params.top_k, 2);
   (*p->mutable_parameters())["classification"].set_int64_param(4);
   EXPECT_THAT(ErrorOf(r), HasSubstr("classification = 4, expected 1..3"));
+  // With the embedding: one call computes both.
   r.add_outputs()->set_name("embedding");
   (*p->mutable_parameters())["classification"].set_int64_param(1);
-  EXPECT_THAT(ErrorOf(r), HasSubstr("cannot be asked for with embedding or stage outputs"));
+  call = ToOipCall(r, Classifier());
+  ASSERT_TRUE(call.ok()) << call.status();
+  EXPECT_EQ(call->params.kind, InferenceRequest::Kind::kClassifyAndEmbed);
+  EXPECT_EQ(call->params.top_k, 1);
+  EXPECT_TRUE(call->params.include_embedding);
 
   ModelInferRequest e = ImageRequest({"x"});
   e.add_outputs()->set_name("stage3");

@@ -1,6 +1,7 @@
 #include "server/oip_service.h"
 
 #include <memory>
+#include <vector>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -22,6 +23,10 @@ std::map<std::string, OipModel> FactsOf(const std::map<std::string, ModelHost*>&
     m.dims = host->architecture().dims;
     m.input_size = host->preprocess().size;
     m.labels = &host->labels();
+    const v1::BatchingInfo batching = host->Info().batching();
+    m.max_batch_size = batching.max_batch_size();
+    m.max_queue_size = batching.max_queue_size();
+    m.max_queue_delay_us = static_cast<int64_t>(batching.max_queue_delay_us());
   }
   return facts;
 }
@@ -129,13 +134,12 @@ grpc::ServerUnaryReactor* OipServiceImpl::ModelInfer(grpc::CallbackServerContext
   auto state = std::make_shared<InferState>();
   state->call = *std::move(call);
   const int images = state->call.images.size();
-  const bool classify = state->call.params.kind == InferenceRequest::Kind::kClassify;
+  const InferenceRequest::Kind kind = state->call.params.kind;
+  const bool classify = kind != InferenceRequest::Kind::kEmbed;
+  const bool embed = kind != InferenceRequest::Kind::kClassify;
   for (int i = 0; i < images; ++i) {
-    if (classify) {
-      state->classify.add_results();
-    } else {
-      state->embed.add_results();
-    }
+    if (classify) state->classify.add_results();
+    if (embed) state->embed.add_results();
   }
   absl::Time deadline = DeadlineOf(*ctx);
   if (state->call.timeout != absl::InfiniteDuration()) {
@@ -147,7 +151,7 @@ grpc::ServerUnaryReactor* OipServiceImpl::ModelInfer(grpc::CallbackServerContext
   AddInFlight(metrics, 1);
   auto inference = std::make_shared<InferenceRequest>(
       state->call.params, images, deadline, ctx, classify ? &state->classify : nullptr,
-      classify ? nullptr : &state->embed,
+      embed ? &state->embed : nullptr,
       [state, response, &facts, metrics, finish](const absl::Status& s) {
         AddInFlight(metrics, -1);
         absl::Status status = s;
@@ -161,6 +165,43 @@ grpc::ServerUnaryReactor* OipServiceImpl::ModelInfer(grpc::CallbackServerContext
     finish(metrics, s);
   }
   return reactor;
+}
+
+grpc::ServerUnaryReactor* OipServiceImpl::ModelConfig(
+    grpc::CallbackServerContext* ctx, const inference::ModelConfigRequest* request,
+    inference::ModelConfigResponse* response) {
+  absl::StatusOr<ModelHost*> host = Find(request->name(), request->version());
+  if (!host.ok()) return Answer(ctx, host.status());
+  *response->mutable_config() = OipModelConfig(facts_.at((*host)->name()));
+  return Answer(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* OipServiceImpl::ModelStatistics(
+    grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
+    inference::ModelStatisticsResponse* response) {
+  std::vector<ModelHost*> hosts;
+  if (request->name().empty()) {
+    for (const auto& [name, host] : models_) hosts.push_back(host);
+  } else {
+    absl::StatusOr<ModelHost*> host = Find(request->name(), request->version());
+    if (!host.ok()) return Answer(ctx, host.status());
+    hosts.push_back(*host);
+  }
+  for (ModelHost* host : hosts) {
+    const v1::ModelStats stats = host->Info().stats();
+    inference::ModelStatistics* s = response->add_model_stats();
+    s->set_name(host->name());
+    s->set_version("1");
+    s->set_inference_count(stats.images());
+    s->set_execution_count(stats.batches());
+    s->mutable_inference_stats()->mutable_success()->set_count(stats.requests());
+    for (const auto& [size, count] : stats.batch_sizes()) {
+      inference::InferBatchStatistics* b = s->add_batch_stats();
+      b->set_batch_size(size);
+      b->mutable_compute_infer()->set_count(count);
+    }
+  }
+  return Answer(ctx, absl::OkStatus());
 }
 
 }  // namespace convnext::server

@@ -42,6 +42,15 @@ class OipServiceImpl final : public inference::GRPCInferenceService::CallbackSer
   grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* ctx,
                                        const inference::ModelInferRequest* request,
                                        inference::ModelInferResponse* response) override;
+  // Triton's extensions (for tritonclient and perf_analyzer).
+  grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* ctx,
+                                        const inference::ModelConfigRequest* request,
+                                        inference::ModelConfigResponse* response) override;
+  // Counts only (images, forward passes by batch size, admitted requests); durations are 0:
+  // the timings are in the Prometheus histograms.
+  grpc::ServerUnaryReactor* ModelStatistics(
+      grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
+      inference::ModelStatisticsResponse* response) override;
 
  private:
   // The model named `name` at `version` ("" or "1"): NOT_FOUND otherwise.

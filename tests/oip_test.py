@@ -64,7 +64,9 @@ class Server:
 
     def stop(self):
         self.proc.terminate()
-        return self.proc.wait(timeout=60)
+        code = self.proc.wait(timeout=60)
+        self.proc.stderr.close()
+        return code
 
 
 def read(path):
@@ -102,7 +104,7 @@ class OipTest(unittest.TestCase):
     def test_wire_compatible_with_the_proto_tritonclient_ships(self):
         """Every message, field number, type and RPC of our .proto is Triton's (a superset)."""
         from google.protobuf import descriptor_pb2
-        from tritonclient.grpc import service_pb2
+        from tritonclient.grpc import model_config_pb2, service_pb2
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proto")
         with tempfile.TemporaryDirectory() as out:
             desc = os.path.join(out, "oip.desc")
@@ -126,8 +128,19 @@ class OipTest(unittest.TestCase):
                     compare(nested, theirs.nested_types_by_name[nested.name],
                             f"{path}.{nested.name}")
 
+        def theirs_named(kind, name):
+            for f in (triton_file, model_config_pb2.DESCRIPTOR):
+                found = getattr(f, kind).get(name)
+                if found is not None:
+                    return found
+            self.fail(f"Triton has no {name}")
+
         for message in ours.message_type:
-            compare(message, triton_file.message_types_by_name[message.name], message.name)
+            compare(message, theirs_named("message_types_by_name", message.name), message.name)
+        for enum in ours.enum_type:
+            theirs = theirs_named("enum_types_by_name", enum.name)
+            self.assertEqual({(v.name, v.number) for v in enum.value},
+                             {(v.name, v.number) for v in theirs.values}, enum.name)
         service = ours.service[0]
         self.assertEqual(service.name, "GRPCInferenceService")
         theirs = triton_file.services_by_name[service.name]
@@ -135,7 +148,21 @@ class OipTest(unittest.TestCase):
             other = theirs.methods_by_name[method.name]
             self.assertEqual((method.input_type, method.output_type),
                              ("." + other.input_type.full_name, "." + other.output_type.full_name))
-        self.assertEqual(len(ours.message_type), 14)
+
+    def test_model_config_and_statistics_for_triton_tools(self):
+        config = self.client.get_model_config("tiny", as_json=True)["config"]
+        self.assertEqual(config["max_batch_size"], 64)  # batching.max_queue_size's default.
+        self.assertEqual([(i["name"], i["data_type"], i["dims"]) for i in config["input"]],
+                         [("IMAGE", "TYPE_STRING", ["1"]), ("PIXELS", "TYPE_UINT8",
+                          ["-1", "-1", "-1"]), ("TENSOR", "TYPE_FP32", ["3", "-1", "-1"])])
+        self.assertEqual(config["output"][0]["dims"], ["1000"])
+        self.assertIn("dynamic_batching", config)
+        before = self.client.get_inference_statistics("tiny", as_json=True)["model_stats"][0]
+        self.client.infer("tiny", [self.images_input(PHOTOS[:2])])
+        after = self.client.get_inference_statistics("tiny", as_json=True)["model_stats"][0]
+        self.assertEqual(int(after["inference_count"]) - int(before.get("inference_count", 0)), 2)
+        everything = self.client.get_inference_statistics(as_json=True)["model_stats"]
+        self.assertEqual([s["name"] for s in everything], ["tiny"])
 
     def test_health_and_metadata(self):
         self.assertTrue(self.client.is_server_live())
@@ -196,6 +223,15 @@ class OipTest(unittest.TestCase):
                     self.assertEqual(theirs.shape, ours.shape, name)
                     self.assertLessEqual(float(np.abs(theirs - ours).max()), 1e-5, name)
         self.assertEqual(result.as_numpy("stage1").shape, (2, 96, 56, 56))
+        # Probabilities with them: one forward pass, the same answers as asked apart.
+        both = self.client.infer("tiny", [self.images_input(PHOTOS[:2])], outputs=[
+            triton.InferRequestedOutput(n) for n in ("stage2", "probabilities", "embedding")])
+        alone = self.client.infer("tiny", [self.images_input(PHOTOS[:2])])
+        self.assertLessEqual(float(np.abs(both.as_numpy("probabilities") -
+                                          alone.as_numpy("probabilities")).max()), 1e-6)
+        for name in ("stage2", "embedding"):
+            self.assertLessEqual(float(np.abs(both.as_numpy(name) -
+                                              result.as_numpy(name)).max()), 1e-5, name)
 
     def test_fp32_and_fp16_tensors(self):
         rng = np.random.default_rng(7)
