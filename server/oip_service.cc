@@ -1,43 +1,9 @@
 #include "server/oip_service.h"
 
-#include <memory>
-#include <vector>
-#include <utility>
-
-#include "absl/strings/escaping.h"
-#include "absl/strings/str_cat.h"
-#include "absl/time/clock.h"
-#include "server/metrics.h"
 #include "server/status_util.h"
 
 namespace convnext::server {
 namespace {
-
-std::map<std::string, OipModel> FactsOf(const std::map<std::string, ModelHost*>& models) {
-  std::map<std::string, OipModel> facts;
-  for (const auto& [name, host] : models) {
-    OipModel& m = facts[name];
-    m.name = name;
-    m.num_classes = host->architecture().num_classes;
-    m.has_embedding = !host->architecture().stage_norms;
-    m.dims = host->architecture().dims;
-    m.input_size = host->preprocess().size;
-    m.labels = &host->labels();
-    const v1::BatchingInfo batching = host->Info().batching();
-    m.max_batch_size = batching.max_batch_size();
-    m.max_queue_size = batching.max_queue_size();
-    m.max_queue_delay_us = static_cast<int64_t>(batching.max_queue_delay_us());
-  }
-  return facts;
-}
-
-// What a ModelInfer call owns until it is answered: the converted call (its images are read by
-// the admitted work until each image ends) and our own answer, converted at the end.
-struct InferState {
-  OipCall call;
-  v1::ClassifyResponse classify;
-  v1::EmbedResponse embed;
-};
 
 grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* ctx, const absl::Status& status) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
@@ -45,25 +11,16 @@ grpc::ServerUnaryReactor* Answer(grpc::CallbackServerContext* ctx, const absl::S
   return reactor;
 }
 
-}  // namespace
-
-OipServiceImpl::OipServiceImpl(std::map<std::string, ModelHost*> models, std::string version)
-    : models_(std::move(models)), facts_(FactsOf(models_)), version_(std::move(version)) {}
-
-absl::StatusOr<ModelHost*> OipServiceImpl::Find(const std::string& name,
-                                                const std::string& version) const {
-  auto it = models_.find(name);
-  if (it == models_.end()) {
-    return absl::NotFoundError(absl::StrCat("no model named '",
-                                            absl::CHexEscape(name.substr(0, 128)), "'"));
-  }
-  if (!version.empty() && version != "1") {
-    return absl::NotFoundError(absl::StrCat("model '", name, "' has no version '",
-                                            absl::CHexEscape(version.substr(0, 64)),
-                                            "'; its only version is 1"));
-  }
-  return it->second;
+// Answers with `result`'s value in `response`, or its error.
+template <typename T>
+grpc::ServerUnaryReactor* AnswerWith(grpc::CallbackServerContext* ctx, absl::StatusOr<T> result,
+                                     T* response) {
+  if (!result.ok()) return Answer(ctx, result.status());
+  *response = *std::move(result);
+  return Answer(ctx, absl::OkStatus());
 }
+
+}  // namespace
 
 grpc::ServerUnaryReactor* OipServiceImpl::ServerLive(grpc::CallbackServerContext* ctx,
                                                      const inference::ServerLiveRequest*,
@@ -75,16 +32,14 @@ grpc::ServerUnaryReactor* OipServiceImpl::ServerLive(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* OipServiceImpl::ServerReady(grpc::CallbackServerContext* ctx,
                                                       const inference::ServerReadyRequest*,
                                                       inference::ServerReadyResponse* response) {
-  bool ready = true;
-  for (const auto& [name, host] : models_) ready = ready && host->ready();
-  response->set_ready(ready);
+  response->set_ready(models_->Ready());
   return Answer(ctx, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* OipServiceImpl::ModelReady(grpc::CallbackServerContext* ctx,
                                                      const inference::ModelReadyRequest* request,
                                                      inference::ModelReadyResponse* response) {
-  absl::StatusOr<ModelHost*> host = Find(request->name(), request->version());
+  absl::StatusOr<ModelHost*> host = models_->Find(request->name(), request->version());
   response->set_ready(host.ok() && (*host)->ready());
   return Answer(ctx, absl::OkStatus());
 }
@@ -92,116 +47,36 @@ grpc::ServerUnaryReactor* OipServiceImpl::ModelReady(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* OipServiceImpl::ServerMetadata(
     grpc::CallbackServerContext* ctx, const inference::ServerMetadataRequest*,
     inference::ServerMetadataResponse* response) {
-  response->set_name("convnext-serve");
-  response->set_version(version_);
-  response->add_extensions("classification");
+  *response = models_->ServerMetadata();
   return Answer(ctx, absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* OipServiceImpl::ModelMetadata(
     grpc::CallbackServerContext* ctx, const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
-  absl::StatusOr<ModelHost*> host = Find(request->name(), request->version());
-  if (!host.ok()) return Answer(ctx, host.status());
-  *response = OipMetadata(facts_.at((*host)->name()));
-  return Answer(ctx, absl::OkStatus());
+  return AnswerWith(ctx, models_->ModelMetadata(request->name(), request->version()), response);
 }
 
 grpc::ServerUnaryReactor* OipServiceImpl::ModelInfer(grpc::CallbackServerContext* ctx,
                                                      const inference::ModelInferRequest* request,
                                                      inference::ModelInferResponse* response) {
-  const absl::Time start = absl::Now();
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  auto finish = [reactor, start](ModelMetrics* metrics, const absl::Status& status) {
-    const grpc::Status grpc_status = ToGrpcStatus(status);
-    RecordRequest(metrics, Method::kModelInfer, grpc_status.error_code(),
-                  absl::ToInt64Microseconds(absl::Now() - start));
-    reactor->Finish(grpc_status);
-  };
-  absl::StatusOr<ModelHost*> found = Find(request->model_name(), request->model_version());
-  if (!found.ok()) {
-    finish(Metrics::ForModel(kUnknownModelLabel), found.status());
-    return reactor;
-  }
-  ModelHost* host = *found;
-  ModelMetrics* metrics = host->metrics();
-  const OipModel& facts = facts_.at(host->name());
-  absl::StatusOr<OipCall> call = ToOipCall(*request, facts);
-  if (!call.ok()) {
-    finish(metrics, call.status());
-    return reactor;
-  }
-  auto state = std::make_shared<InferState>();
-  state->call = *std::move(call);
-  const int images = state->call.images.size();
-  const InferenceRequest::Kind kind = state->call.params.kind;
-  const bool classify = kind != InferenceRequest::Kind::kEmbed;
-  const bool embed = kind != InferenceRequest::Kind::kClassify;
-  for (int i = 0; i < images; ++i) {
-    if (classify) state->classify.add_results();
-    if (embed) state->embed.add_results();
-  }
-  absl::Time deadline = DeadlineOf(*ctx);
-  if (state->call.timeout != absl::InfiniteDuration()) {
-    deadline = std::min(deadline, start + state->call.timeout);
-  }
-  response->set_model_name(host->name());
-  response->set_model_version("1");
-  response->set_id(request->id());
-  AddInFlight(metrics, 1);
-  auto inference = std::make_shared<InferenceRequest>(
-      state->call.params, images, deadline, ctx, classify ? &state->classify : nullptr,
-      embed ? &state->embed : nullptr,
-      [state, response, &facts, metrics, finish](const absl::Status& s) {
-        AddInFlight(metrics, -1);
-        absl::Status status = s;
-        if (status.ok()) {
-          status = FillInferResponse(state->call, facts, &state->classify, &state->embed, response);
-        }
-        finish(metrics, status);
-      });
-  if (absl::Status s = host->Submit(inference, state->call.images); !s.ok()) {
-    AddInFlight(metrics, -1);
-    finish(metrics, s);
-  }
+  models_->Infer(*request, DeadlineOf(*ctx), ctx, response,
+                 [reactor](const absl::Status& status) { reactor->Finish(ToGrpcStatus(status)); });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* OipServiceImpl::ModelConfig(
     grpc::CallbackServerContext* ctx, const inference::ModelConfigRequest* request,
     inference::ModelConfigResponse* response) {
-  absl::StatusOr<ModelHost*> host = Find(request->name(), request->version());
-  if (!host.ok()) return Answer(ctx, host.status());
-  *response->mutable_config() = OipModelConfig(facts_.at((*host)->name()));
-  return Answer(ctx, absl::OkStatus());
+  return AnswerWith(ctx, models_->ModelConfig(request->name(), request->version()),
+                    response->mutable_config());
 }
 
 grpc::ServerUnaryReactor* OipServiceImpl::ModelStatistics(
     grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
-  std::vector<ModelHost*> hosts;
-  if (request->name().empty()) {
-    for (const auto& [name, host] : models_) hosts.push_back(host);
-  } else {
-    absl::StatusOr<ModelHost*> host = Find(request->name(), request->version());
-    if (!host.ok()) return Answer(ctx, host.status());
-    hosts.push_back(*host);
-  }
-  for (ModelHost* host : hosts) {
-    const v1::ModelStats stats = host->Info().stats();
-    inference::ModelStatistics* s = response->add_model_stats();
-    s->set_name(host->name());
-    s->set_version("1");
-    s->set_inference_count(stats.images());
-    s->set_execution_count(stats.batches());
-    s->mutable_inference_stats()->mutable_success()->set_count(stats.requests());
-    for (const auto& [size, count] : stats.batch_sizes()) {
-      inference::InferBatchStatistics* b = s->add_batch_stats();
-      b->set_batch_size(size);
-      b->mutable_compute_infer()->set_count(count);
-    }
-  }
-  return Answer(ctx, absl::OkStatus());
+  return AnswerWith(ctx, models_->Statistics(request->name(), request->version()), response);
 }
 
 }  // namespace convnext::server

@@ -1,28 +1,18 @@
 // OipServiceImpl: the Open Inference Protocol's gRPC service (inference.GRPCInferenceService),
-// served on the same port as our own API. ModelInfer requests are converted (oip_convert.h) into
-// the images and parameters of a Classify or Embed call and admitted to the same ModelHost, so
-// they share its admission, memory budget, batcher, deadlines and metrics (method label
-// "ModelInfer"); readiness is the models' own.
-//
-// Every model has one version, "1"; an empty version means it too.
+// served on the same port as our own API; a thin front end of OipModels (oip_models.h), which
+// converts ModelInfer requests and admits them to the same ModelHost as Classify and Embed.
 #ifndef CONVNEXT_SERVER_OIP_SERVICE_H_
 #define CONVNEXT_SERVER_OIP_SERVICE_H_
 
-#include <map>
-#include <string>
-
-#include "absl/status/statusor.h"
 #include "inference/open_inference.grpc.pb.h"
-#include "server/model_host.h"
-#include "server/oip_convert.h"
+#include "server/oip_models.h"
 
 namespace convnext::server {
 
 class OipServiceImpl final : public inference::GRPCInferenceService::CallbackService {
  public:
-  // `models` are owned by the caller and outlive the service. `version` is the server's, for
-  // ServerMetadata.
-  OipServiceImpl(std::map<std::string, ModelHost*> models, std::string version);
+  // `models` outlives the service.
+  explicit OipServiceImpl(const OipModels* models) : models_(models) {}
 
   grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* ctx,
                                        const inference::ServerLiveRequest* request,
@@ -46,19 +36,12 @@ class OipServiceImpl final : public inference::GRPCInferenceService::CallbackSer
   grpc::ServerUnaryReactor* ModelConfig(grpc::CallbackServerContext* ctx,
                                         const inference::ModelConfigRequest* request,
                                         inference::ModelConfigResponse* response) override;
-  // Counts only (images, forward passes by batch size, admitted requests); durations are 0:
-  // the timings are in the Prometheus histograms.
   grpc::ServerUnaryReactor* ModelStatistics(
       grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
       inference::ModelStatisticsResponse* response) override;
 
  private:
-  // The model named `name` at `version` ("" or "1"): NOT_FOUND otherwise.
-  absl::StatusOr<ModelHost*> Find(const std::string& name, const std::string& version) const;
-
-  const std::map<std::string, ModelHost*> models_;
-  const std::map<std::string, OipModel> facts_;  // By model name.
-  const std::string version_;
+  const OipModels* const models_;
 };
 
 }  // namespace convnext::server

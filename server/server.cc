@@ -54,7 +54,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   service_options.access_log = options.access_log;
   server->service_ = std::make_unique<ImageModelServiceImpl>(
       server->by_name_, config.default_model(), service_options);
-  server->oip_service_ = std::make_unique<OipServiceImpl>(server->by_name_, options.version);
+  server->oip_models_ = std::make_unique<OipModels>(server->by_name_, options.version);
+  server->oip_service_ = std::make_unique<OipServiceImpl>(server->oip_models_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -104,7 +104,8 @@ class Server {
   std::vector<std::unique_ptr<ModelHost>> hosts_;
   std::map<std::string, ModelHost*> by_name_;
   std::unique_ptr<ImageModelServiceImpl> service_;
-  std::unique_ptr<OipServiceImpl> oip_service_;  // The Open Inference Protocol, same port.
+  std::unique_ptr<OipModels> oip_models_;         // The Open Inference Protocol's view.
+  std::unique_ptr<OipServiceImpl> oip_service_;  // Its gRPC front end, same port.
   std::unique_ptr<grpc::Server> grpc_server_;
 
   absl::Mutex drain_mu_;

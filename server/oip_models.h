@@ -1,0 +1,61 @@
+// OipModels: the served models as the Open Inference Protocol sees them, shared by its two front
+// ends (oip_service.h over gRPC, oip_http.h over HTTP): model lookup by name and version, the
+// models' descriptions (oip_convert.h), readiness, statistics, and ModelInfer itself, which
+// converts the request into a Classify/Embed-style call and admits it to the model's ModelHost,
+// so that every protocol shares one admission path, budget, batcher and metrics
+// (method="ModelInfer").
+//
+// Every model has one version, "1"; an empty version means it too. Thread-safe.
+#ifndef CONVNEXT_SERVER_OIP_MODELS_H_
+#define CONVNEXT_SERVER_OIP_MODELS_H_
+
+#include <functional>
+#include <map>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "inference/open_inference.pb.h"
+#include "server/model_host.h"
+#include "server/oip_convert.h"
+
+namespace convnext::server {
+
+class OipModels {
+ public:
+  // `models` are owned by the caller and outlive this object. `version` is the server's.
+  OipModels(std::map<std::string, ModelHost*> models, std::string version);
+
+  // The model named `name` at `version` ("" or "1"): NOT_FOUND otherwise.
+  absl::StatusOr<ModelHost*> Find(const std::string& name, const std::string& version) const;
+  // Every model loaded, warm and admitting.
+  bool Ready() const;
+
+  inference::ServerMetadataResponse ServerMetadata() const;
+  absl::StatusOr<inference::ModelMetadataResponse> ModelMetadata(const std::string& name,
+                                                                 const std::string& version) const;
+  absl::StatusOr<inference::ModelConfig> ModelConfig(const std::string& name,
+                                                     const std::string& version) const;
+  // Counts only (images, forward passes by batch size, admitted requests); durations are 0: the
+  // timings are in the Prometheus histograms. An empty name: every model.
+  absl::StatusOr<inference::ModelStatisticsResponse> Statistics(const std::string& name,
+                                                                const std::string& version) const;
+
+  // Runs one ModelInfer. `done` is called exactly once, from any thread (the caller's when the
+  // request is refused at once), with the final status; `response` is filled when it is OK and
+  // must stay valid until then. The call's deadline is `deadline` or the request's `timeout`
+  // parameter, whichever comes first; `ctx` (may be null) is polled for cancellation.
+  using DoneFn = std::function<void(const absl::Status&)>;
+  void Infer(const inference::ModelInferRequest& request, absl::Time deadline,
+             grpc::CallbackServerContext* ctx, inference::ModelInferResponse* response,
+             DoneFn done) const;
+
+ private:
+  const std::map<std::string, ModelHost*> models_;
+  const std::map<std::string, OipModel> facts_;  // By model name.
+  const std::string version_;
+};
+
+}  // namespace convnext::server
+
+#endif  // CONVNEXT_SERVER_OIP_MODELS_H_
