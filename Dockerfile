@@ -1,7 +1,7 @@
 # convnext-serve container image.
 #
 #   docker build -t convnext-serve .
-#   docker run -p 50051:50051 -p 9090:9090 convnext-serve                      # default model
+#   docker run -p 50051:50051 -p 8000:8000 -p 9090:9090 convnext-serve       # default model
 #   docker run -v /path/to/models:/models:ro -p 50051:50051 convnext-serve \
 #       --model tiny=/models/convnext_tiny_1k_224_ema.pth
 #
@@ -33,7 +33,7 @@ COPY default_model/server.textproto default_model/convnext_digits.safetensors \
 RUN useradd --system --uid 10001 --no-create-home convnext && mkdir -p /models
 USER 10001
 # gRPC (ImageModelService, grpc.health.v1, reflection) and Prometheus /metrics.
-EXPOSE 50051 9090
+EXPOSE 50051 8000 9090
 HEALTHCHECK --interval=10s --timeout=6s --start-period=60s --retries=3 \
   CMD ["convnext", "health", "--target=127.0.0.1:50051", "--timeout_s=5", "--retries=0"]
-ENTRYPOINT ["convnext-server", "--port=50051", "--metrics_port=9090"]
+ENTRYPOINT ["convnext-server", "--port=50051", "--http_port=8000", "--metrics_port=9090"]

@@ -45,7 +45,7 @@ def isa():
 
 def start_server(model_args):
     proc = subprocess.Popen([os.path.join(BIN, "convnext-server"), "--host", "127.0.0.1",
-                             "--port", "0", "--metrics_port", "-1", *model_args],
+                             "--port", "0", "--metrics_port", "-1", "--http_port", "-1", *model_args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline:

@@ -20,6 +20,7 @@ image=convnext-serve:test
 name=convnext-serve-test
 port=15051
 metrics_port=19090
+http_port=18000
 
 need=()
 for p in podman runc debootstrap uidmap fuse-overlayfs slirp4netns; do
@@ -68,7 +69,8 @@ pm rm -f "$name" >/dev/null 2>&1 || true
 cleanup() { pm rm -f "$name" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 pm run -d --name "$name" --network host "$image" --host=127.0.0.1 --port=$port \
-  --metrics_host=127.0.0.1 --metrics_port=$metrics_port >/dev/null
+  --metrics_host=127.0.0.1 --metrics_port=$metrics_port --http_host=127.0.0.1 \
+  --http_port=$http_port >/dev/null
 fail() {
   pm logs "$name" 2>&1 | tail -20
   echo "container_test: FAILED: $*" >&2
@@ -88,9 +90,16 @@ import sys, urllib.request
 text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=10).read().decode()
 assert "convnext_requests_total" in text, text[:500]
 PY
+python3 - "$http_port" <<'PY' || fail "HTTP/REST endpoint (Open Inference Protocol)"
+import json, sys, urllib.request
+base = f"http://127.0.0.1:{sys.argv[1]}/v2"
+assert urllib.request.urlopen(f"{base}/health/ready", timeout=10).status == 200
+meta = json.load(urllib.request.urlopen(f"{base}/models/digits", timeout=10))
+assert meta["outputs"][0]["name"] == "probabilities", meta
+PY
 pm kill --signal TERM "$name" >/dev/null
 code="$(pm wait "$name")"
 [[ "$code" == 0 ]] || fail "exit code $code after SIGTERM"
 logs="$(pm logs "$name" 2>&1)"
 grep -q "event=drained pending_images=0" <<<"$logs" || fail "no clean event=drained after SIGTERM"
-echo "container_test: passed (image built, ran as uid 10001, health, Classify, metrics, SIGTERM drain)"
+echo "container_test: passed (image built, ran as uid 10001, health, Classify, metrics, HTTP/REST, SIGTERM drain)"

@@ -14,13 +14,14 @@ runtime_pkgs=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libssl3
   libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406
   libprometheus-cpp-core1.0
+  libmicrohttpd12  # the Open Inference Protocol's HTTP endpoint
 )
 build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-pthread libdnnl-dev
   ocl-icd-opencl-dev  # dnnl-config.cmake requires OpenCL; libdnnl-dev only recommends it
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  libopencv-dev prometheus-cpp-dev nlohmann-json3-dev libssl-dev
+  libopencv-dev prometheus-cpp-dev nlohmann-json3-dev libssl-dev libmicrohttpd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev  # libFuzzer + sanitizers for fuzz/
 )
@@ -31,6 +32,7 @@ test_pkgs=(
   prometheus python3-yaml  # a real Prometheus scrapes the server in the metrics test
   openssl  # certificates for the TLS tests
   python3-venv  # a virtual environment for the PyPI peers (tritonclient) of tests/oip_test.py
+  curl  # the README's HTTP examples, run by tests/oip_test.py
 )
 
 if [[ "${1:-}" == "--runtime" ]]; then

@@ -88,6 +88,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
     server->grpc_server_.reset();
     return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
   }
+  if (options.http_port >= 0) {
+    OipHttpOptions http;
+    http.host = options.http_host;
+    http.port = options.http_port;
+    http.max_body_bytes = config.max_message_bytes();
+    http.tls_cert_pem = options.http_tls_cert_pem;
+    http.tls_key_pem = options.http_tls_key_pem;
+    absl::StatusOr<std::unique_ptr<OipHttpServer>> started =
+        OipHttpServer::Start(server->oip_models_.get(), http);
+    if (!started.ok()) return started.status();
+    server->http_ = *std::move(started);
+  }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   return server;
 }
@@ -117,6 +129,7 @@ int64_t Server::Drain(absl::Time deadline) {
   // 3: stop gRPC: refuses new calls, waits for those still running, and cancels whatever is left
   // when the deadline passes.
   if (grpc_server_ != nullptr) grpc_server_->Shutdown(absl::ToChronoTime(deadline));
+  http_.reset();
   // 4-5: finish what was admitted, in pipeline order: images still being preprocessed (the pool
   // runs all queued work before it is destroyed; they reach the batchers), then the batchers.
   // Calls cancelled by the deadline are still completed internally, so nothing outlives the

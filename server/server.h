@@ -7,7 +7,7 @@
 //   1. health NOT_SERVING; every model stops admitting (new calls: UNAVAILABLE "shutting down");
 //   2. wait until every admitted image is answered, or the deadline;
 //   3. gRPC Shutdown(deadline): no new calls, running ones finish, whatever is left at the deadline
-//      is cancelled;
+//      is cancelled; the HTTP endpoint stops (its connections' answers were admitted in step 2);
 //   4. the preprocessing pool finishes its queue (images still being prepared reach the batchers);
 //   5. every model host computes what it still holds and stops its executors;
 //   6. gRPC Wait, metrics endpoint stopped.
@@ -35,6 +35,7 @@
 #include "server/memory_budget.h"
 #include "server/metrics.h"
 #include "server/model_host.h"
+#include "server/oip_http.h"
 #include "server/oip_service.h"
 #include "server/service.h"
 #include "server/thread_pool.h"
@@ -49,6 +50,13 @@ struct ServerOptions {
   // Record function is a no-op).
   std::string metrics_host = "0.0.0.0";
   int metrics_port = 9090;
+  // The Open Inference Protocol over HTTP/REST (oip_http.h): an IPv4 address and a port; port 0
+  // picks a free port; -1 (the default here; convnext-server's --http_port is 8000) disables it.
+  std::string http_host = "0.0.0.0";
+  int http_port = -1;
+  // HTTPS for it when both are set (PEM text; convnext-server uses --tls_cert and --tls_key).
+  std::string http_tls_cert_pem;
+  std::string http_tls_key_pem;
   // What build_info reports (the binary's version and the LibTorch it was built against).
   std::string version = "unknown";
   std::string libtorch_version = "unknown";
@@ -86,6 +94,8 @@ class Server {
   // The gRPC port and the metrics port (-1 when metrics are off).
   int port() const { return port_; }
   int metrics_port() const;
+  // The HTTP/REST port; -1 when disabled.
+  int http_port() const { return http_ != nullptr ? http_->port() : -1; }
   // The host of a served model, or null. Owned by the server.
   ModelHost* model(const std::string& name) const;
 
@@ -106,6 +116,7 @@ class Server {
   std::unique_ptr<ImageModelServiceImpl> service_;
   std::unique_ptr<OipModels> oip_models_;         // The Open Inference Protocol's view.
   std::unique_ptr<OipServiceImpl> oip_service_;  // Its gRPC front end, same port.
+  std::unique_ptr<OipHttpServer> http_;          // Its HTTP front end; null when disabled.
   std::unique_ptr<grpc::Server> grpc_server_;
 
   absl::Mutex drain_mu_;

@@ -45,6 +45,10 @@ ABSL_FLAG(std::string, host, "0.0.0.0", "Address to listen on.");
 ABSL_FLAG(int, port, 50051, "gRPC port; 0 picks a free port (printed at start).");
 ABSL_FLAG(int, metrics_port, 9090,
           "Port of the Prometheus /metrics endpoint; 0 picks a free port; -1 disables metrics.");
+ABSL_FLAG(int, http_port, 8000,
+          "Open Inference Protocol (KServe v2) HTTP/REST port; 0 picks a free port (printed at "
+          "start); -1 disables it.");
+ABSL_FLAG(std::string, http_host, "0.0.0.0", "IPv4 address of the HTTP/REST endpoint.");
 ABSL_FLAG(std::string, metrics_host, "0.0.0.0",
           "Address the metrics endpoint binds to (e.g. 127.0.0.1 to keep it off the network).");
 ABSL_FLAG(bool, access_log, false, "Log one line per call (off: the default at high rates).");
@@ -165,7 +169,7 @@ std::vector<std::string> TakeModelFlags(int* argc, char** argv) {
   return values;
 }
 
-int Run(const std::vector<std::string>& model_flags) {
+int Run(const std::vector<std::string>& model_flags, bool http_port_given) {
   auto fail = [](const absl::Status& s) {
     std::fprintf(stderr, "convnext-server: %s\n", std::string(s.message()).c_str());
     return 1;
@@ -177,11 +181,34 @@ int Run(const std::vector<std::string>& model_flags) {
   options.port = absl::GetFlag(FLAGS_port);
   options.metrics_host = absl::GetFlag(FLAGS_metrics_host);
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  options.http_host = absl::GetFlag(FLAGS_http_host);
+  options.http_port = absl::GetFlag(FLAGS_http_port);
   options.version = CONVNEXT_VERSION;
   options.libtorch_version = TORCH_VERSION;
   options.access_log = absl::GetFlag(FLAGS_access_log);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials();
   if (!credentials.ok()) return fail(credentials.status());
+  // The HTTP endpoint: HTTPS with the same certificate and key when TLS is on. Client
+  // certificates are not checked on it yet, so with mutual TLS it is off unless --http_port was
+  // given, which is then an error rather than a silently weaker endpoint.
+  if (!absl::GetFlag(FLAGS_tls_client_ca).empty() && options.http_port >= 0) {
+    if (http_port_given) {
+      return fail(absl::InvalidArgumentError(
+          "--http_port with --tls_client_ca: the HTTP endpoint cannot check client "
+          "certificates yet; pass --http_port=-1 or drop --tls_client_ca"));
+    }
+    Log("warning", "http_disabled",
+        {{"reason", "mutual TLS (--tls_client_ca) is not supported on the HTTP endpoint"}});
+    options.http_port = -1;
+  }
+  if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
+    absl::StatusOr<std::string> cert = ReadPem("tls_cert", absl::GetFlag(FLAGS_tls_cert));
+    absl::StatusOr<std::string> key = ReadPem("tls_key", absl::GetFlag(FLAGS_tls_key));
+    if (!cert.ok()) return fail(cert.status());
+    if (!key.ok()) return fail(key.status());
+    options.http_tls_cert_pem = *cert;
+    options.http_tls_key_pem = *key;
+  }
   options.credentials = *std::move(credentials);
 
   // Block the shutdown signals in every thread (those the server starts inherit the mask); this
@@ -199,6 +226,7 @@ int Run(const std::vector<std::string>& model_flags) {
        {"host", options.host},
        {"port", absl::StrCat((*server)->port())},
        {"metrics_port", absl::StrCat((*server)->metrics_port())},
+       {"http_port", absl::StrCat((*server)->http_port())},
        {"default_model", config->default_model()}});
 
   int signal = 0;
@@ -220,7 +248,12 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "convnext-server --model NAME=CHECKPOINT [--model ...] [--config FILE] [--port 50051]");
   const std::vector<std::string> models = convnext::server::TakeModelFlags(&argc, argv);
+  bool http_port_given = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--http_port" || arg.rfind("--http_port=", 0) == 0) http_port_given = true;
+  }
   absl::ParseCommandLine(argc, argv);
   convnext::ConfigureProcessForInference();
-  return convnext::server::Run(models);
+  return convnext::server::Run(models, http_port_given);
 }

@@ -9,7 +9,7 @@ trap 'kill $server 2>/dev/null || true; rm -rf "$work"' EXIT
 cmake --install "$build" --prefix "$work/prefix" >/dev/null
 cmake -S "$src/tests/consumer" -B "$work/build" -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
 cmake --build "$work/build" >/dev/null
-"$build/bin/convnext-server" --host 127.0.0.1 --port 0 --metrics_port -1 >"$work/server.log" 2>&1 &
+"$build/bin/convnext-server" --host 127.0.0.1 --port 0 --metrics_port -1 --http_port -1 >"$work/server.log" 2>&1 &
 server=$!
 port=""
 for _ in $(seq 300); do

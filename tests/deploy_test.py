@@ -74,10 +74,12 @@ class DeployTest(unittest.TestCase):
         self.assert_server_flags(entry[1:], "Dockerfile ENTRYPOINT")
         self.assertIn("--port=50051", entry)
         self.assertIn("--metrics_port=9090", entry)
+        self.assertIn("--http_port=8000", entry)
+        self.assertEqual(self.default_of("http_port"), 8000)
         self.assertEqual(self.default_of("port"), 50051)
         self.assertEqual(self.default_of("metrics_port"), 9090)
         self.assertEqual(re.search(r"^EXPOSE (.*)$", self.dockerfile, re.M).group(1).split(),
-                         ["50051", "9090"])
+                         ["50051", "8000", "9090"])
         health = yaml.safe_load(re.search(r"CMD (\[.*\])\s*$",
                                           self.dockerfile.split("HEALTHCHECK", 1)[1], re.M).group(1))
         self.assertEqual(health[:2], ["convnext", "health"])
@@ -97,7 +99,8 @@ class DeployTest(unittest.TestCase):
     def test_compose_and_kubernetes_agree_with_the_server(self):
         compose = self.yaml_docs["deploy/docker-compose.yml"][0]["services"]
         self.assert_server_flags(compose["convnext-serve"]["command"], "docker-compose")
-        self.assertEqual(compose["convnext-serve"]["ports"], ["50051:50051", "9090:9090"])
+        self.assertEqual(compose["convnext-serve"]["ports"],
+                         ["50051:50051", "8000:8000", "9090:9090"])
         targets = self.yaml_docs["deploy/prometheus-compose.yml"][0]["scrape_configs"][0]
         self.assertEqual(targets["static_configs"][0]["targets"], ["convnext-serve:9090"])
         for path in ("deploy/k8s/deployment.yaml", "deploy/k8s/deployment-gpu.yaml"):
@@ -106,7 +109,7 @@ class DeployTest(unittest.TestCase):
             c = spec["containers"][0]
             self.assert_server_flags(c["args"], path)
             ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-            self.assertEqual(ports, {"grpc": 50051, "metrics": 9090})
+            self.assertEqual(ports, {"grpc": 50051, "http": 8000, "metrics": 9090})
             for probe in ("readinessProbe", "livenessProbe"):
                 self.assertEqual(c[probe]["grpc"]["port"], 50051, f"{path} {probe}")
             self.assertEqual(c["volumeMounts"][0]["mountPath"], "/models")

@@ -33,7 +33,8 @@ class Server:
     def __init__(self, *args):
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "convnext-server"), "--host", "127.0.0.1", "--port", "0",
-             "--metrics_host", "127.0.0.1", "--metrics_port", "0", *args],
+             "--metrics_host", "127.0.0.1", "--metrics_port", "0", "--http_host", "127.0.0.1",
+             "--http_port", "0", *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines, self.port = [], None
         deadline = time.time() + 180
@@ -42,9 +43,10 @@ class Server:
             if not line:
                 break
             self.lines.append(line)
-            match = re.search(r"event=serving .* port=(\d+) metrics_port=(\d+)", line)
+            match = re.search(r"event=serving .* port=(\d+) metrics_port=(\d+) http_port=(\d+)",
+                              line)
             if match:
-                self.port, self.metrics_port = int(match.group(1)), int(match.group(2))
+                self.port, self.metrics_port, self.http_port = map(int, match.groups())
         if self.port is None:
             self.proc.kill()
             raise RuntimeError("server did not start: " + "".join(self.lines))
@@ -302,6 +304,116 @@ class OipTest(unittest.TestCase):
         self.assertEqual(self.server.requests_total("OK") - ok, 1)
 
 
+class OipHttpTest(unittest.TestCase):
+    """The same protocol over HTTP/REST with tritonclient.http, against the gRPC answers."""
+
+    @classmethod
+    def setUpClass(cls):
+        import tritonclient.http as triton_http
+        cls.http = triton_http
+        cls.checkpoint = os.path.join(DATA, "tiny.safetensors")
+        cls.server = Server("--model", f"tiny={cls.checkpoint}")
+        cls.client = triton_http.InferenceServerClient(f"127.0.0.1:{cls.server.http_port}")
+        cls.grpc = triton.InferenceServerClient(f"127.0.0.1:{cls.server.port}")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+        cls.grpc.close()
+        code = cls.server.stop()
+        if code != 0:
+            raise AssertionError(f"convnext-server exited {code}: {''.join(cls.server.lines)}")
+
+    def images(self, paths, binary=True):
+        image = self.http.InferInput("IMAGE", [len(paths)], "BYTES")
+        image.set_data_from_numpy(np.array([read(p) for p in paths], dtype=np.object_),
+                                  binary_data=binary)
+        return image
+
+    def test_health_metadata_config_and_statistics(self):
+        self.assertTrue(self.client.is_server_live())
+        self.assertTrue(self.client.is_server_ready())
+        self.assertTrue(self.client.is_model_ready("tiny"))
+        self.assertFalse(self.client.is_model_ready("tiny", "2"))
+        self.assertIn("binary_tensor_data", self.client.get_server_metadata()["extensions"])
+        meta = self.client.get_model_metadata("tiny")
+        over_grpc = self.grpc.get_model_metadata("tiny", as_json=True)
+        for key in ("name", "versions", "platform", "inputs", "outputs"):
+            # The same, but for numbers (gRPC's JSON writes int64 as strings).
+            self.assertEqual(json.dumps(meta[key], sort_keys=True).replace('"', ""),
+                             json.dumps(over_grpc[key], sort_keys=True).replace('"', ""), key)
+        self.assertEqual(meta["outputs"][0], {"name": "probabilities", "datatype": "FP32",
+                                              "shape": [-1, 1000]})
+        self.assertEqual(self.client.get_model_config("tiny")["max_batch_size"], 64)
+        stats = self.client.get_inference_statistics("tiny")["model_stats"]
+        self.assertEqual(stats[0]["name"], "tiny")
+
+    def test_same_answers_as_grpc(self):
+        outputs = [self.http.InferRequestedOutput(n, binary_data=(n != "embedding"))
+                   for n in ("probabilities", "embedding", "stage3")]
+        theirs = self.client.infer("tiny", [self.images(PHOTOS[:2])], outputs=outputs,
+                                   request_id="h1")
+        self.assertEqual(theirs.get_response()["id"], "h1")
+        image = triton.InferInput("IMAGE", [2], "BYTES")
+        image.set_data_from_numpy(np.array([read(p) for p in PHOTOS[:2]], dtype=np.object_))
+        ours = self.grpc.infer("tiny", [image], outputs=[
+            triton.InferRequestedOutput(n) for n in ("probabilities", "embedding", "stage3")])
+        for name in ("probabilities", "embedding", "stage3"):
+            self.assertEqual(theirs.as_numpy(name).shape, ours.as_numpy(name).shape, name)
+            self.assertLessEqual(float(np.abs(theirs.as_numpy(name) -
+                                              ours.as_numpy(name)).max()), 1e-5, name)
+        # JSON everywhere: a JSON image (a BYTES string) is text, so send a tensor instead.
+        x = np.random.default_rng(3).standard_normal((1, 3, 64, 64), dtype=np.float32)
+        tensor = self.http.InferInput("TENSOR", [1, 3, 64, 64], "FP32")
+        tensor.set_data_from_numpy(x, binary_data=False)
+        json_answer = self.client.infer("tiny", [tensor], outputs=[
+            self.http.InferRequestedOutput("probabilities", binary_data=False, class_count=3)])
+        top3 = json_answer.as_numpy("probabilities")
+        self.assertEqual(top3.shape, (1, 3))
+        half = self.http.InferInput("TENSOR", [1, 3, 64, 64], "FP16")
+        half.set_data_from_numpy(x.astype(np.float16))
+        fp16 = self.client.infer("tiny", [half], outputs=[
+            self.http.InferRequestedOutput("probabilities", class_count=3)])
+        def indices(row):
+            return [int((v if isinstance(v, str) else v.decode()).split(":")[1]) for v in row]
+
+        self.assertEqual(indices(fp16.as_numpy("probabilities")[0]), indices(top3[0]))
+
+    def test_errors_have_http_codes(self):
+        def fails(code, text, *args, **kwargs):
+            with self.assertRaises(InferenceServerException) as e:
+                self.client.infer(*args, **kwargs)
+            self.assertEqual(str(e.exception.status()), str(code))
+            self.assertIn(text, e.exception.message())
+
+        fails(404, "no model named 'nope'", "nope", [self.images(PHOTOS[:1])])
+        garbage = self.http.InferInput("IMAGE", [1], "BYTES")
+        garbage.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
+        fails(400, "image 0", "tiny", [garbage])
+        fails(400, "has no output 'logits'", "tiny", [self.images(PHOTOS[:1])],
+              outputs=[self.http.InferRequestedOutput("logits")])
+        import http.client
+        connection = http.client.HTTPConnection("127.0.0.1", self.server.http_port, timeout=30)
+        # A body declared over the message limit is refused before it is read.
+        connection.putrequest("POST", "/v2/models/tiny/infer")
+        connection.putheader("Content-Length", str(1 << 30))
+        connection.endheaders()
+        answer = connection.getresponse()
+        self.assertEqual(answer.status, 413)
+        self.assertIn("larger than 67108864 bytes", json.loads(answer.read())["error"])
+        connection.close()
+        for method, path, status in (("GET", "/v3", 404), ("POST", "/v2/health/live", 405),
+                                     ("GET", "/v2/models/tiny/infer", 405),
+                                     ("POST", "/v2/models/tiny/infer", 400)):
+            connection = http.client.HTTPConnection("127.0.0.1", self.server.http_port,
+                                                    timeout=30)
+            connection.request(method, path, body=b"{" if method == "POST" else None)
+            answer = connection.getresponse()
+            self.assertEqual(answer.status, status, path)
+            self.assertIn("error", json.loads(answer.read()))
+            connection.close()
+        self.assertTrue(self.client.is_server_ready())
+
 class ReadmeSnippetTest(unittest.TestCase):
     def test_the_readme_tritonclient_snippet_runs(self):
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
@@ -319,6 +431,28 @@ class ReadmeSnippetTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         print("\n" + r.stdout.strip())
         self.assertRegex(r.stdout, r"\[\[b'0\.9\d*:3:digit 3' b'0\.0\d*:\d:digit \d'\]\]")
+
+    def test_the_readme_curl_examples_run(self):
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        with open(os.path.join(root, "README.md")) as f:
+            readme = f.read()
+        section = readme[readme.index("**HTTP/REST.**"):]
+        commands = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+        expected = re.search(r"prints .*?```\n(.*?)\n```", section, re.S).group(1)
+        server = Server()  # The default model, as the README's first command serves it.
+        try:
+            r = subprocess.run(["bash", "-euo", "pipefail", "-c", commands.replace(
+                "localhost:8000", f"127.0.0.1:{server.http_port}")], capture_output=True,
+                text=True, timeout=120)
+        finally:
+            self.assertEqual(server.stop(), 0)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        status, rest = r.stdout.split("\n", 1)
+        self.assertEqual(status, "200")
+        # curl adds no newline: the metadata and the answer follow each other.
+        metadata, end = json.JSONDecoder().raw_decode(rest)
+        self.assertEqual(metadata["name"], "digits")
+        self.assertEqual(rest[end:].strip(), expected)
 
 if __name__ == "__main__":
     unittest.main()

@@ -40,7 +40,8 @@ class Server:
     def __init__(self, *args):
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "convnext-server"), "--host", "127.0.0.1", "--port", "0",
-             "--metrics_host", "127.0.0.1", "--metrics_port", "0", "--grace_period_s", "20",
+             "--metrics_host", "127.0.0.1", "--metrics_port", "0", "--http_host", "127.0.0.1",
+             "--http_port", "0", "--grace_period_s", "20",
              *args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.lines = []
@@ -51,10 +52,10 @@ class Server:
             if not line:
                 break
             self.lines.append(line)
-            match = re.search(r"event=serving .* port=(\d+) metrics_port=(-?\d+)", line)
+            match = re.search(r"event=serving .* port=(\d+) metrics_port=(-?\d+) http_port=(-?\d+)",
+                              line)
             if match:
-                self.port = int(match.group(1))
-                self.metrics_port = int(match.group(2))
+                self.port, self.metrics_port, self.http_port = map(int, match.groups())
                 break
         if self.port is None:
             self.proc.kill()

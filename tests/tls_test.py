@@ -71,13 +71,23 @@ class TlsTest(unittest.TestCase):
             r = self.cli_health(server.port, f"--tls_ca={p('ca.pem')}")
             self.assertEqual((r.returncode, r.stdout.strip()), (0, "SERVING"), r.stderr)
             self.assertNotEqual(self.cli_health(server.port).returncode, 0)
+            # The Open Inference Protocol's HTTP endpoint is HTTPS with the same certificate.
+            import ssl
+            import urllib.request
+            context = ssl.create_default_context(cafile=p("ca.pem"))
+            url = f"https://127.0.0.1:{server.http_port}/v2/health/ready"
+            self.assertEqual(urllib.request.urlopen(url, context=context, timeout=10).status, 200)
+            import http.client
+            with self.assertRaises((OSError, http.client.HTTPException)):  # Plain HTTP to it.
+                urllib.request.urlopen(url.replace("https", "http"), timeout=10)
         finally:
             self.assertEqual(server.stop(), 0)
 
     def test_mutual_tls(self):
         p = lambda n: os.path.join(self.dir, n)
+        # The HTTP endpoint cannot check client certificates: with mutual TLS it must be off.
         server = Server("--tls_cert", p("server.pem"), "--tls_key", p("server.key"),
-                        "--tls_client_ca", p("ca.pem"))
+                        "--tls_client_ca", p("ca.pem"), "--http_port=-1")
         try:
             with_cert = grpc.ssl_channel_credentials(
                 root_certificates=read(self.dir, "ca.pem"),
@@ -95,14 +105,41 @@ class TlsTest(unittest.TestCase):
         finally:
             self.assertEqual(server.stop(), 0)
 
+    def test_http_endpoint_is_off_with_mutual_tls(self):
+        p = lambda n: os.path.join(self.dir, n)
+        tls = [f"--tls_cert={p('server.pem')}", f"--tls_key={p('server.key')}",
+               f"--tls_client_ca={p('ca.pem')}"]
+        # Not asked for: off, and the log says why.
+        proc = subprocess.Popen([os.path.join(BIN, "convnext-server"), "--port=0",
+                                 "--metrics_port=-1", *tls], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            lines = []
+            for line in proc.stderr:
+                lines.append(line)
+                if "event=serving" in line:
+                    break
+            self.assertIn("http_port=-1", lines[-1])
+            self.assertTrue(any("event=http_disabled" in line for line in lines), lines)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            proc.stderr.close()
+        # Asked for: a start-up error rather than an endpoint weaker than the gRPC one.
+        r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port=0", "--metrics_port=-1",
+                            "--http_port=0", *tls], capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("cannot check client certificates", r.stderr)
+
     def test_bad_tls_flags_are_startup_errors(self):
         r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port=0", "--metrics_port=-1",
-                            f"--tls_cert={os.path.join(self.dir, 'server.pem')}"],
+                            "--http_port=-1", f"--tls_cert={os.path.join(self.dir, 'server.pem')}"],
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 1)
         self.assertIn("needs both --tls_cert and --tls_key", r.stderr)
         r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port=0", "--metrics_port=-1",
-                            "--tls_cert=/nonexistent.pem", "--tls_key=/nonexistent.key"],
+                            "--http_port=-1", "--tls_cert=/nonexistent.pem",
+                            "--tls_key=/nonexistent.key"],
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 1)
         self.assertIn("--tls_cert '/nonexistent.pem' cannot be read", r.stderr)

@@ -1,0 +1,71 @@
+// OipHttpServer: the Open Inference Protocol over HTTP/REST (KServe v2 `inference_rest.md`, with
+// Triton's binary tensor, model configuration and statistics extensions), on its own port, over
+// GNU libmicrohttpd (Debian's libmicrohttpd-dev). A front end of OipModels, like the gRPC
+// service: the same models, admission, budgets, batcher and metrics.
+//
+//   GET  /v2                                            server metadata
+//   GET  /v2/health/live | /v2/health/ready             200, or 503 when not ready
+//   GET  /v2/models/{m}[/versions/{v}]                  model metadata
+//   GET  /v2/models/{m}[/versions/{v}]/ready            200, or 503
+//   GET  /v2/models/{m}[/versions/{v}]/config           Triton's model configuration
+//   GET  /v2/models[/{m}[/versions/{v}]]/stats          Triton's statistics
+//   POST /v2/models/{m}[/versions/{v}]/infer            inference (JSON or binary extension)
+//
+// Errors are {"error": "..."} with the status of HttpStatusOf (oip_rest.h). Limits: a body over
+// `max_body_bytes` is refused with 413 before it is read; at most `max_connections` connections
+// at once, each on its own thread (an inference blocks its connection's thread, never a model's);
+// a connection idle for `idle_timeout` is closed.
+#ifndef CONVNEXT_SERVER_OIP_HTTP_H_
+#define CONVNEXT_SERVER_OIP_HTTP_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "server/oip_models.h"
+
+struct MHD_Daemon;
+
+namespace convnext::server {
+
+struct OipHttpOptions {
+  std::string host = "0.0.0.0";  // An IPv4 address.
+  int port = 8000;               // 0 picks a free port.
+  size_t max_body_bytes = 64 << 20;
+  int max_connections = 64;
+  absl::Duration idle_timeout = absl::Seconds(30);
+  // HTTPS when both are set (PEM text, the gRPC port's certificate and key). Client certificates
+  // (mutual TLS) are not checked here: convnext-server does not start this endpoint with them.
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
+};
+
+class OipHttpServer {
+ public:
+  // Starts serving `models` (which outlives the server). UNAVAILABLE if the address cannot be
+  // bound.
+  static absl::StatusOr<std::unique_ptr<OipHttpServer>> Start(const OipModels* models,
+                                                             const OipHttpOptions& options);
+  // Stops accepting and waits for the connections' threads.
+  ~OipHttpServer();
+  OipHttpServer(const OipHttpServer&) = delete;
+  OipHttpServer& operator=(const OipHttpServer&) = delete;
+
+  int port() const { return port_; }
+
+ private:
+  OipHttpServer(const OipModels* models, const OipHttpOptions& options)
+      : models_(models), options_(options) {}
+
+  const OipModels* const models_;
+  const OipHttpOptions options_;  // The daemon reads its PEM strings for as long as it runs.
+  MHD_Daemon* daemon_ = nullptr;
+  int port_ = 0;
+
+  friend struct OipHttpHandler;
+};
+
+}  // namespace convnext::server
+
+#endif  // CONVNEXT_SERVER_OIP_HTTP_H_
