@@ -76,6 +76,50 @@ class RssSampler(threading.Thread):
             time.sleep(0.02)
 
 
+class Watch:
+    """While open: the server's resident memory is sampled and another client calls Classify
+    throughout; check() then asserts that it was always answered and that the peak stayed within
+    the budget plus the margin."""
+
+    def __init__(self, test):
+        self.test, self.server = test, test.server
+
+    def __enter__(self):
+        small = pb.ClassifyRequest(model="tiny", images=[pb.Image(encoded=blank_jpeg(64, 64))])
+        self.baseline = self.server.rss_mb()
+        self.sampler = RssSampler(self.server)
+        self.sampler.start()
+        self.answered, self.failed, self.stop = 0, [], threading.Event()
+
+        def other_client():
+            while not self.stop.is_set():
+                try:
+                    self.test.stub.Classify(small, timeout=60)
+                    self.answered += 1
+                except grpc.RpcError as e:
+                    self.failed.append(e.code())
+
+        self.other = threading.Thread(target=other_client)
+        self.other.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.other.join()
+        self.sampler.stop.set()
+        self.sampler.join()
+        return False
+
+    def check(self):
+        print(f"RSS: {self.baseline:.0f} MB before, peak {self.sampler.peak:.0f} MB (budget "
+              f"{BUDGET_MB} MB + margin {MARGIN_MB} MB); other client: {self.answered} "
+              f"answered, {len(self.failed)} failed")
+        self.test.assertEqual(self.failed, [])
+        self.test.assertGreater(self.answered, 0)
+        if not os.environ.get("CONVNEXT_SANITIZED"):  # ASan's quarantine and shadow grow RSS.
+            self.test.assertLess(self.sampler.peak, self.baseline + BUDGET_MB + MARGIN_MB)
+
+
 class BudgetTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -103,24 +147,7 @@ class BudgetTest(unittest.TestCase):
         return e.exception, time.monotonic() - start
 
     def test_costly_requests_are_refused_before_the_memory_is_spent(self):
-        small = pb.ClassifyRequest(model="tiny", images=[pb.Image(encoded=blank_jpeg(64, 64))])
-        baseline = self.server.rss_mb()
-        sampler = RssSampler(self.server)
-        sampler.start()
-        # Another client, answered throughout.
-        answered, failed, stop = [0], [], threading.Event()
-
-        def other_client():
-            while not stop.is_set():
-                try:
-                    self.stub.Classify(small, timeout=60)
-                    answered[0] += 1
-                except grpc.RpcError as e:
-                    failed.append(e.code())
-
-        other = threading.Thread(target=other_client)
-        other.start()
-        try:
+        with Watch(self) as watch:
             # 8 blank 4000x4000 JPEGs, KEEP_SIZE, pooled embedding (a small answer): about 2 MB
             # on the wire, 20+ GB of activations if computed.
             big = blank_jpeg(4000, 4000)
@@ -155,38 +182,12 @@ class BudgetTest(unittest.TestCase):
                 model="tiny", images=[pb.Image(encoded=blank_jpeg(2000, 2000))],
                 include_embedding=True, resize=pb.KEEP_SIZE), timeout=300)
             self.assertEqual(list(ok.results[0].embedding.shape), [768])
-        finally:
-            stop.set()
-            other.join()
-            sampler.stop.set()
-            sampler.join()
-        print(f"RSS: {baseline:.0f} MB before, peak {sampler.peak:.0f} MB "
-              f"(budget {BUDGET_MB} MB + margin {MARGIN_MB} MB); other client: {answered[0]} "
-              f"answered, {len(failed)} failed")
-        self.assertEqual(failed, [])
-        self.assertGreater(answered[0], 0)
-        if not os.environ.get("CONVNEXT_SANITIZED"):  # ASan's quarantine and shadow grow RSS.
-            self.assertLess(sampler.peak, baseline + BUDGET_MB + MARGIN_MB)
+        watch.check()
 
     def test_hostile_files_and_clients(self):
         """Unread formats, TIFF tag tricks, concurrent large messages and a slow metrics client,
         while another client is answered and the server's RSS is sampled."""
-        small = pb.ClassifyRequest(model="tiny", images=[pb.Image(encoded=blank_jpeg(64, 64))])
-        baseline = self.server.rss_mb()
-        sampler = RssSampler(self.server)
-        sampler.start()
-        answered, failed, stop = [0], [], threading.Event()
-
-        def other_client():
-            while not stop.is_set():
-                try:
-                    self.stub.Classify(small, timeout=60)
-                    answered[0] += 1
-                except grpc.RpcError as e:
-                    failed.append(e.code())
-
-        other = threading.Thread(target=other_client)
-        other.start()
+        stop = threading.Event()
         # A metrics client that sends one byte of its request every second: it must not hold the
         # endpoint (every connection has an absolute deadline, several are served at once).
         slow = socket.create_connection(("127.0.0.1", self.server.metrics_port), timeout=30)
@@ -222,56 +223,49 @@ class BudgetTest(unittest.TestCase):
 
         scraper = threading.Thread(target=scrape)
         scraper.start()
-        try:
-            for name, data in UNREAD_FORMATS.items():
-                e, _ = self.refused(self.stub.Classify,
-                                    pb.ClassifyRequest(model="tiny",
-                                                       images=[pb.Image(encoded=data)]))
-                self.assertEqual(e.code(), grpc.StatusCode.INVALID_ARGUMENT, name)
-                self.assertIn("accepted: JPEG, PNG, WebP, BMP, TIFF, PNM", e.details(), name)
-            e, _ = self.refused(self.stub.Classify, pb.ClassifyRequest(
-                model="tiny", images=[pb.Image(encoded=tiff_with_duplicated_width())]))
-            self.assertEqual(e.code(), grpc.StatusCode.INVALID_ARGUMENT)
-            self.assertIn("tag 256 appears twice", e.details())
+        with Watch(self) as watch:
+            try:
+                for name, data in UNREAD_FORMATS.items():
+                    e, _ = self.refused(self.stub.Classify,
+                                        pb.ClassifyRequest(model="tiny",
+                                                           images=[pb.Image(encoded=data)]))
+                    self.assertEqual(e.code(), grpc.StatusCode.INVALID_ARGUMENT, name)
+                    self.assertIn("accepted: JPEG, PNG, WebP, BMP, TIFF, PNM", e.details(), name)
+                e, _ = self.refused(self.stub.Classify, pb.ClassifyRequest(
+                    model="tiny", images=[pb.Image(encoded=tiff_with_duplicated_width())]))
+                self.assertEqual(e.code(), grpc.StatusCode.INVALID_ARGUMENT)
+                self.assertIn("tag 256 appears twice", e.details())
 
-            # Sixteen 48 MB requests at once (768 MB on the wire, three times the transport
-            # quota): each is read, refused as undecodable, and its buffers are freed.
-            junk = b"\xff\xd8\xff" + bytes(48 << 20)
-            big = pb.ClassifyRequest(model="tiny", images=[pb.Image(encoded=junk)])
-            start = time.monotonic()
-            futures = [self.stub.Classify.future(big, timeout=300) for _ in range(16)]
-            for f in futures:
-                f.exception()  # Waits for it.
-            codes = {}
-            for f in futures:
-                code = f.exception().code() if f.exception() else grpc.StatusCode.OK
-                codes[code.name] = codes.get(code.name, 0) + 1
-            print(f"\n16 x 48 MB concurrent requests: {codes} in {time.monotonic() - start:.1f} s")
-            # Undecodable images are INVALID_ARGUMENT; the transport may refuse what its quota
-            # cannot hold (RESOURCE_EXHAUSTED) but never loses or crashes.
-            self.assertLessEqual(set(codes), {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"})
-            self.assertGreater(codes.get("INVALID_ARGUMENT", 0), 0)
-        finally:
-            slow_stop.set()
-            trickler.join()
-            slow.close()
-            stop.set()
-            other.join()
-            scraper.join()
-            sampler.stop.set()
-            sampler.join()
-        print(f"RSS: {baseline:.0f} MB before, peak {sampler.peak:.0f} MB; other client: "
-              f"{answered[0]} answered, {len(failed)} failed; /metrics answered "
-              f"{len(metrics_seconds)} times beside the slow client, slowest "
+                # Sixteen 48 MB requests at once (768 MB on the wire, three times the transport
+                # quota): each is read, refused as undecodable, and its buffers are freed.
+                junk = b"\xff\xd8\xff" + bytes(48 << 20)
+                big = pb.ClassifyRequest(model="tiny", images=[pb.Image(encoded=junk)])
+                start = time.monotonic()
+                futures = [self.stub.Classify.future(big, timeout=300) for _ in range(16)]
+                for f in futures:
+                    f.exception()  # Waits for it.
+                codes = {}
+                for f in futures:
+                    code = f.exception().code() if f.exception() else grpc.StatusCode.OK
+                    codes[code.name] = codes.get(code.name, 0) + 1
+                print(f"\n16 x 48 MB concurrent requests: {codes} in {time.monotonic() - start:.1f} s")
+                # Undecodable images are INVALID_ARGUMENT; the transport may refuse what its quota
+                # cannot hold (RESOURCE_EXHAUSTED) but never loses or crashes.
+                self.assertLessEqual(set(codes), {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"})
+                self.assertGreater(codes.get("INVALID_ARGUMENT", 0), 0)
+            finally:
+                slow_stop.set()
+                trickler.join()
+                slow.close()
+                stop.set()
+                scraper.join()
+        print(f"/metrics answered {len(metrics_seconds)} times beside the slow client, slowest "
               f"{max(metrics_seconds, default=0) * 1000:.0f} ms")
         self.assertEqual(metrics_errors, [])
         self.assertGreater(len(metrics_seconds), 0)
         self.assertLess(max(metrics_seconds), 5)
-        self.assertEqual(failed, [])
-        self.assertGreater(answered[0], 0)
+        watch.check()
         self.assertEqual(self.server.health(), "SERVING")
-        if not os.environ.get("CONVNEXT_SANITIZED"):
-            self.assertLess(sampler.peak, baseline + BUDGET_MB + MARGIN_MB)
 
 
 class CheckpointBombTest(unittest.TestCase):
