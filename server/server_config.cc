@@ -4,6 +4,9 @@
 #include <google/protobuf/text_format.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <system_error>
+#include <vector>
 #include <fstream>
 #include <iterator>
 #include <set>
@@ -85,7 +88,28 @@ absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag) {
   }
   server::ModelConfig model;
   model.set_name(flag.substr(0, eq));
-  model.set_checkpoint(flag.substr(eq + 1));
+  std::string checkpoint = flag.substr(eq + 1);
+  std::error_code error;
+  if (std::filesystem::is_directory(checkpoint, error)) {
+    // A folder (KServe mounts a model's storage at /mnt/models): its one checkpoint file.
+    std::vector<std::string> found;
+    for (const auto& entry : std::filesystem::directory_iterator(checkpoint, error)) {
+      const std::string ext = entry.path().extension().string();
+      if (entry.is_regular_file(error) &&
+          (ext == ".safetensors" || ext == ".pth" || ext == ".pt" || ext == ".bin")) {
+        found.push_back(entry.path().string());
+      }
+    }
+    if (found.size() != 1) {
+      std::sort(found.begin(), found.end());
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--model '", flag, "': the folder holds ", found.size(),
+          " checkpoint files (.safetensors, .pth, .pt, .bin), expected exactly one",
+          found.empty() ? "" : absl::StrCat(": ", absl::StrJoin(found, ", "))));
+    }
+    checkpoint = found[0];
+  }
+  model.set_checkpoint(checkpoint);
   return model;
 }
 

@@ -27,6 +27,8 @@ absl::StatusOr<server::ServerConfig> ParseConfigText(const std::string& text,
                                                      const std::string& path);
 
 // Parses "NAME=CHECKPOINT" (a --model flag) into a ModelConfig with defaults left unset.
+// CHECKPOINT may be a folder holding exactly one checkpoint file (.safetensors, .pth, .pt, .bin;
+// other files, such as a Hugging Face config.json, may sit beside it).
 absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag);
 
 // Fills unset fields with their defaults (see config.proto). `cores` and `memory_bytes` are what

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <fstream>
 
 namespace convnext::server {
@@ -89,6 +90,22 @@ TEST(ServerConfigTest, ModelFlag) {
   EXPECT_FALSE(ParseModelFlag("tiny").ok());
   EXPECT_FALSE(ParseModelFlag("=x").ok());
   EXPECT_FALSE(ParseModelFlag("x=").ok());
+}
+
+TEST(ServerConfigTest, ModelFlagWithAFolderTakesItsOneCheckpoint) {
+  const std::string dir = ::testing::TempDir() + "/model_folder";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir + "/config.json") << "{}";
+  EXPECT_THAT(std::string(ParseModelFlag("m=" + dir).status().message()),
+              HasSubstr("holds 0 checkpoint files"));
+  std::ofstream(dir + "/weights.safetensors") << "x";
+  absl::StatusOr<server::ModelConfig> m = ParseModelFlag("m=" + dir);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->checkpoint(), dir + "/weights.safetensors");
+  std::ofstream(dir + "/other.pth") << "x";
+  EXPECT_THAT(std::string(ParseModelFlag("m=" + dir).status().message()),
+              HasSubstr("holds 2 checkpoint files"));
 }
 
 }  // namespace

@@ -62,7 +62,8 @@ class DeployTest(unittest.TestCase):
                     "deploy/prometheus-compose.yml", "deploy/docker-compose.yml",
                     "deploy/k8s/deployment.yaml", "deploy/k8s/deployment-gpu.yaml",
                     "deploy/k8s/services.yaml", "deploy/k8s/hpa.yaml", "deploy/k8s/podmonitor.yaml",
-                    "deploy/grafana/datasource.yml", "deploy/grafana/dashboards.yml"}
+                    "deploy/grafana/datasource.yml", "deploy/grafana/dashboards.yml",
+                    "deploy/kserve/servingruntime.yaml", "deploy/kserve/inferenceservice.yaml"}
         self.assertTrue(expected <= set(self.yaml_docs), set(self.yaml_docs))
         for path, docs in self.yaml_docs.items():
             self.assertTrue(docs and all(d is not None for d in docs), path)
@@ -119,6 +120,41 @@ class DeployTest(unittest.TestCase):
         self.assertEqual(services[0]["spec"]["clusterIP"], "None")
         monitor = self.yaml_docs["deploy/k8s/podmonitor.yaml"][0]
         self.assertEqual(monitor["spec"]["podMetricsEndpoints"][0]["path"], "/metrics")
+
+    def test_kserve_runtime_agrees_with_the_server_and_serves_a_mounted_folder(self):
+        runtime = self.yaml_docs["deploy/kserve/servingruntime.yaml"][0]
+        service = self.yaml_docs["deploy/kserve/inferenceservice.yaml"][0]
+        self.assertEqual(service["spec"]["predictor"]["model"]["runtime"],
+                         runtime["metadata"]["name"])
+        formats = [f["name"] for f in runtime["spec"]["supportedModelFormats"]]
+        self.assertIn(service["spec"]["predictor"]["model"]["modelFormat"]["name"], formats)
+        self.assertEqual(service["spec"]["predictor"]["model"]["protocolVersion"], "v2")
+        c = runtime["spec"]["containers"][0]
+        self.assertEqual(c["name"], "kserve-container")
+        self.assert_server_flags(c["args"], "ServingRuntime")
+        args = dict(a[2:].split("=", 1) for a in c["args"])
+        self.assertEqual(args["model"], "{{.Name}}=/mnt/models")
+        self.assertEqual([p["containerPort"] for p in c["ports"]], [int(args["http_port"])])
+        probe = c["readinessProbe"]["httpGet"]
+        self.assertEqual((probe["path"], probe["port"]),
+                         ("/v2/health/ready", int(args["http_port"])))
+        # As KServe would run it: the storage folder mounted, the model named after the service.
+        import shutil
+        import tempfile
+        import urllib.request
+        with tempfile.TemporaryDirectory() as mnt:
+            shutil.copy(os.path.join(ROOT, "default_model", "convnext_digits.safetensors"), mnt)
+            name = service["metadata"]["name"]
+            server = Server("--model", args["model"].replace("{{.Name}}", name).replace(
+                "/mnt/models", mnt))
+            try:
+                base = f"http://127.0.0.1:{server.http_port}"
+                self.assertEqual(urllib.request.urlopen(base + probe["path"], timeout=10).status,
+                                 200)
+                meta = urllib.request.urlopen(f"{base}/v2/models/{name}", timeout=10).read()
+                self.assertIn(b'"probabilities"', meta)
+            finally:
+                self.assertEqual(server.stop(), 0)
 
     def test_autoscaler_metric_is_exported(self):
         hpa = self.yaml_docs["deploy/k8s/hpa.yaml"][0]
