@@ -14,14 +14,14 @@ runtime_pkgs=(
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libssl3
   libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406
   libprometheus-cpp-core1.0
-  libmicrohttpd12  # the Open Inference Protocol's HTTP endpoint
+  libmicrohttpd12 libgnutls30  # the Open Inference Protocol's HTTP endpoint (HTTPS, mutual TLS)
 )
 build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev libopenblas0-pthread libdnnl-dev
   ocl-icd-opencl-dev  # dnnl-config.cmake requires OpenCL; libdnnl-dev only recommends it
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
-  libopencv-dev prometheus-cpp-dev nlohmann-json3-dev libssl-dev libmicrohttpd-dev
+  libopencv-dev prometheus-cpp-dev nlohmann-json3-dev libssl-dev libmicrohttpd-dev libgnutls28-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev  # libFuzzer + sanitizers for fuzz/
 )

@@ -1,6 +1,7 @@
 #include "server/oip_http.h"
 
 #include <arpa/inet.h>
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 
@@ -20,6 +21,7 @@ namespace convnext::server {
 struct HttpRequest {
   std::string body;
   bool too_large = false;
+  bool answered = false;  // An answer was queued before the body was read (403, 413).
 };
 
 struct HttpAnswer {
@@ -162,6 +164,14 @@ struct OipHttpHandler {
     if (*state == nullptr) {
       auto* request = new HttpRequest();
       *state = request;
+      if (!server->options_.tls_client_ca_pem.empty() && !ClientVerified(connection)) {
+        request->answered = true;
+        return Send(connection,
+                    {403,
+                     ErrorJson("a client certificate signed by the server's client CA "
+                               "(--tls_client_ca) is required"),
+                     std::nullopt});
+      }
       // A declared body over the limit is refused before any of it is read.
       if (const char* length =
               MHD_lookup_connection_value(connection, MHD_HEADER_KIND, "Content-Length")) {
@@ -170,12 +180,15 @@ struct OipHttpHandler {
           request->too_large = true;
         }
       }
-      if (request->too_large) return Send(connection, TooLarge(server->options_.max_body_bytes));
+      if (request->too_large) {
+        request->answered = true;
+        return Send(connection, TooLarge(server->options_.max_body_bytes));
+      }
       return MHD_YES;
     }
     auto* request = static_cast<HttpRequest*>(*state);
     if (*upload_data_size > 0) {
-      if (!request->too_large) {
+      if (!request->too_large && !request->answered) {
         if (request->body.size() + *upload_data_size > server->options_.max_body_bytes) {
           request->too_large = true;
           request->body.clear();
@@ -187,8 +200,22 @@ struct OipHttpHandler {
       *upload_data_size = 0;
       return MHD_YES;
     }
+    if (request->answered) return MHD_YES;
     if (request->too_large) return Send(connection, TooLarge(server->options_.max_body_bytes));
     return Send(connection, Route(*server->models_, connection, method, url, request->body));
+  }
+
+  // Whether the TLS client presented a certificate that verifies against the trusted client CA
+  // (libmicrohttpd only asks for one; checking it is ours).
+  static bool ClientVerified(MHD_Connection* connection) {
+    const MHD_ConnectionInfo* info =
+        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    if (info == nullptr || info->tls_session == nullptr) return false;
+    auto session = static_cast<gnutls_session_t>(info->tls_session);
+    unsigned int count = 0;
+    if (gnutls_certificate_get_peers(session, &count) == nullptr || count == 0) return false;
+    unsigned int status = 0;
+    return gnutls_certificate_verify_peers2(session, &status) == GNUTLS_E_SUCCESS && status == 0;
   }
 
   static HttpAnswer TooLarge(size_t limit) {
@@ -210,6 +237,10 @@ absl::StatusOr<std::unique_ptr<OipHttpServer>> OipHttpServer::Start(
         absl::StrCat("HTTP host '", options.host, "' is not an IPv4 address"));
   }
   const bool tls = !options.tls_cert_pem.empty() && !options.tls_key_pem.empty();
+  const bool mutual = tls && !options.tls_client_ca_pem.empty();
+  if (!tls && !options.tls_client_ca_pem.empty()) {
+    return absl::InvalidArgumentError("a client CA needs the server's certificate and key");
+  }
   if (tls && !MHD_is_feature_supported(MHD_FEATURE_TLS)) {
     return absl::FailedPreconditionError("this libmicrohttpd has no TLS support");
   }
@@ -222,9 +253,11 @@ absl::StatusOr<std::unique_ptr<OipHttpServer>> OipHttpServer::Start(
       static_cast<unsigned>(options.max_connections), MHD_OPTION_CONNECTION_TIMEOUT,
       static_cast<unsigned>(absl::ToInt64Seconds(options.idle_timeout)),
       MHD_OPTION_NOTIFY_COMPLETED, &Completed, nullptr,
-      // With TLS off these two come last and are never read.
+      // With TLS off the rest is never read; without a client CA, the trust option is not.
       tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, kept.tls_key_pem.c_str(),
-      MHD_OPTION_HTTPS_MEM_CERT, kept.tls_cert_pem.c_str(), MHD_OPTION_END);
+      MHD_OPTION_HTTPS_MEM_CERT, kept.tls_cert_pem.c_str(),
+      mutual ? MHD_OPTION_HTTPS_MEM_TRUST : MHD_OPTION_END, kept.tls_client_ca_pem.c_str(),
+      MHD_OPTION_END);
   if (server->daemon_ == nullptr) {
     return absl::UnavailableError(
         absl::StrCat("cannot serve HTTP on ", options.host, ":", options.port));

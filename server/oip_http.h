@@ -14,7 +14,7 @@
 // Errors are {"error": "..."} with the status of HttpStatusOf (oip_rest.h). Limits: a body over
 // `max_body_bytes` is refused with 413 before it is read; at most `max_connections` connections
 // at once, each on its own thread (an inference blocks its connection's thread, never a model's);
-// a connection idle for `idle_timeout` is closed.
+// a connection idle for `idle_timeout` is closed. TLS and mutual TLS as the gRPC port has them.
 #ifndef CONVNEXT_SERVER_OIP_HTTP_H_
 #define CONVNEXT_SERVER_OIP_HTTP_H_
 
@@ -35,10 +35,12 @@ struct OipHttpOptions {
   size_t max_body_bytes = 64 << 20;
   int max_connections = 64;
   absl::Duration idle_timeout = absl::Seconds(30);
-  // HTTPS when both are set (PEM text, the gRPC port's certificate and key). Client certificates
-  // (mutual TLS) are not checked here: convnext-server does not start this endpoint with them.
+  // HTTPS when both are set (PEM text, the gRPC port's certificate and key).
   std::string tls_cert_pem;
   std::string tls_key_pem;
+  // With HTTPS: mutual TLS. Every request must come over a connection whose client presented a
+  // certificate that verifies against this CA (PEM); others get 403 before anything is read.
+  std::string tls_client_ca_pem;
 };
 
 class OipHttpServer {

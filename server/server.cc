@@ -95,6 +95,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
     http.max_body_bytes = config.max_message_bytes();
     http.tls_cert_pem = options.http_tls_cert_pem;
     http.tls_key_pem = options.http_tls_key_pem;
+    http.tls_client_ca_pem = options.http_tls_client_ca_pem;
     absl::StatusOr<std::unique_ptr<OipHttpServer>> started =
         OipHttpServer::Start(server->oip_models_.get(), http);
     if (!started.ok()) return started.status();

@@ -54,9 +54,11 @@ struct ServerOptions {
   // picks a free port; -1 (the default here; convnext-server's --http_port is 8000) disables it.
   std::string http_host = "0.0.0.0";
   int http_port = -1;
-  // HTTPS for it when both are set (PEM text; convnext-server uses --tls_cert and --tls_key).
+  // HTTPS for it when both are set, mutual TLS with the client CA (PEM text; convnext-server uses
+  // --tls_cert, --tls_key and --tls_client_ca).
   std::string http_tls_cert_pem;
   std::string http_tls_key_pem;
+  std::string http_tls_client_ca_pem;
   // What build_info reports (the binary's version and the LibTorch it was built against).
   std::string version = "unknown";
   std::string libtorch_version = "unknown";

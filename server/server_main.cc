@@ -169,7 +169,7 @@ std::vector<std::string> TakeModelFlags(int* argc, char** argv) {
   return values;
 }
 
-int Run(const std::vector<std::string>& model_flags, bool http_port_given) {
+int Run(const std::vector<std::string>& model_flags) {
   auto fail = [](const absl::Status& s) {
     std::fprintf(stderr, "convnext-server: %s\n", std::string(s.message()).c_str());
     return 1;
@@ -188,19 +188,8 @@ int Run(const std::vector<std::string>& model_flags, bool http_port_given) {
   options.access_log = absl::GetFlag(FLAGS_access_log);
   absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> credentials = ServerCredentials();
   if (!credentials.ok()) return fail(credentials.status());
-  // The HTTP endpoint: HTTPS with the same certificate and key when TLS is on. Client
-  // certificates are not checked on it yet, so with mutual TLS it is off unless --http_port was
-  // given, which is then an error rather than a silently weaker endpoint.
-  if (!absl::GetFlag(FLAGS_tls_client_ca).empty() && options.http_port >= 0) {
-    if (http_port_given) {
-      return fail(absl::InvalidArgumentError(
-          "--http_port with --tls_client_ca: the HTTP endpoint cannot check client "
-          "certificates yet; pass --http_port=-1 or drop --tls_client_ca"));
-    }
-    Log("warning", "http_disabled",
-        {{"reason", "mutual TLS (--tls_client_ca) is not supported on the HTTP endpoint"}});
-    options.http_port = -1;
-  }
+  // The HTTP endpoint: HTTPS with the same certificate and key when TLS is on, and mutual TLS
+  // with the same client CA (ServerCredentials() has checked the flags).
   if (!absl::GetFlag(FLAGS_tls_cert).empty()) {
     absl::StatusOr<std::string> cert = ReadPem("tls_cert", absl::GetFlag(FLAGS_tls_cert));
     absl::StatusOr<std::string> key = ReadPem("tls_key", absl::GetFlag(FLAGS_tls_key));
@@ -208,6 +197,12 @@ int Run(const std::vector<std::string>& model_flags, bool http_port_given) {
     if (!key.ok()) return fail(key.status());
     options.http_tls_cert_pem = *cert;
     options.http_tls_key_pem = *key;
+    if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
+      absl::StatusOr<std::string> ca =
+          ReadPem("tls_client_ca", absl::GetFlag(FLAGS_tls_client_ca));
+      if (!ca.ok()) return fail(ca.status());
+      options.http_tls_client_ca_pem = *ca;
+    }
   }
   options.credentials = *std::move(credentials);
 
@@ -248,12 +243,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "convnext-server --model NAME=CHECKPOINT [--model ...] [--config FILE] [--port 50051]");
   const std::vector<std::string> models = convnext::server::TakeModelFlags(&argc, argv);
-  bool http_port_given = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--http_port" || arg.rfind("--http_port=", 0) == 0) http_port_given = true;
-  }
   absl::ParseCommandLine(argc, argv);
   convnext::ConfigureProcessForInference();
-  return convnext::server::Run(models, http_port_given);
+  return convnext::server::Run(models);
 }

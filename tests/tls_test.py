@@ -20,7 +20,8 @@ def openssl(*args, cwd):
 
 
 def make_certificates(d):
-    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
+    """A CA, a server certificate for localhost/127.0.0.1, a client certificate, and a
+    self-signed (untrusted) client certificate."""
     openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
     with open(os.path.join(d, "san.ext"), "w") as f:
@@ -31,6 +32,9 @@ def make_certificates(d):
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                 "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", f"{name}.pem",
                 cwd=d)
+    # A client certificate that no trusted CA signed.
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=rogue",
+            "-keyout", "rogue.key", "-out", "rogue.pem", cwd=d)
 
 
 def read(d, name):
@@ -85,9 +89,8 @@ class TlsTest(unittest.TestCase):
 
     def test_mutual_tls(self):
         p = lambda n: os.path.join(self.dir, n)
-        # The HTTP endpoint cannot check client certificates: with mutual TLS it must be off.
         server = Server("--tls_cert", p("server.pem"), "--tls_key", p("server.key"),
-                        "--tls_client_ca", p("ca.pem"), "--http_port=-1")
+                        "--tls_client_ca", p("ca.pem"))
         try:
             with_cert = grpc.ssl_channel_credentials(
                 root_certificates=read(self.dir, "ca.pem"),
@@ -102,34 +105,27 @@ class TlsTest(unittest.TestCase):
                                 f"--tls_cert={p('client.pem')}", f"--tls_key={p('client.key')}")
             self.assertEqual((r.returncode, r.stdout.strip()), (0, "SERVING"), r.stderr)
             self.assertNotEqual(self.cli_health(server.port, f"--tls_ca={p('ca.pem')}").returncode, 0)
+            # The HTTP endpoint asks for the same client certificates: 403 without one.
+            import ssl
+            import urllib.error
+            import urllib.request
+            url = f"https://127.0.0.1:{server.http_port}/v2/health/ready"
+            with_cert = ssl.create_default_context(cafile=p("ca.pem"))
+            with_cert.load_cert_chain(p("client.pem"), p("client.key"))
+            self.assertEqual(urllib.request.urlopen(url, context=with_cert, timeout=10).status, 200)
+            without = ssl.create_default_context(cafile=p("ca.pem"))
+            with self.assertRaises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(url, context=without, timeout=10)
+            self.assertEqual(refused.exception.code, 403)
+            self.assertIn(b"client certificate", refused.exception.read())
+            # A certificate from another CA does not do either.
+            other = ssl.create_default_context(cafile=p("ca.pem"))
+            other.load_cert_chain(p("rogue.pem"), p("rogue.key"))
+            with self.assertRaises(urllib.error.HTTPError) as rogue:
+                urllib.request.urlopen(url, context=other, timeout=10)
+            self.assertEqual(rogue.exception.code, 403)
         finally:
             self.assertEqual(server.stop(), 0)
-
-    def test_http_endpoint_is_off_with_mutual_tls(self):
-        p = lambda n: os.path.join(self.dir, n)
-        tls = [f"--tls_cert={p('server.pem')}", f"--tls_key={p('server.key')}",
-               f"--tls_client_ca={p('ca.pem')}"]
-        # Not asked for: off, and the log says why.
-        proc = subprocess.Popen([os.path.join(BIN, "convnext-server"), "--port=0",
-                                 "--metrics_port=-1", *tls], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
-        try:
-            lines = []
-            for line in proc.stderr:
-                lines.append(line)
-                if "event=serving" in line:
-                    break
-            self.assertIn("http_port=-1", lines[-1])
-            self.assertTrue(any("event=http_disabled" in line for line in lines), lines)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-            proc.stderr.close()
-        # Asked for: a start-up error rather than an endpoint weaker than the gRPC one.
-        r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port=0", "--metrics_port=-1",
-                            "--http_port=0", *tls], capture_output=True, text=True, timeout=60)
-        self.assertEqual(r.returncode, 1)
-        self.assertIn("cannot check client certificates", r.stderr)
 
     def test_bad_tls_flags_are_startup_errors(self):
         r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port=0", "--metrics_port=-1",
