@@ -24,10 +24,11 @@
 //    deliberately do not reproduce.
 //
 // Untrusted input: before decoding, the dimensions are read from the header (image/image_header.h)
-// so that an image over max_pixels (a decompression bomb) is refused without being decoded; the
-// decoded size is checked again (for formats whose header we do not read, OpenCV's own limit of
-// 2^30 pixels is the only bound before that check). Every failure caused by the input is
-// INVALID_ARGUMENT with a message for the client.
+// so that an image over max_pixels (a decompression bomb) is refused without being decoded, and
+// only the formats whose header we read (kAcceptedFormats) reach the decoder; the decoded size is
+// checked again. OpenCV's own limit (2^30 pixels unless OPENCV_IO_MAX_IMAGE_PIXELS says less when
+// the process starts; convnext-server sets it to its max_image_pixels) bounds the decode itself.
+// Every failure caused by the input is INVALID_ARGUMENT with a message for the client.
 //
 // All functions are thread-safe and keep no state.
 #ifndef CONVNEXT_IMAGE_PREPROCESS_H_

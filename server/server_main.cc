@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iterator>
 #include <memory>
@@ -64,6 +65,32 @@ ABSL_FLAG(int, max_queue_delay_us, -1,
           "Override every model's max_queue_delay_us (-1: config/default).");
 
 namespace convnext::server {
+
+// The process's arguments as it was started, for RestartWithOpenCvLimit.
+char** g_original_argv = nullptr;
+
+// OpenCV reads its own decoding limit (OPENCV_IO_MAX_IMAGE_PIXELS, default 2^30 pixels) once,
+// in a static initializer, when its library is loaded: before main. The only way to give it our
+// max_image_pixels is the environment the process starts with, so when that is not already ours
+// the server starts itself again, at once, with it set. Every format we accept has its size
+// checked from its header before decoding anyway; this makes OpenCV refuse a larger decode
+// should its reading of a header ever differ from ours.
+void RestartWithOpenCvLimit(uint64_t max_pixels) {
+  constexpr char kVariable[] = "OPENCV_IO_MAX_IMAGE_PIXELS";
+  const std::string want = absl::StrCat(max_pixels);
+  const char* have = std::getenv(kVariable);
+  if (have != nullptr && want == have) return;
+  if (std::getenv("CONVNEXT_SERVER_RESTARTED") != nullptr || g_original_argv == nullptr) {
+    Log("warning", "opencv_limit",
+        {{"message", absl::StrCat(kVariable, " is ", have == nullptr ? "unset" : have,
+                                  ", not max_image_pixels ", want)}});
+    return;
+  }
+  setenv(kVariable, want.c_str(), 1);
+  setenv("CONVNEXT_SERVER_RESTARTED", "1", 1);
+  execv("/proc/self/exe", g_original_argv);
+  Log("warning", "opencv_limit", {{"message", "cannot restart with OpenCV's limit set"}});
+}
 
 // The default model's config: beside the installed binary (../share/convnext-serve/) or
 // in the source tree the binary was built in (build/bin/../../).
@@ -117,6 +144,7 @@ absl::StatusOr<ServerConfig> BuildConfig(const std::vector<std::string>& model_f
        {"memory_bytes", absl::StrCat(machine.memory_bytes)},
        {"memory_from", machine.memory_source}});
   NormalizeConfig(&config, machine.cores, machine.memory_bytes);
+  RestartWithOpenCvLimit(config.max_image_pixels());
   if (absl::Status s = ValidateServerConfig(config); !s.ok()) return s;
   return config;
 }
@@ -242,6 +270,10 @@ int Run(const std::vector<std::string>& model_flags) {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "convnext-server --model NAME=CHECKPOINT [--model ...] [--config FILE] [--port 50051]");
+  // Kept whole (TakeModelFlags edits argv in place) for RestartWithOpenCvLimit.
+  std::vector<char*> original(argv, argv + argc);
+  original.push_back(nullptr);
+  convnext::server::g_original_argv = original.data();
   const std::vector<std::string> models = convnext::server::TakeModelFlags(&argc, argv);
   absl::ParseCommandLine(argc, argv);
   convnext::ConfigureProcessForInference();

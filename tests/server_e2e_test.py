@@ -151,6 +151,13 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(ctx.exception.code(), code, ctx.exception.details())
         return ctx.exception.details()
 
+    def test_opencv_decodes_under_the_servers_pixel_limit(self):
+        # OpenCV takes its limit from the environment the process starts with; the server
+        # restarts itself with it set to max_image_pixels (40,000,000 by default).
+        with open(f"/proc/{self.server.proc.pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+        self.assertIn(b"OPENCV_IO_MAX_IMAGE_PIXELS=40000000", environ)
+
     def test_health_and_model_listing(self):
         self.assertEqual(self.server.health(), "SERVING")
         models = self.stub.ListModels(pb.ListModelsRequest(), timeout=10)
