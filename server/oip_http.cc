@@ -4,6 +4,7 @@
 #include <gnutls/gnutls.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cstdlib>
 #include <optional>
@@ -202,7 +203,25 @@ struct OipHttpHandler {
     }
     if (request->answered) return MHD_YES;
     if (request->too_large) return Send(connection, TooLarge(server->options_.max_body_bytes));
-    return Send(connection, Route(*server->models_, connection, method, url, request->body));
+    server->SetBusy(connection, true);
+    const MHD_Result sent =
+        Send(connection, Route(*server->models_, connection, method, url, request->body));
+    server->SetBusy(connection, false);
+    return sent;
+  }
+
+  static void Notify(void* cls, MHD_Connection* connection, void**,
+                     MHD_ConnectionNotificationCode code) {
+    auto* server = static_cast<OipHttpServer*>(cls);
+    absl::MutexLock lock(&server->mu_);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+      const MHD_ConnectionInfo* info =
+          MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+      server->connections_[connection] = {info != nullptr ? info->connect_fd : -1, absl::Now(),
+                                          false};
+    } else {
+      server->connections_.erase(connection);
+    }
   }
 
   // Whether the TLS client presented a certificate that verifies against the trusted client CA
@@ -252,7 +271,8 @@ absl::StatusOr<std::unique_ptr<OipHttpServer>> OipHttpServer::Start(
       server.get(), MHD_OPTION_SOCK_ADDR, &address, MHD_OPTION_CONNECTION_LIMIT,
       static_cast<unsigned>(options.max_connections), MHD_OPTION_CONNECTION_TIMEOUT,
       static_cast<unsigned>(absl::ToInt64Seconds(options.idle_timeout)),
-      MHD_OPTION_NOTIFY_COMPLETED, &Completed, nullptr,
+      MHD_OPTION_NOTIFY_COMPLETED, &Completed, nullptr, MHD_OPTION_NOTIFY_CONNECTION,
+      &OipHttpHandler::Notify, server.get(),
       // With TLS off the rest is never read; without a client CA, the trust option is not.
       tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, kept.tls_key_pem.c_str(),
       MHD_OPTION_HTTPS_MEM_CERT, kept.tls_cert_pem.c_str(),
@@ -264,10 +284,36 @@ absl::StatusOr<std::unique_ptr<OipHttpServer>> OipHttpServer::Start(
   }
   const MHD_DaemonInfo* info = MHD_get_daemon_info(server->daemon_, MHD_DAEMON_INFO_BIND_PORT);
   server->port_ = info != nullptr ? info->port : options.port;
+  OipHttpServer* raw = server.get();
+  server->watchdog_ = std::thread([raw] { raw->Watch(); });
   return server;
 }
 
+void OipHttpServer::SetBusy(MHD_Connection* connection, bool busy) {
+  absl::MutexLock lock(&mu_);
+  auto it = connections_.find(connection);
+  if (it == connections_.end()) return;
+  it->second.busy = busy;
+  if (!busy) it->second.read_since = absl::Now();
+}
+
+void OipHttpServer::Watch() {
+  while (!stop_.WaitForNotificationWithTimeout(absl::Milliseconds(250))) {
+    const absl::Time now = absl::Now();
+    absl::MutexLock lock(&mu_);
+    for (auto& [connection, t] : connections_) {
+      if (!t.busy && t.fd >= 0 && now - t.read_since > options_.read_deadline) {
+        // Its thread sees the end of the stream and closes it; the entry goes when it does.
+        ::shutdown(t.fd, SHUT_RDWR);
+        t.fd = -1;
+      }
+    }
+  }
+}
+
 OipHttpServer::~OipHttpServer() {
+  stop_.Notify();
+  if (watchdog_.joinable()) watchdog_.join();
   if (daemon_ != nullptr) MHD_stop_daemon(daemon_);
 }
 

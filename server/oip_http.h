@@ -14,18 +14,27 @@
 // Errors are {"error": "..."} with the status of HttpStatusOf (oip_rest.h). Limits: a body over
 // `max_body_bytes` is refused with 413 before it is read; at most `max_connections` connections
 // at once, each on its own thread (an inference blocks its connection's thread, never a model's);
-// a connection idle for `idle_timeout` is closed. TLS and mutual TLS as the gRPC port has them.
+// a connection idle for `idle_timeout` is closed, and one that has not sent a whole request within
+// `read_deadline` (from its start, or from its previous answer) is closed by a watchdog, so that
+// clients trickling bytes cannot hold the connections. TLS and mutual TLS as the gRPC port has
+// them.
 #ifndef CONVNEXT_SERVER_OIP_HTTP_H_
 #define CONVNEXT_SERVER_OIP_HTTP_H_
 
+#include <map>
 #include <memory>
 #include <string>
+#include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "server/oip_models.h"
 
 struct MHD_Daemon;
+struct MHD_Connection;
 
 namespace convnext::server {
 
@@ -35,6 +44,7 @@ struct OipHttpOptions {
   size_t max_body_bytes = 64 << 20;
   int max_connections = 64;
   absl::Duration idle_timeout = absl::Seconds(30);
+  absl::Duration read_deadline = absl::Seconds(30);
   // HTTPS when both are set (PEM text, the gRPC port's certificate and key).
   std::string tls_cert_pem;
   std::string tls_key_pem;
@@ -60,10 +70,23 @@ class OipHttpServer {
   OipHttpServer(const OipModels* models, const OipHttpOptions& options)
       : models_(models), options_(options) {}
 
+  // A connection as the read-deadline watchdog sees it.
+  struct Tracked {
+    int fd = -1;            // -1 once the watchdog has shut it down.
+    absl::Time read_since;  // When it started, or sent its previous answer.
+    bool busy = false;      // A whole request was read and is being answered.
+  };
+  void Watch();
+  void SetBusy(MHD_Connection* connection, bool busy);
+
   const OipModels* const models_;
   const OipHttpOptions options_;  // The daemon reads its PEM strings for as long as it runs.
   MHD_Daemon* daemon_ = nullptr;
   int port_ = 0;
+  absl::Mutex mu_;
+  std::map<MHD_Connection*, Tracked> connections_ ABSL_GUARDED_BY(mu_);
+  absl::Notification stop_;
+  std::thread watchdog_;
 
   friend struct OipHttpHandler;
 };

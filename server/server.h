@@ -54,6 +54,8 @@ struct ServerOptions {
   // picks a free port; -1 (the default here; convnext-server's --http_port is 8000) disables it.
   std::string http_host = "0.0.0.0";
   int http_port = -1;
+  // Time a client has to send a whole HTTP request (OipHttpOptions::read_deadline).
+  absl::Duration http_read_deadline = absl::Seconds(30);
   // HTTPS for it when both are set, mutual TLS with the client CA (PEM text; convnext-server uses
   // --tls_cert, --tls_key and --tls_client_ca).
   std::string http_tls_cert_pem;

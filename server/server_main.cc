@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -50,6 +51,9 @@ ABSL_FLAG(int, http_port, 8000,
           "Open Inference Protocol (KServe v2) HTTP/REST port; 0 picks a free port (printed at "
           "start); -1 disables it.");
 ABSL_FLAG(std::string, http_host, "0.0.0.0", "IPv4 address of the HTTP/REST endpoint.");
+ABSL_FLAG(int, http_read_timeout_s, 30,
+          "Seconds an HTTP client has to send a whole request (from the connection's start or its "
+          "previous answer); slower connections are closed.");
 ABSL_FLAG(std::string, metrics_host, "0.0.0.0",
           "Address the metrics endpoint binds to (e.g. 127.0.0.1 to keep it off the network).");
 ABSL_FLAG(bool, access_log, false, "Log one line per call (off: the default at high rates).");
@@ -211,6 +215,7 @@ int Run(const std::vector<std::string>& model_flags) {
   options.metrics_port = absl::GetFlag(FLAGS_metrics_port);
   options.http_host = absl::GetFlag(FLAGS_http_host);
   options.http_port = absl::GetFlag(FLAGS_http_port);
+  options.http_read_deadline = absl::Seconds(std::max(1, absl::GetFlag(FLAGS_http_read_timeout_s)));
   options.version = CONVNEXT_VERSION;
   options.libtorch_version = TORCH_VERSION;
   options.access_log = absl::GetFlag(FLAGS_access_log);

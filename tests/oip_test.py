@@ -312,7 +312,7 @@ class OipHttpTest(unittest.TestCase):
         import tritonclient.http as triton_http
         cls.http = triton_http
         cls.checkpoint = os.path.join(DATA, "tiny.safetensors")
-        cls.server = Server("--model", f"tiny={cls.checkpoint}")
+        cls.server = Server("--model", f"tiny={cls.checkpoint}", "--http_read_timeout_s", "3")
         cls.client = triton_http.InferenceServerClient(f"127.0.0.1:{cls.server.http_port}")
         cls.grpc = triton.InferenceServerClient(f"127.0.0.1:{cls.server.port}")
 
@@ -378,6 +378,41 @@ class OipHttpTest(unittest.TestCase):
             return [int((v if isinstance(v, str) else v.decode()).split(":")[1]) for v in row]
 
         self.assertEqual(indices(fp16.as_numpy("probabilities")[0]), indices(top3[0]))
+
+    def test_clients_trickling_bytes_are_cut_off(self):
+        """70 connections (more than the 64 served at once) each sending a byte every half
+        second: every one is closed once it has taken 3 s (--http_read_timeout_s) without
+        finishing its request, and a normal client is then answered."""
+        import socket
+        import threading
+        tricklers, closed_after = [], []
+
+        def trickle():
+            s = socket.create_connection(("127.0.0.1", self.server.http_port), timeout=30)
+            start = time.monotonic()
+            try:
+                for byte in b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\n" * 10:
+                    s.sendall(bytes([byte]))
+                    time.sleep(0.5)
+            except OSError:
+                pass
+            closed_after.append(time.monotonic() - start)
+            s.close()
+
+        for _ in range(70):
+            t = threading.Thread(target=trickle)
+            t.start()
+            tricklers.append(t)
+        time.sleep(1)
+        start = time.monotonic()
+        self.assertTrue(self.client.is_server_ready())  # Served once a connection is freed.
+        waited = time.monotonic() - start
+        for t in tricklers:
+            t.join()
+        print(f"\ntrickling clients closed after {min(closed_after):.1f}-{max(closed_after):.1f} s;"
+              f" a normal request waited {waited:.1f} s for a connection")
+        self.assertEqual(len(closed_after), 70)
+        self.assertLess(max(closed_after), 20)  # Not the 460 s their requests would take.
 
     def test_errors_have_http_codes(self):
         def fails(code, text, *args, **kwargs):
