@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 
 BIN = os.environ.get("CONVNEXT_BIN", "build/bin")
 DATA = os.environ.get("CONVNEXT_TESTDATA", "build/testdata")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 # Real photos shipped by Debian's python3-skimage.
 PHOTOS = [os.path.join("/usr/lib/python3/dist-packages/skimage/data", name)
           for name in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")]
@@ -107,7 +108,7 @@ class OipTest(unittest.TestCase):
         """Every message, field number, type and RPC of our .proto is Triton's (a superset)."""
         from google.protobuf import descriptor_pb2
         from tritonclient.grpc import model_config_pb2, service_pb2
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proto")
+        root = os.path.join(ROOT, "proto")
         with tempfile.TemporaryDirectory() as out:
             desc = os.path.join(out, "oip.desc")
             subprocess.run(["protoc", f"--proto_path={root}", f"--descriptor_set_out={desc}",
@@ -449,17 +450,22 @@ class OipHttpTest(unittest.TestCase):
             connection.close()
         self.assertTrue(self.client.is_server_ready())
 
+
+def readme_from(heading):
+    """The README from `heading` on."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    return readme[readme.index(heading):]
+
+
 class ReadmeSnippetTest(unittest.TestCase):
     def test_the_readme_tritonclient_snippet_runs(self):
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-        with open(os.path.join(root, "README.md")) as f:
-            readme = f.read()
-        section = readme[readme.index("## Using Triton and KServe clients"):]
+        section = readme_from("## Using Triton and KServe clients")
         snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
         server = Server()  # The default model, as the README's first command serves it.
         try:
             r = subprocess.run([sys.executable, "-c", snippet.replace(
-                "localhost:50051", f"127.0.0.1:{server.port}")], cwd=root, capture_output=True,
+                "localhost:50051", f"127.0.0.1:{server.port}")], cwd=ROOT, capture_output=True,
                 text=True, timeout=120)
         finally:
             self.assertEqual(server.stop(), 0)
@@ -468,10 +474,7 @@ class ReadmeSnippetTest(unittest.TestCase):
         self.assertRegex(r.stdout, r"\[\[b'0\.9\d*:3:digit 3' b'0\.0\d*:\d:digit \d'\]\]")
 
     def test_the_readme_curl_examples_run(self):
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-        with open(os.path.join(root, "README.md")) as f:
-            readme = f.read()
-        section = readme[readme.index("**HTTP/REST.**"):]
+        section = readme_from("**HTTP/REST.**")
         commands = re.search(r"```sh\n(.*?)```", section, re.S).group(1)
         expected = re.search(r"prints .*?```\n(.*?)\n```", section, re.S).group(1)
         server = Server()  # The default model, as the README's first command serves it.
