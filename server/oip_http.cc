@@ -21,7 +21,9 @@ namespace convnext::server {
 // One HTTP request's state across libmicrohttpd's calls of the access handler.
 struct HttpRequest {
   std::string body;
+  size_t reserved = 0;    // Bytes of the server's max_buffered_bytes that `body` holds.
   bool too_large = false;
+  bool overloaded = false;  // The body did not fit max_buffered_bytes: dropped, answered 503.
   bool answered = false;  // An answer was queued before the body was read (403, 413).
 };
 
@@ -58,11 +60,6 @@ MHD_Result Send(MHD_Connection* connection, const HttpAnswer& answer) {
       MHD_queue_response(connection, static_cast<unsigned>(answer.status), response);
   MHD_destroy_response(response);
   return result;
-}
-
-void Completed(void*, MHD_Connection*, void** state, MHD_RequestTerminationCode) {
-  delete static_cast<HttpRequest*>(*state);
-  *state = nullptr;
 }
 
 }  // namespace
@@ -189,20 +186,30 @@ struct OipHttpHandler {
     }
     auto* request = static_cast<HttpRequest*>(*state);
     if (*upload_data_size > 0) {
-      if (!request->too_large && !request->answered) {
+      if (!request->too_large && !request->overloaded && !request->answered) {
         if (request->body.size() + *upload_data_size > server->options_.max_body_bytes) {
           request->too_large = true;
-          request->body.clear();
-          request->body.shrink_to_fit();
+        } else if (!server->ReserveBody(*upload_data_size)) {
+          request->overloaded = true;
         } else {
+          request->reserved += *upload_data_size;
           request->body.append(upload_data, *upload_data_size);
         }
+        if (request->too_large || request->overloaded) Drop(server, request);
       }
       *upload_data_size = 0;
       return MHD_YES;
     }
     if (request->answered) return MHD_YES;
     if (request->too_large) return Send(connection, TooLarge(server->options_.max_body_bytes));
+    if (request->overloaded) {
+      return Send(connection,
+                  {503,
+                   ErrorJson(absl::StrCat("the server holds as many request bytes as it may (",
+                                          server->options_.max_buffered_bytes,
+                                          " bytes, transport_memory_bytes); retry")),
+                   std::nullopt});
+    }
     server->SetBusy(connection, true);
     const MHD_Result sent =
         Send(connection, Route(*server->models_, connection, method, url, request->body));
@@ -235,6 +242,22 @@ struct OipHttpHandler {
     if (gnutls_certificate_get_peers(session, &count) == nullptr || count == 0) return false;
     unsigned int status = 0;
     return gnutls_certificate_verify_peers2(session, &status) == GNUTLS_E_SUCCESS && status == 0;
+  }
+
+  // Frees a request's body and its reservation.
+  static void Drop(OipHttpServer* server, HttpRequest* request) {
+    request->body.clear();
+    request->body.shrink_to_fit();
+    server->ReleaseBody(request->reserved);
+    request->reserved = 0;
+  }
+
+  static void Completed(void* cls, MHD_Connection*, void** state, MHD_RequestTerminationCode) {
+    auto* request = static_cast<HttpRequest*>(*state);
+    if (request == nullptr) return;
+    Drop(static_cast<OipHttpServer*>(cls), request);
+    delete request;
+    *state = nullptr;
   }
 
   static HttpAnswer TooLarge(size_t limit) {
@@ -271,7 +294,8 @@ absl::StatusOr<std::unique_ptr<OipHttpServer>> OipHttpServer::Start(
       server.get(), MHD_OPTION_SOCK_ADDR, &address, MHD_OPTION_CONNECTION_LIMIT,
       static_cast<unsigned>(options.max_connections), MHD_OPTION_CONNECTION_TIMEOUT,
       static_cast<unsigned>(absl::ToInt64Seconds(options.idle_timeout)),
-      MHD_OPTION_NOTIFY_COMPLETED, &Completed, nullptr, MHD_OPTION_NOTIFY_CONNECTION,
+      MHD_OPTION_NOTIFY_COMPLETED, &OipHttpHandler::Completed, server.get(),
+      MHD_OPTION_NOTIFY_CONNECTION,
       &OipHttpHandler::Notify, server.get(),
       // With TLS off the rest is never read; without a client CA, the trust option is not.
       tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, kept.tls_key_pem.c_str(),
@@ -295,6 +319,18 @@ void OipHttpServer::SetBusy(MHD_Connection* connection, bool busy) {
   if (it == connections_.end()) return;
   it->second.busy = busy;
   if (!busy) it->second.read_since = absl::Now();
+}
+
+bool OipHttpServer::ReserveBody(size_t bytes) {
+  absl::MutexLock lock(&mu_);
+  if (buffered_bytes_ + bytes > options_.max_buffered_bytes) return false;
+  buffered_bytes_ += bytes;
+  return true;
+}
+
+void OipHttpServer::ReleaseBody(size_t bytes) {
+  absl::MutexLock lock(&mu_);
+  buffered_bytes_ -= bytes;
 }
 
 void OipHttpServer::Watch() {

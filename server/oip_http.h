@@ -12,7 +12,8 @@
 //   POST /v2/models/{m}[/versions/{v}]/infer            inference (JSON or binary extension)
 //
 // Errors are {"error": "..."} with the status of HttpStatusOf (oip_rest.h). Limits: a body over
-// `max_body_bytes` is refused with 413 before it is read; at most `max_connections` connections
+// `max_body_bytes` is refused with 413 before it is read, and the bodies held at once are bounded
+// by `max_buffered_bytes` (503 past it); at most `max_connections` connections
 // at once, each on its own thread (an inference blocks its connection's thread, never a model's);
 // a connection idle for `idle_timeout` is closed, and one that has not sent a whole request within
 // `read_deadline` (from its start, or from its previous answer) is closed by a watchdog, so that
@@ -42,6 +43,10 @@ struct OipHttpOptions {
   std::string host = "0.0.0.0";  // An IPv4 address.
   int port = 8000;               // 0 picks a free port.
   size_t max_body_bytes = 64 << 20;
+  // Request bodies held at once over all connections (ServerConfig.transport_memory_bytes, as
+  // gRPC's resource quota bounds the gRPC port): a body that would pass it is dropped as it
+  // arrives and answered 503 (retry).
+  size_t max_buffered_bytes = 256 << 20;
   int max_connections = 64;
   absl::Duration idle_timeout = absl::Seconds(30);
   absl::Duration read_deadline = absl::Seconds(30);
@@ -78,6 +83,9 @@ class OipHttpServer {
   };
   void Watch();
   void SetBusy(MHD_Connection* connection, bool busy);
+  // Reserves `bytes` of max_buffered_bytes if they fit now.
+  bool ReserveBody(size_t bytes);
+  void ReleaseBody(size_t bytes);
 
   const OipModels* const models_;
   const OipHttpOptions options_;  // The daemon reads its PEM strings for as long as it runs.
@@ -85,6 +93,7 @@ class OipHttpServer {
   int port_ = 0;
   absl::Mutex mu_;
   std::map<MHD_Connection*, Tracked> connections_ ABSL_GUARDED_BY(mu_);
+  size_t buffered_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // Held request bodies (max_buffered_bytes).
   absl::Notification stop_;
   std::thread watchdog_;
 

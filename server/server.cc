@@ -94,6 +94,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
     http.port = options.http_port;
     http.max_body_bytes = config.max_message_bytes();
     http.read_deadline = options.http_read_deadline;
+    http.max_buffered_bytes = config.transport_memory_bytes();
     http.tls_cert_pem = options.http_tls_cert_pem;
     http.tls_key_pem = options.http_tls_key_pem;
     http.tls_client_ca_pem = options.http_tls_client_ca_pem;

@@ -451,6 +451,40 @@ class OipHttpTest(unittest.TestCase):
         self.assertTrue(self.client.is_server_ready())
 
 
+class OipHttpBudgetTest(unittest.TestCase):
+    def test_request_bodies_held_at_once_are_bounded(self):
+        """With transport_memory_bytes at 1 MiB, a connection holding 700 kB of an unfinished
+        body leaves no room for another's 800 kB: that one is answered 503 (retry) as its bytes
+        arrive, and the first is still served."""
+        import http.client
+        with tempfile.TemporaryDirectory() as tmp:
+            config = os.path.join(tmp, "server.textproto")
+            with open(config, "w") as f:
+                checkpoint = os.path.abspath(os.path.join(DATA, "tiny.safetensors"))
+                f.write(f'max_message_bytes: 1048576 transport_memory_bytes: 1048576 '
+                        f'model {{ name: "tiny" checkpoint: "{checkpoint}" }}')
+            server = Server("--config", config)
+            try:
+                holder = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+                holder.putrequest("POST", "/v2/models/tiny/infer")
+                holder.putheader("Content-Length", "800000")
+                holder.endheaders()
+                holder.send(b" " * 700000)
+                time.sleep(1)  # Let the server take the 700 kB in.
+                other = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+                other.request("POST", "/v2/models/tiny/infer", body=b" " * 800000)
+                answer = other.getresponse()
+                self.assertEqual(answer.status, 503)
+                self.assertIn("transport_memory_bytes", json.loads(answer.read())["error"])
+                other.close()
+                holder.send(b" " * 100000)
+                answer = holder.getresponse()
+                self.assertEqual(answer.status, 400)  # Served: 800 kB of spaces is no request.
+                self.assertIn("not a JSON object", json.loads(answer.read())["error"])
+                holder.close()
+            finally:
+                self.assertEqual(server.stop(), 0)
+
 def readme_from(heading):
     """The README from `heading` on."""
     with open(os.path.join(ROOT, "README.md")) as f:
