@@ -21,8 +21,9 @@ namespace convnext {
 // Reads every tensor of a checkpoint file under its own names. `format` (optional) receives the
 // container format: "safetensors" or "torch.save zip". RESOURCE_EXHAUSTED, before any tensor is
 // copied, if the tensors would hold more than `max_tensor_bytes`.
-absl::StatusOr<StateDict> ReadCheckpointFile(const std::string& path, std::string* format,
-                                             uint64_t max_tensor_bytes = kDefaultMaxCheckpointBytes);
+absl::StatusOr<StateDict> ReadCheckpointFile(
+    const std::string& path, std::string* format,
+    uint64_t max_tensor_bytes = kDefaultMaxCheckpointBytes);
 
 // Prefixes `status`'s message with "checkpoint '<path>': ", keeping its code.
 absl::Status AnnotateCheckpointError(const std::string& path, const absl::Status& status);

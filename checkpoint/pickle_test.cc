@@ -160,10 +160,14 @@ TEST(PickleTest, MemoryIsBoundedByBytesNotJustValues) {
   // A tuple of 100,000 references to one memoized int, then set(tuple) 1,000 times: 0.2 MB of
   // pickle that would copy 800 MB of item lists. Few values are created, so only the byte budget
   // stops it.
-  std::string p = Bytes("\x80\x02K\x07q\x00" "0(");  // 7, memo[0], POP; MARK
+  std::string p = Bytes(
+      "\x80\x02K\x07q\x00"
+      "0(");  // 7, memo[0], POP; MARK
   for (int i = 0; i < 100000; ++i) p += std::string("h\x00", 2);
-  p += "tq\x01" "0";                                    // TUPLE, memo[1], POP
-  p += "c__builtin__\nset\nq\x02" "0";                  // memo[2], POP
+  p += "tq\x01"
+       "0";  // TUPLE, memo[1], POP
+  p += "c__builtin__\nset\nq\x02"
+       "0";                                                // memo[2], POP
   for (int i = 0; i < 1000; ++i) p += "h\x02h\x01\x85R0";  // set(memo[1]); POP
   p += "N.";
   Limits limits;

@@ -207,8 +207,8 @@ absl::StatusOr<StateDict> ReadTorchZip(const std::string& path, uint64_t max_ten
       if (!keys.insert(storage).second) continue;
       absl::StatusOr<uint64_t> bytes = sizes.Size("data/" + storage);
       if (!bytes.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor ", key->text, ": ",
-                                                       bytes.status().message()));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor ", key->text, ": ", bytes.status().message()));
       }
       total += *bytes;  // Cannot overflow: each record lies inside the file.
     }

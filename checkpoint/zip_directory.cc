@@ -101,8 +101,8 @@ absl::StatusOr<DirectoryLocation> LocateDirectory(uint64_t file_size, const Read
 }
 
 // Applies a ZIP64 extended-information extra field to the saturated 32-bit fields of `entry`.
-absl::Status ApplyZip64Extra(absl::string_view extra, bool need_uncompressed,
-                             bool need_compressed, bool need_offset, ZipEntry* entry) {
+absl::Status ApplyZip64Extra(absl::string_view extra, bool need_uncompressed, bool need_compressed,
+                             bool need_offset, ZipEntry* entry) {
   size_t at = 0;
   while (at + 4 <= extra.size()) {
     const uint64_t id = Le(extra, at, 2);
@@ -153,10 +153,10 @@ absl::StatusOr<ZipDirectory> ReadZipDirectory(uint64_t file_size, const ReadAtFn
     entry.uncompressed_size = Le(dir, at + 24, 4);
     entry.local_header_offset = Le(dir, at + 42, 4);
     std::string name = dir.substr(at + kCentralSize, name_len);
-    RETURN_IF_ERROR(ApplyZip64Extra(
-        absl::string_view(dir).substr(at + kCentralSize + name_len, extra_len),
-        entry.uncompressed_size == 0xffffffff, entry.compressed_size == 0xffffffff,
-        entry.local_header_offset == 0xffffffff, &entry));
+    RETURN_IF_ERROR(
+        ApplyZip64Extra(absl::string_view(dir).substr(at + kCentralSize + name_len, extra_len),
+                        entry.uncompressed_size == 0xffffffff, entry.compressed_size == 0xffffffff,
+                        entry.local_header_offset == 0xffffffff, &entry));
     if (entry.local_header_offset > file_size ||
         entry.compressed_size > file_size - entry.local_header_offset) {
       return Malformed(absl::StrCat("entry '", name, "' lies outside the file"));

@@ -69,8 +69,8 @@ std::string MakeZip(const std::vector<FakeEntry>& entries, bool zip64_end = fals
     Put(&zip, e.zip64_sizes ? 0xffffffff : uncompressed, 4);
     Put(&zip, e.name.size(), 2);
     Put(&zip, extra.size(), 2);
-    Put(&zip, 0, 2);   // Comment.
-    Put(&zip, 0, 8);   // Disk, attributes.
+    Put(&zip, 0, 2);  // Comment.
+    Put(&zip, 0, 8);  // Disk, attributes.
     Put(&zip, offsets[i], 4);
     zip += e.name + extra;
   }
@@ -164,8 +164,11 @@ std::string WriteTemp(const std::string& name, const std::string& bytes) {
 // (1,), False, OrderedDict())}, protocol 2.
 const char kOneTensorPickle[] =
     "\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n((X\x07\x00\x00\x00storage"
-    "ctorch\nFloatStorage\nX\x01\x00\x00\x00" "0X\x03\x00\x00\x00" "cpuK\x04tQK\x00K\x04\x85K\x01"
-    "\x85\x89" "ccollections\nOrderedDict\n)RtRs.";
+    "ctorch\nFloatStorage\nX\x01\x00\x00\x00"
+    "0X\x03\x00\x00\x00"
+    "cpuK\x04tQK\x00K\x04\x85K\x01"
+    "\x85\x89"
+    "ccollections\nOrderedDict\n)RtRs.";
 
 TEST(TorchZipTest, CapsTensorBytesBeforeAnyRecordIsRead) {
   const std::string pkl(kOneTensorPickle, sizeof(kOneTensorPickle) - 1);
@@ -179,8 +182,9 @@ TEST(TorchZipTest, CapsTensorBytesBeforeAnyRecordIsRead) {
   // The same storage under a limit of 15 bytes: refused before it is read.
   read = ReadTorchZip(good, 15);
   EXPECT_EQ(read.status().code(), absl::StatusCode::kResourceExhausted);
-  EXPECT_THAT(std::string(read.status().message()),
-              HasSubstr("its tensors hold 16 bytes, more than the limit of 15 bytes for one checkpoint"));
+  EXPECT_THAT(
+      std::string(read.status().message()),
+      HasSubstr("its tensors hold 16 bytes, more than the limit of 15 bytes for one checkpoint"));
   // A deflated storage claiming 5 GiB once inflated: its declared size counts, not the file's.
   FakeEntry bomb{"a/data/0", floats, 8, int64_t{5} << 30, true};
   read = ReadTorchZip(

@@ -64,8 +64,8 @@ std::map<std::string, std::vector<int64_t>> Shapes(const StateDict& weights) {
 
 absl::StatusOr<LoadedModel> Load(const LoadOptions& options) {
   LoadedModel loaded;
-  ASSIGN_OR_RETURN(StateDict raw, ReadCheckpointFile(options.path, &loaded.format,
-                                                    options.max_checkpoint_bytes));
+  ASSIGN_OR_RETURN(StateDict raw,
+                   ReadCheckpointFile(options.path, &loaded.format, options.max_checkpoint_bytes));
   absl::StatusOr<CanonicalWeights> canonical = ToCanonical(std::move(raw));
   if (!canonical.ok()) return AnnotateCheckpointError(options.path, canonical.status());
   loaded.layout = canonical->layout;

@@ -47,8 +47,8 @@ absl::StatusOr<const std::string*> RawInput(const ModelInferRequest& request) {
   if (request.raw_input_contents_size() == 0) return nullptr;
   if (request.raw_input_contents_size() != request.inputs_size()) {
     return absl::InvalidArgumentError(
-        absl::StrCat("raw_input_contents has ", request.raw_input_contents_size(),
-                     " entries for ", request.inputs_size(), " inputs"));
+        absl::StrCat("raw_input_contents has ", request.raw_input_contents_size(), " entries for ",
+                     request.inputs_size(), " inputs"));
   }
   return &request.raw_input_contents(0);
 }
@@ -62,8 +62,8 @@ absl::Status ReadImages(const ModelInferRequest::InferInputTensor& input, const 
   const auto& shape = input.shape();
   if (!(shape.size() == 1 || (shape.size() == 2 && shape[1] == 1)) || shape[0] < 1 ||
       shape[0] > kMaxImages) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input IMAGE has shape ", ShapeText(shape), ", expected [N] with 1 <= N <= ", kMaxImages));
+    return absl::InvalidArgumentError(absl::StrCat("input IMAGE has shape ", ShapeText(shape),
+                                                   ", expected [N] with 1 <= N <= ", kMaxImages));
   }
   const int64_t n = shape[0];
   if (raw == nullptr) {
@@ -95,8 +95,8 @@ absl::Status ReadImages(const ModelInferRequest::InferInputTensor& input, const 
     at += len;
   }
   if (at != raw->size()) {
-    return absl::InvalidArgumentError(absl::StrCat("input IMAGE: ", raw->size() - at,
-                                                   " bytes left after its ", n, " elements"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("input IMAGE: ", raw->size() - at, " bytes left after its ", n, " elements"));
   }
   return absl::OkStatus();
 }
@@ -147,8 +147,8 @@ absl::Status ReadPixels(const ModelInferRequest::InferInputTensor& input, const 
     image->set_width(static_cast<uint32_t>(shape[2]));
     image->set_channels(static_cast<uint32_t>(shape[3]));
     image->set_order(v1::RGB);
-    image->set_pixels(raw->substr(static_cast<size_t>(i * per_image),
-                                  static_cast<size_t>(per_image)));
+    image->set_pixels(
+        raw->substr(static_cast<size_t>(i * per_image), static_cast<size_t>(per_image)));
   }
   return absl::OkStatus();
 }
@@ -162,9 +162,9 @@ absl::Status ReadTensor(const ModelInferRequest::InferInputTensor& input, const 
   }
   const auto& shape = input.shape();
   if (shape.size() != 4 || shape[0] < 1 || shape[0] > kMaxImages || shape[1] != 3) {
-    return absl::InvalidArgumentError(absl::StrCat("input TENSOR has shape ", ShapeText(shape),
-                                                   ", expected [N, 3, H, W] with 1 <= N <= ",
-                                                   kMaxImages));
+    return absl::InvalidArgumentError(
+        absl::StrCat("input TENSOR has shape ", ShapeText(shape),
+                     ", expected [N, 3, H, W] with 1 <= N <= ", kMaxImages));
   }
   ASSIGN_OR_RETURN(const int64_t per_image,
                    Elements({shape[1], shape[2], shape[3]}, int64_t{1} << 30, "input TENSOR"));
@@ -187,9 +187,9 @@ absl::Status ReadTensor(const ModelInferRequest::InferInputTensor& input, const 
     std::memcpy(from_contents.data(), values.data(), from_contents.size());
     raw = &from_contents;
   } else if (static_cast<int64_t>(raw->size()) != image_bytes * shape[0]) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "input TENSOR: shape ", ShapeText(shape), " of ", input.datatype(), " needs ",
-        image_bytes * shape[0], " bytes, raw contents have ", raw->size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("input TENSOR: shape ", ShapeText(shape), " of ", input.datatype(), " needs ",
+                     image_bytes * shape[0], " bytes, raw contents have ", raw->size()));
   }
   for (int64_t i = 0; i < shape[0]; ++i) {
     v1::Tensor* t = call->images.Add()->mutable_tensor();
@@ -197,7 +197,8 @@ absl::Status ReadTensor(const ModelInferRequest::InferInputTensor& input, const 
     t->add_shape(shape[2]);
     t->add_shape(shape[3]);
     t->set_dtype(fp16 ? v1::FP16 : v1::FP32);
-    t->set_data(raw->substr(static_cast<size_t>(i * image_bytes), static_cast<size_t>(image_bytes)));
+    t->set_data(
+        raw->substr(static_cast<size_t>(i * image_bytes), static_cast<size_t>(image_bytes)));
   }
   return absl::OkStatus();
 }
@@ -217,14 +218,14 @@ absl::StatusOr<OipOutput> ParseOutput(const ModelInferRequest::InferRequestedOut
   const std::vector<std::string> names = OutputNames(model);
   if (std::find(names.begin(), names.end(), o.name) == names.end()) {
     return absl::InvalidArgumentError(absl::StrCat("model '", model.name, "' has no output ",
-                                                   Quote(o.name), "; its outputs: ",
-                                                   absl::StrJoin(names, ", ")));
+                                                   Quote(o.name),
+                                                   "; its outputs: ", absl::StrJoin(names, ", ")));
   }
   if (o.name.rfind("stage", 0) == 0) o.stage = o.name[5] - '0';
   for (const auto& [key, value] : out.parameters()) {
     if (key != "classification" || o.name != "probabilities") {
-      return absl::InvalidArgumentError(absl::StrCat("output ", o.name, ": unknown parameter ",
-                                                     Quote(key)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("output ", o.name, ": unknown parameter ", Quote(key)));
     }
     int64_t k = 0;
     if (value.parameter_choice_case() == InferParameter::kInt64Param) {
@@ -259,9 +260,8 @@ void AddOutput(const std::string& name, const char* datatype, const std::vector<
 absl::StatusOr<OipCall> ToOipCall(const ModelInferRequest& request, const OipModel& model) {
   OipCall call;
   if (request.inputs_size() != 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("expected exactly one input (IMAGE, PIXELS or TENSOR), got ",
-                     request.inputs_size()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expected exactly one input (IMAGE, PIXELS or TENSOR), got ", request.inputs_size()));
   }
   const ModelInferRequest::InferInputTensor& input = request.inputs(0);
   ASSIGN_OR_RETURN(const std::string* raw, RawInput(request));
@@ -272,9 +272,10 @@ absl::StatusOr<OipCall> ToOipCall(const ModelInferRequest& request, const OipMod
   } else if (input.name() == "TENSOR") {
     RETURN_IF_ERROR(ReadTensor(input, raw, &call));
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "model '", model.name, "' has no input ", Quote(input.name()),
-        "; its inputs: IMAGE (BYTES [N]), PIXELS (UINT8 [N, H, W, C]), TENSOR (FP32 [N, 3, H, W])"));
+    return absl::InvalidArgumentError(absl::StrCat("model '", model.name, "' has no input ",
+                                                   Quote(input.name()),
+                                                   "; its inputs: IMAGE (BYTES [N]), PIXELS (UINT8 "
+                                                   "[N, H, W, C]), TENSOR (FP32 [N, 3, H, W])"));
   }
 
   bool normalize = false;
@@ -284,10 +285,10 @@ absl::StatusOr<OipCall> ToOipCall(const ModelInferRequest& request, const OipMod
           value.parameter_choice_case() != InferParameter::kUint64Param) {
         return absl::InvalidArgumentError("parameter timeout must be an integer (microseconds)");
       }
-      const int64_t us = value.parameter_choice_case() == InferParameter::kInt64Param
-                             ? value.int64_param()
-                             : static_cast<int64_t>(std::min<uint64_t>(value.uint64_param(),
-                                                                        INT64_MAX));
+      const int64_t us =
+          value.parameter_choice_case() == InferParameter::kInt64Param
+              ? value.int64_param()
+              : static_cast<int64_t>(std::min<uint64_t>(value.uint64_param(), INT64_MAX));
       if (us > 0) call.timeout = absl::Microseconds(us);
     } else if (key == "normalize") {
       if (value.parameter_choice_case() != InferParameter::kBoolParam) {
@@ -343,8 +344,8 @@ absl::StatusOr<OipCall> ToOipCall(const ModelInferRequest& request, const OipMod
 }
 
 absl::Status FillInferResponse(const OipCall& call, const OipModel& model,
-                               const v1::ClassifyResponse* classify,
-                               const v1::EmbedResponse* embed, ModelInferResponse* response) {
+                               const v1::ClassifyResponse* classify, const v1::EmbedResponse* embed,
+                               ModelInferResponse* response) {
   const int64_t n = call.images.size();
   auto mismatch = [](const std::string& what) {
     return absl::InternalError(absl::StrCat("the answer does not match the request: ", what));
@@ -398,9 +399,10 @@ absl::Status FillInferResponse(const OipCall& call, const OipModel& model,
       if (i == 0) {
         shape = image_shape;
       } else if (image_shape != shape) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "output ", o.name, ": the images give maps of different shapes; send them in "
-            "separate requests"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("output ", o.name,
+                         ": the images give maps of different shapes; send them in "
+                         "separate requests"));
       }
       raw->append(t.data());
     }
@@ -415,18 +417,19 @@ inference::ModelMetadataResponse OipMetadata(const OipModel& model) {
   m.set_name(model.name);
   m.add_versions("1");
   m.set_platform("convnext-serve");
-  auto add = [](google::protobuf::RepeatedPtrField<
-                    inference::ModelMetadataResponse::TensorMetadata>* list,
-                const std::string& name, const char* datatype, std::vector<int64_t> shape) {
-    auto* t = list->Add();
-    t->set_name(name);
-    t->set_datatype(datatype);
-    for (int64_t d : shape) t->add_shape(d);
-  };
+  auto add =
+      [](google::protobuf::RepeatedPtrField<inference::ModelMetadataResponse::TensorMetadata>* list,
+         const std::string& name, const char* datatype, std::vector<int64_t> shape) {
+        auto* t = list->Add();
+        t->set_name(name);
+        t->set_datatype(datatype);
+        for (int64_t d : shape) t->add_shape(d);
+      };
   add(m.mutable_inputs(), "IMAGE", "BYTES", {-1, 1});
   add(m.mutable_inputs(), "PIXELS", "UINT8", {-1, -1, -1, -1});
   add(m.mutable_inputs(), "TENSOR", "FP32", {-1, 3, -1, -1});
-  if (model.num_classes > 0) add(m.mutable_outputs(), "probabilities", "FP32", {-1, model.num_classes});
+  if (model.num_classes > 0)
+    add(m.mutable_outputs(), "probabilities", "FP32", {-1, model.num_classes});
   const int64_t last = model.dims.empty() ? -1 : model.dims.back();
   if (model.has_embedding) add(m.mutable_outputs(), "embedding", "FP32", {-1, last});
   for (int s = 1; s <= 4; ++s) {
@@ -443,7 +446,8 @@ inference::ModelConfig OipModelConfig(const OipModel& model) {
   config.set_name(model.name);
   config.set_platform("convnext-serve");
   config.set_backend("convnext-serve");
-  config.set_max_batch_size(static_cast<int32_t>(std::min<int64_t>(model.max_queue_size, kMaxImages)));
+  config.set_max_batch_size(
+      static_cast<int32_t>(std::min<int64_t>(model.max_queue_size, kMaxImages)));
   auto input = [&config](const char* name, inference::DataType type,
                          inference::ModelInput::Format format, std::vector<int64_t> dims,
                          bool optional) {

@@ -2,8 +2,8 @@
 // ModelInferRequest becomes the images and parameters of one Classify or Embed call (so that it
 // goes through the same admission, budgets, batcher and metrics), and that call's answer becomes
 // the ModelInferResponse's output tensors (probabilities together with the embedding or stage maps:
-// one call of kind kClassifyAndEmbed, one forward pass). Pure functions of protos, tested on their own
-// (oip_convert_test.cc); the gRPC handlers are oip_service.h.
+// one call of kind kClassifyAndEmbed, one forward pass). Pure functions of protos, tested on their
+// own (oip_convert_test.cc); the gRPC handlers are oip_service.h.
 //
 // What a model accepts and returns (names, datatypes, shapes) is what ModelMetadata describes,
 // built here too, so that the description and the checks cannot drift apart:
@@ -36,10 +36,10 @@ namespace convnext::server {
 // What the conversion needs to know of a model.
 struct OipModel {
   std::string name;
-  int64_t num_classes = 0;        // 0: headless.
-  bool has_embedding = true;      // False for detection backbones (stage outputs only).
-  std::vector<int64_t> dims;      // Channels per stage.
-  int64_t input_size = 224;       // The classification transform's output side.
+  int64_t num_classes = 0;    // 0: headless.
+  bool has_embedding = true;  // False for detection backbones (stage outputs only).
+  std::vector<int64_t> dims;  // Channels per stage.
+  int64_t input_size = 224;   // The classification transform's output side.
   const std::vector<std::string>* labels = nullptr;  // May be null or empty.
   int64_t max_batch_size = 1;      // Images per forward pass (batching.max_batch_size).
   int64_t max_queue_size = 1;      // Images one request may carry at most.
@@ -67,11 +67,10 @@ absl::StatusOr<OipCall> ToOipCall(const inference::ModelInferRequest& request,
                                   const OipModel& model);
 
 // Fills `response`'s outputs (raw contents, in the order asked) from the answer of `call`:
-// probabilities from `classify`, the others from `embed` (either may be null when not asked). INTERNAL if the answer does not have
-// the shape the call implies.
+// probabilities from `classify`, the others from `embed` (either may be null when not asked).
+// INTERNAL if the answer does not have the shape the call implies.
 absl::Status FillInferResponse(const OipCall& call, const OipModel& model,
-                               const v1::ClassifyResponse* classify,
-                               const v1::EmbedResponse* embed,
+                               const v1::ClassifyResponse* classify, const v1::EmbedResponse* embed,
                                inference::ModelInferResponse* response);
 
 // The model's inputs and outputs as ModelMetadata describes them.

@@ -10,10 +10,10 @@
 namespace convnext::server {
 namespace {
 
-using ::testing::ElementsAre;
-using ::testing::HasSubstr;
 using inference::ModelInferRequest;
 using inference::ModelInferResponse;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 const std::vector<std::string> kLabels = {"cat", "dog", "fox"};
 
@@ -223,8 +223,7 @@ TEST(OipConvertTest, AnswersBecomeRawOutputs) {
   ASSERT_TRUE(FillInferResponse(*call, Classifier(), &classify, nullptr, &response).ok());
   EXPECT_EQ(response.outputs(0).datatype(), "BYTES");
   EXPECT_THAT(response.outputs(0).shape(), ElementsAre(2, 1));
-  EXPECT_EQ(response.raw_output_contents(0),
-            LengthPrefixed({"0.3:2:fox", "0.4:2:fox"}));
+  EXPECT_EQ(response.raw_output_contents(0), LengthPrefixed({"0.3:2:fox", "0.4:2:fox"}));
 
   // Embeddings and stages, concatenated over the images.
   ModelInferRequest e = ImageRequest({"a", "b"});
@@ -252,9 +251,9 @@ TEST(OipConvertTest, AnswersBecomeRawOutputs) {
   // Maps of different shapes cannot form one tensor.
   embed.mutable_results(1)->mutable_stages(0)->set_shape(2, 3);
   response.Clear();
-  EXPECT_THAT(std::string(FillInferResponse(*call, Classifier(), nullptr, &embed, &response)
-                              .message()),
-              HasSubstr("maps of different shapes"));
+  EXPECT_THAT(
+      std::string(FillInferResponse(*call, Classifier(), nullptr, &embed, &response).message()),
+      HasSubstr("maps of different shapes"));
 }
 
 TEST(OipConvertTest, MetadataDescribesWhatIsAccepted) {

@@ -21,10 +21,10 @@ namespace convnext::server {
 // One HTTP request's state across libmicrohttpd's calls of the access handler.
 struct HttpRequest {
   std::string body;
-  size_t reserved = 0;    // Bytes of the server's max_buffered_bytes that `body` holds.
+  size_t reserved = 0;  // Bytes of the server's max_buffered_bytes that `body` holds.
   bool too_large = false;
   bool overloaded = false;  // The body did not fit max_buffered_bytes: dropped, answered 503.
-  bool answered = false;  // An answer was queued before the body was read (403, 413).
+  bool answered = false;    // An answer was queued before the body was read (403, 413).
 };
 
 struct HttpAnswer {
@@ -49,9 +49,9 @@ MHD_Result Send(MHD_Connection* connection, const HttpAnswer& answer) {
   MHD_Response* response = MHD_create_response_from_buffer(
       answer.body.size(), const_cast<char*>(answer.body.data()), MHD_RESPMEM_MUST_COPY);
   if (response == nullptr) return MHD_NO;
-  MHD_add_response_header(response, "Content-Type",
-                          answer.header_length.has_value() ? "application/octet-stream"
-                                                           : "application/json");
+  MHD_add_response_header(
+      response, "Content-Type",
+      answer.header_length.has_value() ? "application/octet-stream" : "application/json");
   if (answer.header_length.has_value()) {
     MHD_add_response_header(response, "Inference-Header-Content-Length",
                             absl::StrCat(*answer.header_length).c_str());
@@ -164,11 +164,10 @@ struct OipHttpHandler {
       *state = request;
       if (!server->options_.tls_client_ca_pem.empty() && !ClientVerified(connection)) {
         request->answered = true;
-        return Send(connection,
-                    {403,
-                     ErrorJson("a client certificate signed by the server's client CA "
-                               "(--tls_client_ca) is required"),
-                     std::nullopt});
+        return Send(connection, {403,
+                                 ErrorJson("a client certificate signed by the server's client CA "
+                                           "(--tls_client_ca) is required"),
+                                 std::nullopt});
       }
       // A declared body over the limit is refused before any of it is read.
       if (const char* length =
@@ -268,8 +267,8 @@ struct OipHttpHandler {
   }
 };
 
-absl::StatusOr<std::unique_ptr<OipHttpServer>> OipHttpServer::Start(
-    const OipModels* models, const OipHttpOptions& options) {
+absl::StatusOr<std::unique_ptr<OipHttpServer>> OipHttpServer::Start(const OipModels* models,
+                                                                    const OipHttpOptions& options) {
   std::unique_ptr<OipHttpServer> server(new OipHttpServer(models, options));
   sockaddr_in address{};
   address.sin_family = AF_INET;
@@ -295,8 +294,7 @@ absl::StatusOr<std::unique_ptr<OipHttpServer>> OipHttpServer::Start(
       static_cast<unsigned>(options.max_connections), MHD_OPTION_CONNECTION_TIMEOUT,
       static_cast<unsigned>(absl::ToInt64Seconds(options.idle_timeout)),
       MHD_OPTION_NOTIFY_COMPLETED, &OipHttpHandler::Completed, server.get(),
-      MHD_OPTION_NOTIFY_CONNECTION,
-      &OipHttpHandler::Notify, server.get(),
+      MHD_OPTION_NOTIFY_CONNECTION, &OipHttpHandler::Notify, server.get(),
       // With TLS off the rest is never read; without a client CA, the trust option is not.
       tls ? MHD_OPTION_HTTPS_MEM_KEY : MHD_OPTION_END, kept.tls_key_pem.c_str(),
       MHD_OPTION_HTTPS_MEM_CERT, kept.tls_cert_pem.c_str(),

@@ -63,7 +63,7 @@ class OipHttpServer {
   // Starts serving `models` (which outlives the server). UNAVAILABLE if the address cannot be
   // bound.
   static absl::StatusOr<std::unique_ptr<OipHttpServer>> Start(const OipModels* models,
-                                                             const OipHttpOptions& options);
+                                                              const OipHttpOptions& options);
   // Stops accepting and waits for the connections' threads.
   ~OipHttpServer();
   OipHttpServer(const OipHttpServer&) = delete;

@@ -48,8 +48,8 @@ absl::StatusOr<ModelHost*> OipModels::Find(const std::string& name,
                                            const std::string& version) const {
   auto it = models_.find(name);
   if (it == models_.end()) {
-    return absl::NotFoundError(absl::StrCat("no model named '",
-                                            absl::CHexEscape(name.substr(0, 128)), "'"));
+    return absl::NotFoundError(
+        absl::StrCat("no model named '", absl::CHexEscape(name.substr(0, 128)), "'"));
   }
   if (!version.empty() && version != "1") {
     return absl::NotFoundError(absl::StrCat("model '", name, "' has no version '",
@@ -121,8 +121,7 @@ void OipModels::Infer(const inference::ModelInferRequest& request, absl::Time de
                       grpc::CallbackServerContext* ctx, inference::ModelInferResponse* response,
                       DoneFn done) const {
   const absl::Time start = absl::Now();
-  auto finish = [start, done = std::move(done)](ModelMetrics* metrics,
-                                                const absl::Status& status) {
+  auto finish = [start, done = std::move(done)](ModelMetrics* metrics, const absl::Status& status) {
     RecordRequest(metrics, Method::kModelInfer, ToGrpcStatus(status).error_code(),
                   absl::ToInt64Microseconds(absl::Now() - start));
     done(status);

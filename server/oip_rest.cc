@@ -130,7 +130,8 @@ Json TensorsJson(
         tensors) {
   Json out = Json::array();
   for (const auto& t : tensors) {
-    out.push_back({{"name", t.name()}, {"datatype", t.datatype()}, {"shape", ShapeJson(t.shape())}});
+    out.push_back(
+        {{"name", t.name()}, {"datatype", t.datatype()}, {"shape", ShapeJson(t.shape())}});
   }
   return out;
 }
@@ -149,10 +150,10 @@ absl::StatusOr<RestInferRequest> ParseRestInfer(absl::string_view body,
     return Bad(absl::StrCat("Inference-Header-Content-Length is ", *header_length,
                             ", more than the body's ", body.size(), " bytes"));
   }
-  const absl::string_view header = header_length.has_value() ? body.substr(0, *header_length)
-                                                             : body;
-  absl::string_view binary = header_length.has_value() ? body.substr(*header_length)
-                                                       : absl::string_view();
+  const absl::string_view header =
+      header_length.has_value() ? body.substr(0, *header_length) : body;
+  absl::string_view binary =
+      header_length.has_value() ? body.substr(*header_length) : absl::string_view();
   const Json j = Json::parse(header.begin(), header.end(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) return Bad("the request is not a JSON object");
   RestInferRequest out;
@@ -165,8 +166,8 @@ absl::StatusOr<RestInferRequest> ParseRestInfer(absl::string_view body,
       r.set_id(j["id"].get<std::string>());
     }
     if (j.contains("parameters")) {
-      RETURN_IF_ERROR(ToParameters(j["parameters"], r.mutable_parameters(),
-                                   {"binary_data_output"}));
+      RETURN_IF_ERROR(
+          ToParameters(j["parameters"], r.mutable_parameters(), {"binary_data_output"}));
       const Json& all = j["parameters"].value("binary_data_output", Json(false));
       out.all_binary = all.is_boolean() && all.get<bool>();
     }
@@ -264,10 +265,10 @@ RestBody FormatRestInfer(const RestInferRequest& request,
 }
 
 std::string ServerMetadataJson(const inference::ServerMetadataResponse& m) {
-  return Dump({{"name", m.name()},
-               {"version", m.version()},
-               {"extensions", std::vector<std::string>(m.extensions().begin(),
-                                                       m.extensions().end())}});
+  return Dump(
+      {{"name", m.name()},
+       {"version", m.version()},
+       {"extensions", std::vector<std::string>(m.extensions().begin(), m.extensions().end())}});
 }
 
 std::string ModelMetadataJson(const inference::ModelMetadataResponse& m) {
@@ -294,17 +295,17 @@ std::string ModelConfigJson(const inference::ModelConfig& c) {
                        {"dims", ShapeJson(out.dims())}});
   }
   const auto& batching = c.dynamic_batching();
-  return Dump({{"name", c.name()},
-               {"platform", c.platform()},
-               {"backend", c.backend()},
-               {"max_batch_size", c.max_batch_size()},
-               {"input", std::move(inputs)},
-               {"output", std::move(outputs)},
-               {"dynamic_batching",
-                {{"preferred_batch_size",
-                  std::vector<int32_t>(batching.preferred_batch_size().begin(),
-                                       batching.preferred_batch_size().end())},
-                 {"max_queue_delay_microseconds", batching.max_queue_delay_microseconds()}}}});
+  return Dump(
+      {{"name", c.name()},
+       {"platform", c.platform()},
+       {"backend", c.backend()},
+       {"max_batch_size", c.max_batch_size()},
+       {"input", std::move(inputs)},
+       {"output", std::move(outputs)},
+       {"dynamic_batching",
+        {{"preferred_batch_size", std::vector<int32_t>(batching.preferred_batch_size().begin(),
+                                                       batching.preferred_batch_size().end())},
+         {"max_queue_delay_microseconds", batching.max_queue_delay_microseconds()}}}});
 }
 
 std::string ModelStatisticsJson(const inference::ModelStatisticsResponse& s) {
@@ -335,9 +336,7 @@ std::string ModelStatisticsJson(const inference::ModelStatisticsResponse& s) {
   return Dump({{"model_stats", std::move(models)}});
 }
 
-std::string ErrorJson(absl::string_view message) {
-  return Dump({{"error", std::string(message)}});
-}
+std::string ErrorJson(absl::string_view message) { return Dump({{"error", std::string(message)}}); }
 
 int HttpStatusOf(absl::StatusCode code) {
   switch (code) {

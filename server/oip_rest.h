@@ -24,7 +24,7 @@ namespace convnext::server {
 // A parsed infer request and how its outputs are to be encoded.
 struct RestInferRequest {
   inference::ModelInferRequest request;
-  bool all_binary = false;         // binary_data_output.
+  bool all_binary = false;          // binary_data_output.
   std::vector<std::string> binary;  // Outputs asked for with binary_data: true.
 };
 

@@ -55,8 +55,7 @@ TEST(OipRestTest, BinaryExtension) {
               HasSubstr("1 bytes of binary data belong to no input"));
   EXPECT_THAT(ErrorOf(header + "abc", header.size()),
               HasSubstr("binary_data_size 7 but only 3 binary bytes are left"));
-  EXPECT_THAT(ErrorOf(header, header.size() + 1),
-              HasSubstr("more than the body's"));
+  EXPECT_THAT(ErrorOf(header, header.size() + 1), HasSubstr("more than the body's"));
 }
 
 TEST(OipRestTest, MalformedRequests) {
@@ -93,7 +92,10 @@ TEST(OipRestTest, AnswersAsJsonOrBinary) {
   top->set_name("top");
   top->set_datatype("BYTES");
   top->add_shape(1);
-  response.add_raw_output_contents(std::string("\x05\x00\x00\x00" "0.7:1", 9));
+  response.add_raw_output_contents(
+      std::string("\x05\x00\x00\x00"
+                  "0.7:1",
+                  9));
 
   RestInferRequest json_request;
   RestBody json = FormatRestInfer(json_request, response);

@@ -66,9 +66,9 @@ grpc::ServerUnaryReactor* OipServiceImpl::ModelInfer(grpc::CallbackServerContext
   return reactor;
 }
 
-grpc::ServerUnaryReactor* OipServiceImpl::ModelConfig(
-    grpc::CallbackServerContext* ctx, const inference::ModelConfigRequest* request,
-    inference::ModelConfigResponse* response) {
+grpc::ServerUnaryReactor* OipServiceImpl::ModelConfig(grpc::CallbackServerContext* ctx,
+                                                      const inference::ModelConfigRequest* request,
+                                                      inference::ModelConfigResponse* response) {
   return AnswerWith(ctx, models_->ModelConfig(request->name(), request->version()),
                     response->mutable_config());
 }

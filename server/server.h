@@ -1,8 +1,8 @@
 // Server: the whole serving process in one object. Create() assembles it bottom up: process
 // tuning (intra-op threads), the metrics endpoint, the preprocessing pool, one ModelHost per
 // configured model (loaded and warmed up), the gRPC services (ImageModelService, the Open
-// Inference Protocol's GRPCInferenceService, health, reflection) and the gRPC server; when it returns OK, health says SERVING. Drain() is the one
-// shutdown, in this order:
+// Inference Protocol's GRPCInferenceService, health, reflection) and the gRPC server; when it
+// returns OK, health says SERVING. Drain() is the one shutdown, in this order:
 //
 //   1. health NOT_SERVING; every model stops admitting (new calls: UNAVAILABLE "shutting down");
 //   2. wait until every admitted image is answered, or the deadline;
@@ -118,7 +118,7 @@ class Server {
   std::vector<std::unique_ptr<ModelHost>> hosts_;
   std::map<std::string, ModelHost*> by_name_;
   std::unique_ptr<ImageModelServiceImpl> service_;
-  std::unique_ptr<OipModels> oip_models_;         // The Open Inference Protocol's view.
+  std::unique_ptr<OipModels> oip_models_;        // The Open Inference Protocol's view.
   std::unique_ptr<OipServiceImpl> oip_service_;  // Its gRPC front end, same port.
   std::unique_ptr<OipHttpServer> http_;          // Its HTTP front end; null when disabled.
   std::unique_ptr<grpc::Server> grpc_server_;

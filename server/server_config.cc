@@ -5,11 +5,11 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <system_error>
-#include <vector>
 #include <fstream>
 #include <iterator>
 #include <set>
+#include <system_error>
+#include <vector>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -102,10 +102,10 @@ absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag) {
     }
     if (found.size() != 1) {
       std::sort(found.begin(), found.end());
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--model '", flag, "': the folder holds ", found.size(),
-          " checkpoint files (.safetensors, .pth, .pt, .bin), expected exactly one",
-          found.empty() ? "" : absl::StrCat(": ", absl::StrJoin(found, ", "))));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--model '", flag, "': the folder holds ", found.size(),
+                       " checkpoint files (.safetensors, .pth, .pt, .bin), expected exactly one",
+                       found.empty() ? "" : absl::StrCat(": ", absl::StrJoin(found, ", "))));
     }
     checkpoint = found[0];
   }
@@ -139,9 +139,9 @@ void NormalizeConfig(server::ServerConfig* config, int cores, int64_t memory_byt
   for (server::ModelConfig& m : *config->mutable_model()) {
     if (m.device().empty()) m.set_device("cpu");
     if (m.max_checkpoint_bytes() == 0) {
-      m.set_max_checkpoint_bytes(std::min<uint64_t>(
-          kDefaultMaxCheckpointBytes,
-          static_cast<uint64_t>(std::max<int64_t>(memory_bytes, 2) / 2)));
+      m.set_max_checkpoint_bytes(
+          std::min<uint64_t>(kDefaultMaxCheckpointBytes,
+                             static_cast<uint64_t>(std::max<int64_t>(memory_bytes, 2) / 2)));
     }
     server::PreprocessingConfig* p = m.mutable_preprocessing();
     if (p->size() == 0) p->set_size(preprocess.size);

@@ -231,8 +231,7 @@ int Run(const std::vector<std::string>& model_flags) {
     options.http_tls_cert_pem = *cert;
     options.http_tls_key_pem = *key;
     if (!absl::GetFlag(FLAGS_tls_client_ca).empty()) {
-      absl::StatusOr<std::string> ca =
-          ReadPem("tls_client_ca", absl::GetFlag(FLAGS_tls_client_ca));
+      absl::StatusOr<std::string> ca = ReadPem("tls_client_ca", absl::GetFlag(FLAGS_tls_client_ca));
       if (!ca.ok()) return fail(ca.status());
       options.http_tls_client_ca_pem = *ca;
     }

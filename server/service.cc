@@ -186,7 +186,8 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::GetModel(grpc::CallbackServerCo
                                                           v1::ModelInfo* response) {
   const absl::Time start = absl::Now();
   absl::StatusOr<ModelHost*> host = Find(request->name());
-  if (!host.ok()) return AnswerNow(ctx, kUnknownModelLabel, Method::kGetModel, start, host.status());
+  if (!host.ok())
+    return AnswerNow(ctx, kUnknownModelLabel, Method::kGetModel, start, host.status());
   *response = (*host)->Info();
   return AnswerNow(ctx, (*host)->name(), Method::kGetModel, start, absl::OkStatus());
 }

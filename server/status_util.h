@@ -1,6 +1,6 @@
 // Conversion of absl::Status to grpc::Status: the one place where our error codes become the
-// codes a gRPC client sees; and of a call's gRPC deadline to absl::Time. Messages longer than kMaxStatusMessageBytes are truncated (a status
-// message travels in an HTTP/2 header).
+// codes a gRPC client sees; and of a call's gRPC deadline to absl::Time. Messages longer than
+// kMaxStatusMessageBytes are truncated (a status message travels in an HTTP/2 header).
 #ifndef CONVNEXT_SERVER_STATUS_UTIL_H_
 #define CONVNEXT_SERVER_STATUS_UTIL_H_
 
