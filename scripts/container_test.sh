@@ -22,15 +22,7 @@ port=15051
 metrics_port=19090
 http_port=18000
 
-need=()
-for p in podman runc debootstrap uidmap fuse-overlayfs slirp4netns; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
-done
-if [[ ${#need[@]} -gt 0 ]]; then
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+bash scripts/install-deps.sh --container
 # podman's default rlimits are refused in this sandbox ("RLIMIT_NOFILE ... Operation not
 # permitted") unless the container default is "none".
 if ! grep -qs '^default_ulimits *= *\[\]' /etc/containers/containers.conf; then

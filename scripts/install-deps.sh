@@ -5,6 +5,8 @@
 #   scripts/install-deps.sh            build + runtime + test packages (what the README and CI use)
 #   scripts/install-deps.sh --build    build packages only (the Dockerfile's build stage)
 #   scripts/install-deps.sh --runtime  only what the built binaries need at run time (Docker final stage)
+#   scripts/install-deps.sh --container  podman and its helpers (scripts/container_test.sh, CI's last stage)
+#   scripts/install-deps.sh --bench      what the peer benchmarks need (scripts/perf-analyzer.sh)
 set -euo pipefail
 
 runtime_pkgs=(
@@ -35,8 +37,21 @@ test_pkgs=(
   curl  # the README's HTTP examples, run by tests/oip_test.py
 )
 
+container_pkgs=(
+  podman runc  # crun, podman's default runtime, fails here ("cgroups in hybrid mode")
+  debootstrap  # the bookworm base image, made locally (no registry is reachable)
+  uidmap fuse-overlayfs slirp4netns
+)
+bench_pkgs=(
+  libb64-0d  # perf_analyzer (from the tritonclient 2.41.0 wheel) links it
+)
+
 if [[ "${1:-}" == "--runtime" ]]; then
   pkgs=("${runtime_pkgs[@]}")
+elif [[ "${1:-}" == "--container" ]]; then
+  pkgs=("${container_pkgs[@]}")
+elif [[ "${1:-}" == "--bench" ]]; then
+  pkgs=("${bench_pkgs[@]}")
 elif [[ "${1:-}" == "--build" ]]; then
   pkgs=("${build_pkgs[@]}")
 else

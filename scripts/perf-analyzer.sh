@@ -2,7 +2,7 @@
 # Makes Triton's load generator, perf_analyzer, runnable here, for bench/oip_throughput.sh:
 #  - the binary from the tritonclient 2.41.0 wheel on PyPI (the last release that ships it; the
 #    PyPI package named "perf-analyzer" is a placeholder that prints "hello");
-#  - its libraries: libb64 from Debian, and libcudart.so.12 from PyPI's nvidia-cuda-runtime-cu12
+#  - its libraries: libb64 from Debian (scripts/install-deps.sh --bench), and libcudart.so.12 from PyPI's nvidia-cuda-runtime-cu12
 #    (it is linked against it; nothing CUDA is used against our server).
 # Versions pinned; nothing is vendored. Prints the path of a wrapper that runs it.
 #
@@ -11,13 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir="${1:-build/perf-analyzer}"
 if [[ ! -x "$dir/perf_analyzer" ]]; then
-  if ! dpkg-query -W -f='${Status}' libb64-0d 2>/dev/null | grep -q "install ok installed"; then
-    sudo=""
-    [[ $(id -u) -eq 0 ]] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
-      libb64-0d >/dev/null
-  fi
+  bash scripts/install-deps.sh --bench
   rm -rf "$dir"
   mkdir -p "$dir/wheels"
   /usr/bin/python3 -m venv "$dir/venv"
