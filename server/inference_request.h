@@ -30,6 +30,9 @@ class InferenceRequest {
   // kClassifyAndEmbed (Open Inference Protocol requests that ask for probabilities with the
   // embedding or stage maps) computes both from one forward pass and fills both responses.
   enum class Kind { kClassify, kEmbed, kClassifyAndEmbed };
+  // Whether a call of `kind` fills the classify (the embed) response.
+  static bool Classifies(Kind kind) { return kind != Kind::kEmbed; }
+  static bool Embeds(Kind kind) { return kind != Kind::kClassify; }
 
   // What to compute for each image. Validated by the service before the request is created.
   struct Params {

@@ -49,9 +49,6 @@ absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path, int
   return labels;
 }
 
-bool Classifies(InferenceRequest::Kind kind) { return kind != InferenceRequest::Kind::kEmbed; }
-bool Embeds(InferenceRequest::Kind kind) { return kind != InferenceRequest::Kind::kClassify; }
-
 // Images of different kinds batch apart (they ask for different outputs), and only images of one
 // input shape share a batch.
 std::string BatchKey(InferenceRequest::Kind kind, const at::Tensor& input) {
@@ -60,8 +57,8 @@ std::string BatchKey(InferenceRequest::Kind kind, const at::Tensor& input) {
 
 ImageRequest ToImageRequest(const InferenceRequest::Params& p) {
   ImageRequest r;
-  if (Classifies(p.kind)) r.top_k = p.top_k;
-  if (Embeds(p.kind)) {
+  if (InferenceRequest::Classifies(p.kind)) r.top_k = p.top_k;
+  if (InferenceRequest::Embeds(p.kind)) {
     r.embedding = p.include_embedding;
     r.normalize = p.normalize;
     r.stages = p.stages;
@@ -162,6 +159,23 @@ bool ModelHost::WaitUntilIdle(absl::Time deadline) const {
   return pending_mu_.AwaitWithDeadline(absl::Condition(
                                            +[](const int64_t* n) { return *n == 0; }, pending),
                                        deadline);
+}
+
+void ModelHost::Run(const InferenceRequest::Params& params,
+                    const google::protobuf::RepeatedPtrField<v1::Image>& images,
+                    absl::Time deadline, grpc::CallbackServerContext* ctx,
+                    v1::ClassifyResponse* classify, v1::EmbedResponse* embed,
+                    InferenceRequest::DoneFn done) {
+  AddInFlight(metrics_, 1);
+  InferenceRequest::DoneFn finish = [metrics = metrics_,
+                                     done = std::move(done)](const absl::Status& s) {
+    AddInFlight(metrics, -1);
+    done(s);
+  };
+  auto request = std::make_shared<InferenceRequest>(params, images.size(), deadline, ctx, classify,
+                                                    embed, finish);
+  // A refused request never reaches its own done function.
+  if (absl::Status s = Submit(request, images); !s.ok()) finish(s);
 }
 
 absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
@@ -320,7 +334,7 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
 }
 
 void ModelHost::WriteResult(const Work& w, ImageOutputs& o) const {
-  if (Classifies(w.request->params().kind)) {
+  if (InferenceRequest::Classifies(w.request->params().kind)) {
     w.request->Fill([&](v1::ClassifyResponse* r, v1::EmbedResponse*) {
       v1::Classification* c = r->mutable_results(w.index);
       for (size_t k = 0; k < o.class_indices.size(); ++k) {
@@ -332,7 +346,7 @@ void ModelHost::WriteResult(const Work& w, ImageOutputs& o) const {
       }
     });
   }
-  if (Embeds(w.request->params().kind)) {
+  if (InferenceRequest::Embeds(w.request->params().kind)) {
     v1::Embedding result;
     if (!o.embedding.shape.empty()) ToProto(std::move(o.embedding), result.mutable_embedding());
     for (OutputTensor& stage : o.stages) ToProto(std::move(stage), result.add_stages());

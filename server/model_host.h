@@ -79,6 +79,15 @@ class ModelHost {
   absl::Status Submit(const std::shared_ptr<InferenceRequest>& request,
                       const google::protobuf::RepeatedPtrField<v1::Image>& images);
 
+  // One call, as every protocol runs it: Submit() with a request made of these arguments (see
+  // InferenceRequest), the model's in-flight gauge kept, and `done` called exactly once with the
+  // final status (at once, on this thread, when the call is refused). `classify`, `embed` and
+  // `images` must stay valid until then.
+  void Run(const InferenceRequest::Params& params,
+           const google::protobuf::RepeatedPtrField<v1::Image>& images, absl::Time deadline,
+           grpc::CallbackServerContext* ctx, v1::ClassifyResponse* classify,
+           v1::EmbedResponse* embed, InferenceRequest::DoneFn done);
+
   // Description and statistics (ListModels / GetModel).
   v1::ModelInfo Info() const;
   // Loaded, warm and admitting (false once StopAdmitting() was called).

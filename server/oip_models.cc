@@ -135,11 +135,10 @@ void OipModels::Infer(const inference::ModelInferRequest& request, absl::Time de
   if (!call.ok()) return finish(metrics, call.status());
   auto state = std::make_shared<InferState>();
   state->call = *std::move(call);
-  const int images = state->call.images.size();
   const InferenceRequest::Kind kind = state->call.params.kind;
-  const bool classify = kind != InferenceRequest::Kind::kEmbed;
-  const bool embed = kind != InferenceRequest::Kind::kClassify;
-  for (int i = 0; i < images; ++i) {
+  const bool classify = InferenceRequest::Classifies(kind);
+  const bool embed = InferenceRequest::Embeds(kind);
+  for (int i = 0; i < state->call.images.size(); ++i) {
     if (classify) state->classify.add_results();
     if (embed) state->embed.add_results();
   }
@@ -149,22 +148,16 @@ void OipModels::Infer(const inference::ModelInferRequest& request, absl::Time de
   response->set_model_name(host->name());
   response->set_model_version("1");
   response->set_id(request.id());
-  AddInFlight(metrics, 1);
-  auto inference = std::make_shared<InferenceRequest>(
-      state->call.params, images, deadline, ctx, classify ? &state->classify : nullptr,
-      embed ? &state->embed : nullptr,
-      [state, response, &facts, metrics, finish](const absl::Status& s) {
-        AddInFlight(metrics, -1);
-        absl::Status status = s;
-        if (status.ok()) {
-          status = FillInferResponse(state->call, facts, &state->classify, &state->embed, response);
-        }
-        finish(metrics, status);
-      });
-  if (absl::Status s = host->Submit(inference, state->call.images); !s.ok()) {
-    AddInFlight(metrics, -1);
-    finish(metrics, s);
-  }
+  host->Run(state->call.params, state->call.images, deadline, ctx,
+            classify ? &state->classify : nullptr, embed ? &state->embed : nullptr,
+            [state, response, &facts, metrics, finish](const absl::Status& s) {
+              absl::Status status = s;
+              if (status.ok()) {
+                status = FillInferResponse(state->call, facts, &state->classify, &state->embed,
+                                           response);
+              }
+              finish(metrics, status);
+            });
 }
 
 }  // namespace convnext::server

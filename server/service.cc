@@ -54,19 +54,10 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Run(
     const google::protobuf::RepeatedPtrField<v1::Image>& images, v1::ClassifyResponse* classify,
     v1::EmbedResponse* embed, Method method, absl::Time start) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  ModelMetrics* metrics = host->metrics();
-  const std::string& model = host->name();
-  AddInFlight(metrics, 1);
-  auto inference = std::make_shared<InferenceRequest>(
-      params, images.size(), DeadlineOf(*ctx), ctx, classify, embed,
-      [this, reactor, model, method, start, metrics](const absl::Status& s) {
-        AddInFlight(metrics, -1);
-        Answer(reactor, model, method, start, s);
-      });
-  if (absl::Status s = host->Submit(inference, images); !s.ok()) {
-    AddInFlight(metrics, -1);
-    Answer(reactor, model, method, start, s);
-  }
+  host->Run(params, images, DeadlineOf(*ctx), ctx, classify, embed,
+            [this, reactor, model = host->name(), method, start](const absl::Status& s) {
+              Answer(reactor, model, method, start, s);
+            });
   return reactor;
 }
 
