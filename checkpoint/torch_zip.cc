@@ -71,11 +71,8 @@ class StorageLoader {
     ASSIGN_OR_RETURN(c10::ScalarType dtype, StorageDtype(ref.storage.type));
     auto it = storages_.find(ref.storage.key);
     if (it == storages_.end()) {
+      // Its presence and size were checked from the zip directory (RecordSizes) beforehand.
       const std::string record = "data/" + ref.storage.key;
-      if (!reader_->hasRecord(record)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("tensor ", name, ": storage record ", record, " is missing"));
-      }
       auto [data, size] = reader_->getRecord(record);
       const int64_t elem = c10::elementSize(dtype);
       if (size / elem < static_cast<size_t>(ref.storage.numel)) {
