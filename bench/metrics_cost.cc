@@ -12,7 +12,7 @@ namespace {
 ModelMetrics* Model() {
   static ModelMetrics* m = [] {
     static std::unique_ptr<Metrics> metrics = *Metrics::Start("127.0.0.1:0", {"bench", "", "cpu"});
-    return Metrics::ForModel("bench");
+    return Metrics::ForModel("bench", "1");
   }();
   return m;
 }

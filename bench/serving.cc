@@ -98,7 +98,7 @@ int Main() {
     std::fprintf(stderr, "%s\n", server.status().ToString().c_str());
     return 1;
   }
-  const ModelHost* host = (*server)->model("model");
+  const std::shared_ptr<ModelHost> host = (*server)->model("model");
 
   // In-process reference: the same model, the same batch size, preprocessed input.
   absl::StatusOr<at::Tensor> one = DecodeAndTransform(jpeg, PreprocessConfig());

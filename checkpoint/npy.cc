@@ -53,6 +53,12 @@ absl::string_view DictValue(absl::string_view header, absl::string_view key) {
 
 }  // namespace
 
+absl::StatusOr<std::vector<float>> ReadNpyAsFloats(const std::string& path) {
+  ASSIGN_OR_RETURN(at::Tensor t, ReadNpy(path));
+  const at::Tensor flat = t.to(at::kFloat).contiguous().reshape({-1});
+  return std::vector<float>(flat.data_ptr<float>(), flat.data_ptr<float>() + flat.numel());
+}
+
 absl::StatusOr<at::Tensor> ReadNpy(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open '", path, "'"));

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -16,6 +17,9 @@ namespace convnext {
 
 // Reads a .npy file into a CPU tensor of the file's dtype.
 absl::StatusOr<at::Tensor> ReadNpy(const std::string& path);
+
+// Reads a .npy file of any numeric dtype and shape as float32 values, flattened in C order.
+absl::StatusOr<std::vector<float>> ReadNpyAsFloats(const std::string& path);
 
 // Writes a tensor (any device; float32/float64/float16/int64/int32/uint8) as .npy, C order.
 absl::Status WriteNpy(const std::string& path, const at::Tensor& tensor);

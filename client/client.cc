@@ -122,7 +122,32 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& opti
 Client::Client(const ClientOptions& options, std::shared_ptr<grpc::Channel> channel)
     : options_(options),
       channel_(std::move(channel)),
-      stub_(v1::ImageModelService::NewStub(channel_)) {}
+      stub_(v1::ImageModelService::NewStub(channel_)),
+      control_(v1::ModelControl::NewStub(channel_)) {}
+
+absl::StatusOr<v1::LoadModelResponse> Client::LoadModel(const std::string& config,
+                                                        bool make_default) {
+  v1::LoadModelRequest request;
+  request.set_config(config);
+  request.set_make_default(make_default);
+  return Unary(options_, control_.get(), &v1::ModelControl::Stub::LoadModel, request);
+}
+
+absl::StatusOr<v1::UnloadModelResponse> Client::UnloadModel(const std::string& name,
+                                                            const std::string& version) {
+  v1::UnloadModelRequest request;
+  request.set_name(name);
+  request.set_version(version);
+  return Unary(options_, control_.get(), &v1::ModelControl::Stub::UnloadModel, request);
+}
+
+absl::StatusOr<v1::SetDefaultVersionResponse> Client::SetDefaultVersion(
+    const std::string& name, const std::string& version) {
+  v1::SetDefaultVersionRequest request;
+  request.set_name(name);
+  request.set_version(version);
+  return Unary(options_, control_.get(), &v1::ModelControl::Stub::SetDefaultVersion, request);
+}
 
 absl::StatusOr<v1::ClassifyResponse> Client::Classify(const v1::ClassifyRequest& request) {
   return Unary(options_, stub_.get(), &v1::ImageModelService::Stub::Classify, request);

@@ -4,6 +4,9 @@
 //   convnext embed IMG [--model M] [--stages 1,2,3,4] [--normalize] --out DIR
 //   convnext models [--json]
 //   convnext health
+//   convnext load CONFIG [--make_default]      (CONFIG: ModelConfig text, or a file holding it)
+//   convnext unload NAME [--model_version V]
+//   convnext default NAME [--model_version V]  (no version: the latest)
 //   convnext bench [IMG...] [--images DIR] --concurrency N (--duration S | --requests N)
 //                  [--rate R] [--model M] [--json]
 //
@@ -41,6 +44,9 @@ ABSL_FLAG(std::string, target, "localhost:50051", "Server address.");
 ABSL_FLAG(double, timeout_s, 60, "Deadline of each call, seconds.");
 ABSL_FLAG(int, retries, 2, "Retries of UNAVAILABLE (bench: none).");
 ABSL_FLAG(std::string, model, "", "Model name; empty: the server's default.");
+ABSL_FLAG(std::string, model_version, "",
+          "Model version or version label; empty: the model's default version.");
+ABSL_FLAG(bool, make_default, false, "load: make the version its model's default once ready.");
 ABSL_FLAG(std::string, tls_ca, "", "PEM file of the CA that signed the server: use TLS.");
 ABSL_FLAG(std::string, tls_cert, "", "PEM client certificate (mutual TLS; with --tls_key).");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
@@ -97,6 +103,7 @@ int Classify(Client& client, const std::vector<std::string>& files) {
   if (files.empty()) return Fail(kExitUsage, "classify needs at least one image file");
   v1::ClassifyRequest request;
   request.set_model(absl::GetFlag(FLAGS_model));
+  request.set_model_version(absl::GetFlag(FLAGS_model_version));
   request.set_top_k(std::max(absl::GetFlag(FLAGS_top_k), 1));
   for (const std::string& f : files) {
     absl::StatusOr<std::string> bytes = ReadFile(f);
@@ -137,6 +144,7 @@ int Embed(Client& client, const std::vector<std::string>& files) {
   if (dir.empty()) return Fail(kExitUsage, "embed needs --out DIR");
   v1::EmbedRequest request;
   request.set_model(absl::GetFlag(FLAGS_model));
+  request.set_model_version(absl::GetFlag(FLAGS_model_version));
   request.set_include_embedding(true);
   request.set_normalize(absl::GetFlag(FLAGS_normalize));
   for (absl::string_view s : absl::StrSplit(absl::GetFlag(FLAGS_stages), ',', absl::SkipEmpty())) {
@@ -168,33 +176,95 @@ int Embed(Client& client, const std::vector<std::string>& files) {
   return 0;
 }
 
+const char* StateName(v1::ModelState state) {
+  switch (state) {
+    case v1::LOADING:
+      return "loading";
+    case v1::READY:
+      return "ready";
+    case v1::DRAINING:
+      return "draining";
+    case v1::FAILED:
+      return "failed";
+    default:
+      return "?";
+  }
+}
+
 int Models(Client& client) {
   absl::StatusOr<v1::ListModelsResponse> r = client.ListModels();
   if (!r.ok()) return FailCall(client, r.status());
+  // "default": the model and version an empty model name selects.
+  auto is_default = [&r](const v1::ModelInfo& m) {
+    return m.name() == r->default_model() && m.default_version();
+  };
   if (absl::GetFlag(FLAGS_json)) {
     nlohmann::ordered_json models = nlohmann::ordered_json::array();
     for (const v1::ModelInfo& m : r->models()) {
       models.push_back({{"name", m.name()},
+                        {"version", m.version()},
+                        {"state", StateName(m.state())},
                         {"variant", m.variant()},
                         {"num_classes", m.num_classes()},
                         {"parameters", m.parameter_count()},
                         {"input_size", m.preprocessing().size()},
                         {"device", m.device()},
                         {"ready", m.ready()},
-                        {"default", m.name() == r->default_model()}});
+                        {"embedding_space", m.embedding_space()},
+                        {"default_version", m.default_version()},
+                        {"default", is_default(m)}});
     }
     PrintJson(models);
     return 0;
   }
-  std::printf("%-16s %-16s %8s %12s %6s %-6s %s\n", "name", "variant", "classes", "parameters",
-              "input", "ready", "checkpoint");
+  std::printf("%-16s %-8s %-8s %-16s %8s %12s %6s %s\n", "name", "version", "state", "variant",
+              "classes", "parameters", "input", "checkpoint");
   for (const v1::ModelInfo& m : r->models()) {
-    std::printf("%-16s %-16s %8lld %12lld %6u %-6s %s%s\n", m.name().c_str(), m.variant().c_str(),
+    std::printf("%-16s %-8s %-8s %-16s %8lld %12lld %6u %s%s%s\n", m.name().c_str(),
+                m.version().c_str(), StateName(m.state()), m.variant().c_str(),
                 static_cast<long long>(m.num_classes()),
                 static_cast<long long>(m.parameter_count()), m.preprocessing().size(),
-                m.ready() ? "yes" : "no", m.checkpoint_path().c_str(),
-                m.name() == r->default_model() ? "  (default)" : "");
+                m.checkpoint_path().c_str(), is_default(m) ? "  (default)" : "",
+                m.state_reason().empty() ? "" : ("  " + m.state_reason()).c_str());
   }
+  return 0;
+}
+
+// load CONFIG: the text of a ModelConfig, or the path of a file holding one.
+int Load(Client& client, const std::vector<std::string>& args) {
+  if (args.size() != 1) return Fail(kExitUsage, "load takes one model config (text or file)");
+  std::string config = args[0];
+  if (struct stat st; ::stat(config.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
+    absl::StatusOr<std::string> text = ReadFile(config);
+    if (!text.ok()) return Fail(kExitInput, std::string(text.status().message()));
+    config = *std::move(text);
+  }
+  absl::StatusOr<v1::LoadModelResponse> r =
+      client.LoadModel(config, absl::GetFlag(FLAGS_make_default));
+  if (!r.ok()) return FailCall(client, r.status());
+  std::printf("%s version %s %s in %.2f s (embedding_space %s)%s\n", r->model().name().c_str(),
+              r->model().version().c_str(), r->replaced() ? "reloaded" : "loaded",
+              r->load_seconds(), r->model().embedding_space().c_str(),
+              r->model().default_version() ? ", default version" : "");
+  return 0;
+}
+
+int Unload(Client& client, const std::vector<std::string>& args) {
+  if (args.size() != 1) return Fail(kExitUsage, "unload takes one model name");
+  absl::StatusOr<v1::UnloadModelResponse> r =
+      client.UnloadModel(args[0], absl::GetFlag(FLAGS_model_version));
+  if (!r.ok()) return FailCall(client, r.status());
+  std::printf("%s: unloaded version(s) %s\n", args[0].c_str(),
+              absl::StrJoin(r->versions(), ", ").c_str());
+  return 0;
+}
+
+int Default(Client& client, const std::vector<std::string>& args) {
+  if (args.size() != 1) return Fail(kExitUsage, "default takes one model name");
+  absl::StatusOr<v1::SetDefaultVersionResponse> r =
+      client.SetDefaultVersion(args[0], absl::GetFlag(FLAGS_model_version));
+  if (!r.ok()) return FailCall(client, r.status());
+  std::printf("%s: default version %s\n", args[0].c_str(), r->version().c_str());
   return 0;
 }
 
@@ -252,7 +322,8 @@ int Bench(const ClientOptions& client_options, const std::vector<std::string>& f
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "convnext (classify IMG... | embed IMG --out DIR | models | health | bench ...) "
+      "convnext (classify IMG... | embed IMG --out DIR | models | health | bench ... | "
+      "load CONFIG | unload NAME | default NAME) "
       "[--target host:port]");
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() < 2) {
@@ -286,6 +357,9 @@ int main(int argc, char** argv) {
   if (command == "embed") return convnext::client::Embed(**client, files);
   if (command == "models") return convnext::client::Models(**client);
   if (command == "health") return convnext::client::Health(**client);
+  if (command == "load") return convnext::client::Load(**client, files);
+  if (command == "unload") return convnext::client::Unload(**client, files);
+  if (command == "default") return convnext::client::Default(**client, files);
   std::fprintf(stderr, "convnext: unknown command '%s' (usage: %s)\n", command.c_str(),
                absl::ProgramUsageMessage().data());
   return convnext::client::kExitUsage;

@@ -274,7 +274,7 @@ absl::StatusOr<at::Tensor> EvalTransform(const View& rgb, const PreprocessConfig
   if (size < kSquashFromSize) {
     const int64_t shorter = std::min(rgb.width, rgb.height);
     const int64_t longer = std::max(rgb.width, rgb.height);
-    const auto new_short = static_cast<int64_t>(size / config.crop_pct);
+    const int64_t new_short = ResizedShorterSide(config);
     // Python's int(new_short * long / short): exact product, correctly rounded division.
     const auto new_long = static_cast<int64_t>(static_cast<double>(new_short * longer) /
                                                static_cast<double>(shorter));

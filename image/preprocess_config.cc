@@ -17,6 +17,11 @@ absl::Status Bad(absl::string_view field, absl::string_view requirement, double 
 
 double DefaultCropPct(int size) { return size >= kSquashFromSize ? 1.0 : kDefaultCropPct; }
 
+int64_t ResizedShorterSide(const PreprocessConfig& config) {
+  if (config.size >= kSquashFromSize) return config.size;
+  return static_cast<int64_t>(config.size / config.crop_pct);
+}
+
 absl::string_view InterpolationName(Interpolation interpolation) {
   switch (interpolation) {
     case Interpolation::kBicubic:

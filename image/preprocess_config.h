@@ -60,6 +60,10 @@ struct PreprocessConfig {
 // 384 (resize 256 for 224), 1.0 from 384 on (where the transform squashes and ignores it).
 double DefaultCropPct(int size);
 
+// The side the shorter image side is resized to before the center crop: int(size / crop_pct)
+// below kSquashFromSize; from it on the image is squashed to size x size, and this is `size`.
+int64_t ResizedShorterSide(const PreprocessConfig& config);
+
 // OK, or INVALID_ARGUMENT naming the first bad field and its allowed range.
 absl::Status ValidatePreprocessConfig(const PreprocessConfig& config);
 

@@ -110,8 +110,12 @@ struct State {
   prometheus::Family<prometheus::Gauge>* in_flight = nullptr;
   prometheus::Family<prometheus::Gauge>* ready = nullptr;
   prometheus::Family<prometheus::Gauge>* load_seconds = nullptr;
+  prometheus::Family<prometheus::Counter>* loads = nullptr;
+  prometheus::Family<prometheus::Gauge>* last_load_ok = nullptr;
   absl::Mutex mu;
-  std::map<std::string, std::unique_ptr<ModelMetrics>> models ABSL_GUARDED_BY(mu);
+  // By (model, version).
+  std::map<std::pair<std::string, std::string>, std::unique_ptr<ModelMetrics>> models
+      ABSL_GUARDED_BY(mu);
 };
 
 State* g_state = nullptr;  // Set once by Metrics::Start; lives until exit.
@@ -169,11 +173,23 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& bind_
                       .Register(r);
   s->ready = &prometheus::BuildGauge()
                   .Name("convnext_model_ready")
-                  .Help("1 when the model is loaded and warmed up, else 0.")
+                  .Help("1 when the model version is loaded, warmed up and serving, else 0.")
                   .Register(r);
   s->load_seconds = &prometheus::BuildGauge()
                          .Name("convnext_model_load_seconds")
-                         .Help("Seconds the model took to load and warm up.")
+                         .Help(
+                             "Seconds the model version took to load, warm up and pass its golden "
+                             "self-test, at its last load.")
+                         .Register(r);
+  s->loads = &prometheus::BuildCounter()
+                  .Name("convnext_model_loads_total")
+                  .Help(
+                      "Loads and reloads of a model's versions after start-up (control API or "
+                      "config watch), by model and result (ok, failed).")
+                  .Register(r);
+  s->last_load_ok = &prometheus::BuildGauge()
+                         .Name("convnext_model_last_load_success")
+                         .Help("1 if the model's last load or reload succeeded, else 0.")
                          .Register(r);
   prometheus::BuildGauge()
       .Name("convnext_build_info")
@@ -202,31 +218,41 @@ Metrics::~Metrics() = default;
 
 int Metrics::port() const { return http_->port(); }
 
-ModelMetrics* Metrics::ForModel(const std::string& model) {
+ModelMetrics* Metrics::ForModel(const std::string& model, const std::string& version) {
   State* s = g_state;
   if (s == nullptr) return nullptr;
   absl::MutexLock lock(&s->mu);
-  std::unique_ptr<ModelMetrics>& m = s->models[model];
+  std::unique_ptr<ModelMetrics>& m = s->models[{model, version}];
   if (m != nullptr) return m.get();
   m = std::make_unique<ModelMetrics>();
   for (int method = 0; method < kNumMethods; ++method) {
     m->latency[method] =
-        &s->latency->Add({{"model", model}, {"method", kMethodNames[method]}}, LatencyBucketsUs());
+        &s->latency->Add({{"model", model}, {"version", version}, {"method", kMethodNames[method]}},
+                         LatencyBucketsUs());
     for (int code = 0; code < kNumStatusCodes; ++code) {
-      m->requests[method][code] = &s->requests->Add(
-          {{"model", model}, {"method", kMethodNames[method]}, {"code", kCodeNames[code]}});
+      m->requests[method][code] = &s->requests->Add({{"model", model},
+                                                     {"version", version},
+                                                     {"method", kMethodNames[method]},
+                                                     {"code", kCodeNames[code]}});
     }
   }
-  m->queue = &s->queue->Add({{"model", model}}, LatencyBucketsUs());
-  m->preprocess = &s->preprocess->Add({{"model", model}}, LatencyBucketsUs());
-  m->compute = &s->compute->Add({{"model", model}}, LatencyBucketsUs());
-  m->batch_size = &s->batch_size->Add({{"model", model}}, BatchSizeBuckets());
-  m->images = &s->images->Add({{"model", model}});
-  m->queue_depth = &s->queue_depth->Add({{"model", model}});
-  m->in_flight = &s->in_flight->Add({{"model", model}});
-  m->ready = &s->ready->Add({{"model", model}});
-  m->load_seconds = &s->load_seconds->Add({{"model", model}});
+  m->queue = &s->queue->Add({{"model", model}, {"version", version}}, LatencyBucketsUs());
+  m->preprocess = &s->preprocess->Add({{"model", model}, {"version", version}}, LatencyBucketsUs());
+  m->compute = &s->compute->Add({{"model", model}, {"version", version}}, LatencyBucketsUs());
+  m->batch_size = &s->batch_size->Add({{"model", model}, {"version", version}}, BatchSizeBuckets());
+  m->images = &s->images->Add({{"model", model}, {"version", version}});
+  m->queue_depth = &s->queue_depth->Add({{"model", model}, {"version", version}});
+  m->in_flight = &s->in_flight->Add({{"model", model}, {"version", version}});
+  m->ready = &s->ready->Add({{"model", model}, {"version", version}});
+  m->load_seconds = &s->load_seconds->Add({{"model", model}, {"version", version}});
   return m.get();
+}
+
+void RecordModelLoad(const std::string& model, bool ok) {
+  State* s = g_state;
+  if (s == nullptr) return;
+  s->loads->Add({{"model", model}, {"result", ok ? "ok" : "failed"}}).Increment();
+  s->last_load_ok->Add({{"model", model}}).Set(ok ? 1 : 0);
 }
 
 const char* MethodName(Method method) { return kMethodNames[static_cast<int>(method)]; }

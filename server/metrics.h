@@ -76,8 +76,10 @@ class Metrics {
   // The port the exposer listens on.
   int port() const;
 
-  // The metrics of `model`, created on first use. Never null while metrics run; null otherwise.
-  static ModelMetrics* ForModel(const std::string& model);
+  // The metrics of a model version (labels model and version; calls naming no served model use
+  // kUnknownModelLabel and ""), created on first use. Never null while metrics run; null
+  // otherwise. The label set is bounded by the versions ever loaded.
+  static ModelMetrics* ForModel(const std::string& model, const std::string& version);
 
  private:
   Metrics() = default;
@@ -94,6 +96,8 @@ void RecordBatch(ModelMetrics* m, int batch_size, int64_t compute_us);
 void SetQueueDepth(ModelMetrics* m, int64_t images);
 void AddInFlight(ModelMetrics* m, int64_t delta);
 void SetModelReady(ModelMetrics* m, bool ready, double load_seconds);
+// A load or reload of one of `model`'s versions after start-up.
+void RecordModelLoad(const std::string& model, bool ok);
 
 }  // namespace convnext::server
 

@@ -3,12 +3,16 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <fstream>
+#include <iterator>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "checkpoint/npy.h"
 #include "model/process_tuning.h"
 #include "server/image_input.h"
 #include "server/tensor_proto.h"
@@ -49,6 +53,29 @@ absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path, int
   return labels;
 }
 
+// The first 16 bytes of SHA-256 over `text`, in hex.
+std::string ShortDigest(const std::string& text) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(text.data(), text.size(), digest, &len, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned int i = 0; i < 16 && i < len; ++i)
+    absl::StrAppend(&hex, absl::Hex(digest[i], absl::kZeroPad2));
+  return hex;
+}
+
+// Everything that decides where an image's embedding lands: the weights (the checkpoint file's
+// digest), the transform before the network, the pooling, and the normalisation.
+std::string EmbeddingSpace(const std::string& checkpoint_sha256,
+                           const server::PreprocessingConfig& p, bool normalized) {
+  return absl::StrCat(
+      "es1-", ShortDigest(absl::StrCat(
+                  "checkpoint=", checkpoint_sha256, ";size=", p.size(), ";crop_pct=", p.crop_pct(),
+                  ";interpolation=", p.interpolation(), ";mean=", absl::StrJoin(p.mean(), ","),
+                  ";std=", absl::StrJoin(p.std(), ","), ";channels=RGB;exif=applied",
+                  ";pool=global_average+layernorm;l2=", normalized ? "1" : "0")));
+}
+
 // Images of different kinds batch apart (they ask for different outputs), and only images of one
 // input shape share a batch.
 std::string BatchKey(InferenceRequest::Kind kind, const at::Tensor& input) {
@@ -72,11 +99,11 @@ ImageRequest ToImageRequest(const InferenceRequest::Params& p) {
 absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOptions& options) {
   const server::ModelConfig& config = options.config;
   auto annotate = [&config](const absl::Status& s) {
-    return absl::Status(s.code(), absl::StrCat("model '", config.name(), "': ", s.message()));
+    return absl::Status(s.code(), absl::StrCat("model '", config.name(), "' version ",
+                                               config.version(), ": ", s.message()));
   };
   std::unique_ptr<ModelHost> host(new ModelHost(options));
-  const absl::Time start = absl::Now();
-  host->metrics_ = Metrics::ForModel(config.name());
+  host->metrics_ = Metrics::ForModel(config.name(), config.version());
 
   LoadOptions load;
   load.path = config.checkpoint();
@@ -111,6 +138,13 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
       !s.ok()) {
     return annotate(s);
   }
+  for (int normalized = 0; normalized < 2; ++normalized) {
+    host->embedding_space_[normalized] =
+        EmbeddingSpace(host->checkpoint_sha256_, config.preprocessing(), normalized != 0);
+  }
+  for (const server::GoldenCase& golden : config.golden()) {
+    if (absl::Status s = host->CheckGolden(golden); !s.ok()) return annotate(s);
+  }
 
   BatcherOptions batcher;
   batcher.queue.max_batch_size = config.batching().max_batch_size();
@@ -131,7 +165,6 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   if (!b.ok()) return annotate(b.status());
   host->batcher_ = *std::move(b);
   host->ready_ = true;
-  SetModelReady(host->metrics_, true, absl::ToDoubleSeconds(absl::Now() - start));
   return host;
 }
 
@@ -140,7 +173,6 @@ ModelHost::~ModelHost() { Shutdown(); }
 void ModelHost::StopAdmitting() {
   stopping_ = true;
   ready_ = false;
-  SetModelReady(metrics_, false, -1);
 }
 
 void ModelHost::Shutdown() {
@@ -356,11 +388,81 @@ void ModelHost::WriteResult(const Work& w, ImageOutputs& o) const {
   }
 }
 
+absl::Status ModelHost::CheckGolden(const server::GoldenCase& golden) const {
+  std::ifstream in(golden.image(), std::ios::binary);
+  if (!in)
+    return absl::NotFoundError(absl::StrCat("golden image '", golden.image(), "' cannot be read"));
+  v1::Image image;
+  image.set_encoded(
+      std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
+  absl::StatusOr<at::Tensor> input = PrepareImage(image, preprocess_, v1::CLASSIFICATION);
+  if (!input.ok()) {
+    return absl::Status(input.status().code(), absl::StrCat("golden image '", golden.image(),
+                                                            "': ", input.status().message()));
+  }
+  ImageRequest request;
+  const bool probabilities = golden.output() == "probabilities";
+  if (probabilities) {
+    if (architecture().num_classes == 0) {
+      return absl::FailedPreconditionError(
+          "golden output \"probabilities\" needs a classification head");
+    }
+    request.top_k = static_cast<int>(architecture().num_classes);
+  } else {
+    request.embedding = true;
+  }
+  absl::StatusOr<std::vector<ImageOutputs>> out =
+      RunBatch(*loaded_.model, {*input}, {request}, nullptr);
+  if (!out.ok()) return out.status();
+  std::vector<float> actual;
+  const ImageOutputs& o = (*out)[0];
+  if (probabilities) {
+    actual.assign(o.class_indices.size(), 0.0f);
+    for (size_t k = 0; k < o.class_indices.size(); ++k)
+      actual[o.class_indices[k]] = o.class_scores[k];
+  } else {
+    actual.resize(o.embedding.bytes.size() / sizeof(float));
+    std::memcpy(actual.data(), o.embedding.bytes.data(), actual.size() * sizeof(float));
+  }
+  absl::StatusOr<std::vector<float>> expected = ReadNpyAsFloats(golden.expected());
+  if (!expected.ok()) {
+    return absl::Status(expected.status().code(), absl::StrCat("golden '", golden.expected(),
+                                                               "': ", expected.status().message()));
+  }
+  if (expected->size() != actual.size()) {
+    return absl::FailedPreconditionError(absl::StrCat("golden '", golden.expected(), "' holds ",
+                                                      expected->size(), " values, the model's ",
+                                                      golden.output(), " has ", actual.size()));
+  }
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < actual.size(); ++i) {
+    const double d = std::abs(static_cast<double>(actual[i]) - (*expected)[i]);
+    if (!(d <= worst)) {  // Also catches NaN.
+      worst = d;
+      at = i;
+      if (std::isnan(d)) break;
+    }
+  }
+  if (!(worst <= golden.tolerance())) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("golden self-test failed: image '", golden.image(), "' ", golden.output(), "[",
+                     at, "] differs from '", golden.expected(), "' by ", worst, " (tolerance ",
+                     golden.tolerance(), "); wrong checkpoint or preprocessing?"));
+  }
+  return absl::OkStatus();
+}
+
 v1::ModelInfo ModelHost::Info() const {
   v1::ModelInfo info;
   const ConvNeXtConfig& c = architecture();
   const server::ModelConfig& config = options_.config;
   info.set_name(name());
+  info.set_version(version());
+  for (const std::string& label : config.version_labels()) info.add_version_labels(label);
+  info.set_embedding_space(embedding_space_[0]);
+  info.set_golden_cases_passed(config.golden_size());
+  info.set_state(v1::READY);
   info.set_variant(c.variant);
   for (int64_t d : c.depths) info.add_depths(d);
   for (int64_t d : c.dims) info.add_dims(d);
@@ -371,6 +473,9 @@ v1::ModelInfo ModelHost::Info() const {
   p->set_interpolation(config.preprocessing().interpolation());
   for (float v : config.preprocessing().mean()) p->add_mean(v);
   for (float v : config.preprocessing().std()) p->add_std(v);
+  p->set_resize_shorter_side(static_cast<uint32_t>(ResizedShorterSide(preprocess_)));
+  p->set_channel_order("RGB");
+  p->set_exif_orientation("applied");
   info.set_has_labels(!labels_.empty());
   info.set_parameter_count(loaded_.model->parameter_count());
   info.set_checkpoint_path(config.checkpoint());

@@ -56,12 +56,20 @@ struct ModelHostOptions {
 
 class ModelHost {
  public:
-  // Loads the checkpoint, warms the model up (batch 1 and max_batch_size) and starts the
-  // executors. A failure names the model.
+  // Loads the checkpoint, warms the model up (batch 1 and max_batch_size), runs the golden
+  // self-test (ModelConfig.golden: FAILED_PRECONDITION naming the case and the difference when
+  // one is not reproduced) and starts the executors. A failure names the model and version.
   static absl::StatusOr<std::unique_ptr<ModelHost>> Create(const ModelHostOptions& options);
   ~ModelHost();
 
   const std::string& name() const { return options_.config.name(); }
+  const std::string& version() const { return options_.config.version(); }
+  const server::ModelConfig& config() const { return options_.config; }
+  // The id of the vector space this version's embeddings lie in (a digest of the checkpoint
+  // file, the preprocessing, the pooling and `normalized`): equal ids, interchangeable vectors.
+  const std::string& embedding_space(bool normalized) const {
+    return embedding_space_[normalized ? 1 : 0];
+  }
   // The network's architecture (depths, dims, classes, whether it is a detection backbone).
   const ConvNeXtConfig& architecture() const { return loaded_.model->config(); }
   // This model's Prometheus metrics; null when metrics are off.
@@ -88,7 +96,8 @@ class ModelHost {
            grpc::CallbackServerContext* ctx, v1::ClassifyResponse* classify,
            v1::EmbedResponse* embed, InferenceRequest::DoneFn done);
 
-  // Description and statistics (ListModels / GetModel).
+  // Description and statistics (ListModels / GetModel); the version's state and default flag
+  // are the repository's to fill.
   v1::ModelInfo Info() const;
   // Loaded, warm and admitting (false once StopAdmitting() was called).
   bool ready() const { return ready_; }
@@ -125,12 +134,16 @@ class ModelHost {
   // Writes one image's outputs into its call's response. May throw (allocation).
   void WriteResult(const Work& work, ImageOutputs& outputs) const;
   void End(const Work& work, const absl::Status& status);
+  // Preprocesses and computes one golden case as a Classify/Embed call would; OK if every value is
+  // within its tolerance.
+  absl::Status CheckGolden(const server::GoldenCase& golden) const;
 
   const ModelHostOptions options_;
   LoadedModel loaded_;
   std::vector<std::string> labels_;
   PreprocessConfig preprocess_;
   std::string checkpoint_sha256_;
+  std::string embedding_space_[2];  // Unnormalised, L2-normalised.
   std::unique_ptr<Batcher<WorkPtr>> batcher_;
   std::unique_ptr<MemoryBudget> memory_;  // batching.max_memory_bytes, nested in the process's.
   mutable absl::Mutex pending_mu_;

@@ -415,7 +415,7 @@ absl::Status FillInferResponse(const OipCall& call, const OipModel& model,
 inference::ModelMetadataResponse OipMetadata(const OipModel& model) {
   inference::ModelMetadataResponse m;
   m.set_name(model.name);
-  m.add_versions("1");
+  m.add_versions(model.version);
   m.set_platform("convnext-serve");
   auto add =
       [](google::protobuf::RepeatedPtrField<inference::ModelMetadataResponse::TensorMetadata>* list,

@@ -36,6 +36,7 @@ namespace convnext::server {
 // What the conversion needs to know of a model.
 struct OipModel {
   std::string name;
+  std::string version = "1";
   int64_t num_classes = 0;    // 0: headless.
   bool has_embedding = true;  // False for detection backbones (stage outputs only).
   std::vector<int64_t> dims;  // Channels per stage.

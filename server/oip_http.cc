@@ -114,7 +114,7 @@ struct OipHttpHandler {
     const std::string& action = parts[next];
     if (action == "ready") {
       if (auto bad = only(get)) return *bad;
-      absl::StatusOr<ModelHost*> host = models.Find(model, version);
+      absl::StatusOr<std::shared_ptr<ModelHost>> host = models.Find(model, version);
       if (!host.ok()) return Error(host.status());
       return (*host)->ready() ? HttpAnswer{200, "", std::nullopt}
                               : HttpAnswer{503, ErrorJson("not ready"), std::nullopt};

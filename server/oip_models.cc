@@ -13,11 +13,12 @@
 namespace convnext::server {
 namespace {
 
-std::map<std::string, OipModel> FactsOf(const std::map<std::string, ModelHost*>& models) {
-  std::map<std::string, OipModel> facts;
-  for (const auto& [name, host] : models) {
-    OipModel& m = facts[name];
-    m.name = name;
+// What the conversions need to know of a model version. `labels` points into `host`.
+OipModel FactsOf(const ModelHost* host) {
+  OipModel m;
+  {
+    m.name = host->name();
+    m.version = host->version();
     m.num_classes = host->architecture().num_classes;
     m.has_embedding = !host->architecture().stage_norms;
     m.dims = host->architecture().dims;
@@ -28,12 +29,14 @@ std::map<std::string, OipModel> FactsOf(const std::map<std::string, ModelHost*>&
     m.max_queue_size = batching.max_queue_size();
     m.max_queue_delay_us = static_cast<int64_t>(batching.max_queue_delay_us());
   }
-  return facts;
+  return m;
 }
 
 // What a ModelInfer call owns until it is answered: the converted call (its images are read by
 // the admitted work until each image ends) and our own answer, converted at the end.
 struct InferState {
+  std::shared_ptr<ModelHost> host;  // Until the answer is converted (facts.labels points into it).
+  OipModel facts;
   OipCall call;
   v1::ClassifyResponse classify;
   v1::EmbedResponse embed;
@@ -41,28 +44,16 @@ struct InferState {
 
 }  // namespace
 
-OipModels::OipModels(std::map<std::string, ModelHost*> models, std::string version)
-    : models_(std::move(models)), facts_(FactsOf(models_)), version_(std::move(version)) {}
+OipModels::OipModels(const ModelRepository* models, std::string version)
+    : models_(models), version_(std::move(version)) {}
 
-absl::StatusOr<ModelHost*> OipModels::Find(const std::string& name,
-                                           const std::string& version) const {
-  auto it = models_.find(name);
-  if (it == models_.end()) {
-    return absl::NotFoundError(
-        absl::StrCat("no model named '", absl::CHexEscape(name.substr(0, 128)), "'"));
-  }
-  if (!version.empty() && version != "1") {
-    return absl::NotFoundError(absl::StrCat("model '", name, "' has no version '",
-                                            absl::CHexEscape(version.substr(0, 64)),
-                                            "'; its only version is 1"));
-  }
-  return it->second;
+absl::StatusOr<std::shared_ptr<ModelHost>> OipModels::Find(const std::string& name,
+                                                           const std::string& version) const {
+  if (name.empty()) return absl::NotFoundError("no model named ''");
+  return models_->Find(name, version);
 }
 
-bool OipModels::Ready() const {
-  return std::all_of(models_.begin(), models_.end(),
-                     [](const auto& entry) { return entry.second->ready(); });
-}
+bool OipModels::Ready() const { return models_->AllReady(); }
 
 inference::ServerMetadataResponse OipModels::ServerMetadata() const {
   inference::ServerMetadataResponse m;
@@ -77,34 +68,36 @@ inference::ServerMetadataResponse OipModels::ServerMetadata() const {
 
 absl::StatusOr<inference::ModelMetadataResponse> OipModels::ModelMetadata(
     const std::string& name, const std::string& version) const {
-  absl::StatusOr<ModelHost*> host = Find(name, version);
+  absl::StatusOr<std::shared_ptr<ModelHost>> host = Find(name, version);
   if (!host.ok()) return host.status();
-  return OipMetadata(facts_.at((*host)->name()));
+  return OipMetadata(FactsOf(host->get()));
 }
 
 absl::StatusOr<inference::ModelConfig> OipModels::ModelConfig(const std::string& name,
                                                               const std::string& version) const {
-  absl::StatusOr<ModelHost*> host = Find(name, version);
+  absl::StatusOr<std::shared_ptr<ModelHost>> host = Find(name, version);
   if (!host.ok()) return host.status();
-  return OipModelConfig(facts_.at((*host)->name()));
+  return OipModelConfig(FactsOf(host->get()));
 }
 
 absl::StatusOr<inference::ModelStatisticsResponse> OipModels::Statistics(
     const std::string& name, const std::string& version) const {
-  std::vector<ModelHost*> hosts;
+  std::vector<v1::ModelInfo> infos;
   if (name.empty()) {
-    for (const auto& [model, host] : models_) hosts.push_back(host);
+    for (v1::ModelInfo& info : models_->List()) {
+      if (info.state() == v1::READY) infos.push_back(std::move(info));
+    }
   } else {
-    absl::StatusOr<ModelHost*> host = Find(name, version);
+    absl::StatusOr<std::shared_ptr<ModelHost>> host = Find(name, version);
     if (!host.ok()) return host.status();
-    hosts.push_back(*host);
+    infos.push_back((*host)->Info());
   }
   inference::ModelStatisticsResponse response;
-  for (ModelHost* host : hosts) {
-    const v1::ModelStats stats = host->Info().stats();
+  for (const v1::ModelInfo& info : infos) {
+    const v1::ModelStats& stats = info.stats();
     inference::ModelStatistics* s = response.add_model_stats();
-    s->set_name(host->name());
-    s->set_version("1");
+    s->set_name(info.name());
+    s->set_version(info.version());
     s->set_inference_count(stats.images());
     s->set_execution_count(stats.batches());
     s->mutable_inference_stats()->mutable_success()->set_count(stats.requests());
@@ -126,14 +119,16 @@ void OipModels::Infer(const inference::ModelInferRequest& request, absl::Time de
                   absl::ToInt64Microseconds(absl::Now() - start));
     done(status);
   };
-  absl::StatusOr<ModelHost*> found = Find(request.model_name(), request.model_version());
-  if (!found.ok()) return finish(Metrics::ForModel(kUnknownModelLabel), found.status());
-  ModelHost* host = *found;
-  ModelMetrics* metrics = host->metrics();
-  const OipModel& facts = facts_.at(host->name());
-  absl::StatusOr<OipCall> call = ToOipCall(request, facts);
-  if (!call.ok()) return finish(metrics, call.status());
+  absl::StatusOr<std::shared_ptr<ModelHost>> found =
+      Find(request.model_name(), request.model_version());
+  if (!found.ok()) return finish(Metrics::ForModel(kUnknownModelLabel, ""), found.status());
   auto state = std::make_shared<InferState>();
+  state->host = *std::move(found);
+  ModelHost* host = state->host.get();
+  ModelMetrics* metrics = host->metrics();
+  state->facts = FactsOf(host);
+  absl::StatusOr<OipCall> call = ToOipCall(request, state->facts);
+  if (!call.ok()) return finish(metrics, call.status());
   state->call = *std::move(call);
   const InferenceRequest::Kind kind = state->call.params.kind;
   const bool classify = InferenceRequest::Classifies(kind);
@@ -146,16 +141,19 @@ void OipModels::Infer(const inference::ModelInferRequest& request, absl::Time de
     deadline = std::min(deadline, start + state->call.timeout);
   }
   response->set_model_name(host->name());
-  response->set_model_version("1");
+  response->set_model_version(host->version());
   response->set_id(request.id());
+  (*response->mutable_parameters())["embedding_space"].set_string_param(
+      host->embedding_space(state->call.params.normalize));
   host->Run(state->call.params, state->call.images, deadline, ctx,
             classify ? &state->classify : nullptr, embed ? &state->embed : nullptr,
-            [state, response, &facts, metrics, finish](const absl::Status& s) {
+            [state, response, metrics, finish](const absl::Status& s) mutable {
               absl::Status status = s;
               if (status.ok()) {
-                status = FillInferResponse(state->call, facts, &state->classify, &state->embed,
-                                           response);
+                status = FillInferResponse(state->call, state->facts, &state->classify,
+                                           &state->embed, response);
               }
+              state.reset();  // May retire an old version (model_repository.h): not inline.
               finish(metrics, status);
             });
 }

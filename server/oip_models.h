@@ -5,7 +5,8 @@
 // so that every protocol shares one admission path, budget, batcher and metrics
 // (method="ModelInfer").
 //
-// Every model has one version, "1"; an empty version means it too. Thread-safe.
+// Versions are the repository's (model_repository.h): an empty version selects the model's
+// default version, and a version label selects its version. Thread-safe.
 #ifndef CONVNEXT_SERVER_OIP_MODELS_H_
 #define CONVNEXT_SERVER_OIP_MODELS_H_
 
@@ -17,18 +18,20 @@
 #include "absl/time/time.h"
 #include "inference/open_inference.pb.h"
 #include "server/model_host.h"
+#include "server/model_repository.h"
 #include "server/oip_convert.h"
 
 namespace convnext::server {
 
 class OipModels {
  public:
-  // `models` are owned by the caller and outlive this object. `version` is the server's.
-  OipModels(std::map<std::string, ModelHost*> models, std::string version);
+  // `models` outlives this object. `version` is the server's.
+  OipModels(const ModelRepository* models, std::string version);
 
-  // The model named `name` at `version` ("" or "1"): NOT_FOUND otherwise.
-  absl::StatusOr<ModelHost*> Find(const std::string& name, const std::string& version) const;
-  // Every model loaded, warm and admitting.
+  // The serving host of the model named `name` at `version` (NOT_FOUND if none).
+  absl::StatusOr<std::shared_ptr<ModelHost>> Find(const std::string& name,
+                                                  const std::string& version) const;
+  // Every model version configured is loaded, warm and admitting.
   bool Ready() const;
 
   inference::ServerMetadataResponse ServerMetadata() const;
@@ -51,8 +54,7 @@ class OipModels {
              DoneFn done) const;
 
  private:
-  const std::map<std::string, ModelHost*> models_;
-  const std::map<std::string, OipModel> facts_;  // By model name.
+  const ModelRepository* const models_;
   const std::string version_;
 };
 

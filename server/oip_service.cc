@@ -39,7 +39,8 @@ grpc::ServerUnaryReactor* OipServiceImpl::ServerReady(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* OipServiceImpl::ModelReady(grpc::CallbackServerContext* ctx,
                                                      const inference::ModelReadyRequest* request,
                                                      inference::ModelReadyResponse* response) {
-  absl::StatusOr<ModelHost*> host = models_->Find(request->name(), request->version());
+  absl::StatusOr<std::shared_ptr<ModelHost>> host =
+      models_->Find(request->name(), request->version());
   response->set_ready(host.ok() && (*host)->ready());
   return Answer(ctx, absl::OkStatus());
 }

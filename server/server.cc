@@ -27,34 +27,30 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   server->preprocess_pool_ =
       std::make_unique<ThreadPool>(static_cast<int>(config.preprocess_threads()));
   server->memory_ = std::make_unique<MemoryBudget>(static_cast<int64_t>(config.max_memory_bytes()));
-  for (const ModelConfig& m : config.model()) {
-    const absl::Time start = absl::Now();
-    ModelHostOptions host_options;
-    host_options.config = m;
-    host_options.max_image_pixels = config.max_image_pixels();
-    host_options.max_response_bytes = config.max_message_bytes();
-    host_options.process_memory = server->memory_.get();
-    host_options.preprocess_pool = server->preprocess_pool_.get();
-    host_options.before_forward_for_testing = options.before_forward_for_testing;
-    absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(host_options);
-    if (!host.ok()) return host.status();  // The hosts made so far shut down with `server`.
-    const ModelHost& h = **host;
-    Log("info", "model_loaded",
-        {{"model", m.name()},
-         {"variant", h.architecture().variant},
-         {"classes", absl::StrCat(h.architecture().num_classes)},
-         {"cpu_fast_path", h.Info().cpu_fast_path() ? "true" : "false"},
-         {"checkpoint", m.checkpoint()},
-         {"seconds", absl::StrFormat("%.2f", absl::ToDoubleSeconds(absl::Now() - start))}});
-    server->by_name_[m.name()] = host->get();
-    server->hosts_.push_back(*std::move(host));
-  }
+  ModelRepositoryOptions repository;
+  repository.host.max_image_pixels = config.max_image_pixels();
+  repository.host.max_response_bytes = config.max_message_bytes();
+  repository.host.process_memory = server->memory_.get();
+  repository.host.preprocess_pool = server->preprocess_pool_.get();
+  repository.host.before_forward_for_testing = options.before_forward_for_testing;
+  repository.memory_limit_bytes = options.memory_limit_bytes;
+  server->repository_ = std::make_unique<ModelRepository>(repository);
+  // On failure the versions loaded so far shut down with `server`.
+  if (absl::Status s = server->repository_->LoadInitial(config); !s.ok()) return s;
 
   ServiceOptions service_options;
   service_options.access_log = options.access_log;
-  server->service_ = std::make_unique<ImageModelServiceImpl>(
-      server->by_name_, config.default_model(), service_options);
-  server->oip_models_ = std::make_unique<OipModels>(server->by_name_, options.version);
+  server->service_ =
+      std::make_unique<ImageModelServiceImpl>(server->repository_.get(), service_options);
+  ModelControlOptions control;
+  control.enabled = options.enable_model_control;
+  control.require_identity = options.control_require_identity;
+  control.allowed_clients = options.control_clients;
+  control.server_config = config;
+  control.memory_bytes = options.memory_limit_bytes;
+  server->control_ =
+      std::make_unique<ModelControlServiceImpl>(server->repository_.get(), std::move(control));
+  server->oip_models_ = std::make_unique<OipModels>(server->repository_.get(), options.version);
   server->oip_service_ = std::make_unique<OipServiceImpl>(server->oip_models_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -82,6 +78,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   // Answers are checked against the same limit at admission (ModelHost::Submit), before any work.
   builder.SetMaxSendMessageSize(static_cast<int>(config.max_message_bytes()));
   builder.RegisterService(server->service_.get());
+  builder.RegisterService(server->control_.get());
   builder.RegisterService(server->oip_service_.get());
   server->grpc_server_ = builder.BuildAndStart();
   if (server->grpc_server_ == nullptr || server->port_ == 0) {
@@ -103,6 +100,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
     if (!started.ok()) return started.status();
     server->http_ = *std::move(started);
   }
+  if (!options.watch_config_path.empty()) {
+    ConfigWatchOptions watch;
+    watch.path = options.watch_config_path;
+    watch.interval = options.watch_interval;
+    watch.applied = config;
+    watch.memory_bytes = options.memory_limit_bytes;
+    server->watch_ = std::make_unique<ConfigWatch>(server->repository_.get(), std::move(watch));
+  }
   server->grpc_server_->GetHealthCheckService()->SetServingStatus(true);
   return server;
 }
@@ -111,9 +116,9 @@ Server::~Server() { Drain(absl::Now()); }
 
 int Server::metrics_port() const { return metrics_ != nullptr ? metrics_->port() : -1; }
 
-ModelHost* Server::model(const std::string& name) const {
-  auto it = by_name_.find(name);
-  return it == by_name_.end() ? nullptr : it->second;
+std::shared_ptr<ModelHost> Server::model(const std::string& name) const {
+  absl::StatusOr<std::shared_ptr<ModelHost>> host = repository_->Find(name, "");
+  return host.ok() ? *std::move(host) : nullptr;
 }
 
 int64_t Server::Drain(absl::Time deadline) {
@@ -122,12 +127,13 @@ int64_t Server::Drain(absl::Time deadline) {
   drained_ = true;
   // 1-2: drain while still answering: health says NOT_SERVING (load balancers and probes can see
   // it), new inference calls are refused with UNAVAILABLE, admitted ones run to their answers.
+  watch_.reset();
   if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->SetServingStatus(false);
-  for (auto& host : hosts_) host->StopAdmitting();
   int64_t left = 0;
-  for (auto& host : hosts_) {
-    host->WaitUntilIdle(deadline);
-    left += host->pending_images();
+  if (repository_ != nullptr) {
+    repository_->StopAdmitting();
+    repository_->WaitUntilIdle(deadline);
+    left = repository_->pending_images();
   }
   // 3: stop gRPC: refuses new calls, waits for those still running, and cancels whatever is left
   // when the deadline passes.
@@ -138,7 +144,7 @@ int64_t Server::Drain(absl::Time deadline) {
   // Calls cancelled by the deadline are still completed internally, so nothing outlives the
   // objects it uses.
   preprocess_pool_.reset();
-  for (auto& host : hosts_) host->Shutdown();
+  if (repository_ != nullptr) repository_->Shutdown();
   if (grpc_server_ != nullptr) grpc_server_->Wait();
   return left;
 }

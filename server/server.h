@@ -4,12 +4,14 @@
 // Inference Protocol's GRPCInferenceService, health, reflection) and the gRPC server; when it
 // returns OK, health says SERVING. Drain() is the one shutdown, in this order:
 //
-//   1. health NOT_SERVING; every model stops admitting (new calls: UNAVAILABLE "shutting down");
+//   1. the config watch stops; health NOT_SERVING; every model stops admitting (new calls:
+//      UNAVAILABLE "shutting down") and loads are refused;
 //   2. wait until every admitted image is answered, or the deadline;
 //   3. gRPC Shutdown(deadline): no new calls, running ones finish, whatever is left at the deadline
 //      is cancelled; the HTTP endpoint stops (its connections' answers were admitted in step 2);
 //   4. the preprocessing pool finishes its queue (images still being prepared reach the batchers);
-//   5. every model host computes what it still holds and stops its executors;
+//   5. every model host computes what it still holds and stops its executors (the repository's
+//      Shutdown: its loader, its hosts, its reaper);
 //   6. gRPC Wait, metrics endpoint stopped.
 //
 // convnext-server's main, the serving benchmark and the end-to-end tests all use this object, so
@@ -32,9 +34,12 @@
 #include "absl/time/time.h"
 #include "model/batch.h"
 #include "server/config.pb.h"
+#include "server/config_watch.h"
 #include "server/memory_budget.h"
 #include "server/metrics.h"
+#include "server/model_control.h"
 #include "server/model_host.h"
+#include "server/model_repository.h"
 #include "server/oip_http.h"
 #include "server/oip_service.h"
 #include "server/service.h"
@@ -83,6 +88,18 @@ struct ServerOptions {
   bool access_log = false;
   // Fault injection for tests, given to every model host (ModelHostOptions). Unset in production.
   BeforeForwardFn before_forward_for_testing;
+  // The memory the process may use (server/machine.h), for defaults of models loaded at run time
+  // and the check that a load fits; 0: no check.
+  int64_t memory_limit_bytes = 0;
+  // The ModelControl service (model_control.h): off unless enabled; with
+  // `control_require_identity` (mutual TLS), only clients whose certificate names one of
+  // `control_clients` may use it.
+  bool enable_model_control = false;
+  bool control_require_identity = false;
+  std::vector<std::string> control_clients;
+  // Watch this config file and apply valid edits to the models (config_watch.h); empty: off.
+  std::string watch_config_path;
+  absl::Duration watch_interval = absl::Seconds(2);
 };
 
 class Server {
@@ -100,8 +117,10 @@ class Server {
   int metrics_port() const;
   // The HTTP/REST port; -1 when disabled.
   int http_port() const { return http_ != nullptr ? http_->port() : -1; }
-  // The host of a served model, or null. Owned by the server.
-  ModelHost* model(const std::string& name) const;
+  // The serving host of a model's default version, or null.
+  std::shared_ptr<ModelHost> model(const std::string& name) const;
+  // Every version served, and the one place that changes them.
+  ModelRepository* repository() const { return repository_.get(); }
 
   // The graceful shutdown described above; admitted work gets until `deadline`. Returns the
   // number of images still unanswered when the wait of step 2 ended (0 after a clean drain).
@@ -115,13 +134,14 @@ class Server {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<ThreadPool> preprocess_pool_;
   std::unique_ptr<MemoryBudget> memory_;  // max_memory_bytes; the hosts' budgets nest in it.
-  std::vector<std::unique_ptr<ModelHost>> hosts_;
-  std::map<std::string, ModelHost*> by_name_;
+  std::unique_ptr<ModelRepository> repository_;
   std::unique_ptr<ImageModelServiceImpl> service_;
+  std::unique_ptr<ModelControlServiceImpl> control_;
   std::unique_ptr<OipModels> oip_models_;        // The Open Inference Protocol's view.
   std::unique_ptr<OipServiceImpl> oip_service_;  // Its gRPC front end, same port.
   std::unique_ptr<OipHttpServer> http_;          // Its HTTP front end; null when disabled.
   std::unique_ptr<grpc::Server> grpc_server_;
+  std::unique_ptr<ConfigWatch> watch_;  // Null unless watching.
 
   absl::Mutex drain_mu_;
   bool drained_ ABSL_GUARDED_BY(drain_mu_) = false;

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <set>
 #include <system_error>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "checkpoint/state_dict.h"
 #include "image/preprocess_config.h"
 #include "server/batch_queue.h"
@@ -76,6 +78,10 @@ absl::StatusOr<server::ServerConfig> ParseConfigText(const std::string& text,
     if (!m.labels_file().empty() && m.labels_file()[0] != '/') {
       m.set_labels_file(dir + m.labels_file());
     }
+    for (server::GoldenCase& g : *m.mutable_golden()) {
+      if (!g.image().empty() && g.image()[0] != '/') g.set_image(dir + g.image());
+      if (!g.expected().empty() && g.expected()[0] != '/') g.set_expected(dir + g.expected());
+    }
   }
   return config;
 }
@@ -113,10 +119,47 @@ absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag) {
   return model;
 }
 
+void NormalizeModelConfig(server::ModelConfig* m, const server::ServerConfig& server,
+                          int64_t memory_bytes) {
+  const PreprocessConfig preprocess;
+  const BatchQueueOptions batching;
+  if (m->version().empty()) m->set_version(kDefaultVersion);
+  for (server::GoldenCase& g : *m->mutable_golden()) {
+    if (g.output().empty()) g.set_output("probabilities");
+    if (g.tolerance() == 0) g.set_tolerance(1e-4f);
+  }
+  if (m->device().empty()) m->set_device("cpu");
+  if (m->max_checkpoint_bytes() == 0) {
+    m->set_max_checkpoint_bytes(std::min<uint64_t>(
+        kDefaultMaxCheckpointBytes, static_cast<uint64_t>(std::max<int64_t>(memory_bytes, 2) / 2)));
+  }
+  server::PreprocessingConfig* p = m->mutable_preprocessing();
+  if (p->size() == 0) p->set_size(preprocess.size);
+  if (p->crop_pct() == 0) p->set_crop_pct(static_cast<float>(DefaultCropPct(p->size())));
+  if (p->interpolation().empty()) {
+    p->set_interpolation(std::string(InterpolationName(preprocess.interpolation)));
+  }
+  if (p->mean_size() == 0) {
+    for (float v : preprocess.mean) p->add_mean(v);
+  }
+  if (p->std_size() == 0) {
+    for (float v : preprocess.std) p->add_std(v);
+  }
+  server::BatchingConfig* b = m->mutable_batching();
+  if (b->max_batch_size() == 0) b->set_max_batch_size(batching.max_batch_size);
+  if (b->max_queue_delay_us() == 0) {
+    b->set_max_queue_delay_us(absl::ToInt64Microseconds(batching.max_queue_delay));
+  }
+  if (b->max_queue_size() == 0) {
+    b->set_max_queue_size(std::max<uint32_t>(batching.max_queue_size, b->max_batch_size()));
+  }
+  if (b->instances() == 0) b->set_instances(1);
+  if (b->max_memory_bytes() == 0) b->set_max_memory_bytes(server.max_memory_bytes());
+}
+
 void NormalizeConfig(server::ServerConfig* config, int cores, int64_t memory_bytes) {
   // Every default below is read from where the layer that uses it defines it.
   const PreprocessConfig preprocess;
-  const BatchQueueOptions batching;
   cores = std::max(cores, 1);
   if (config->intra_op_threads() == 0) config->set_intra_op_threads(cores);
   if (config->preprocess_threads() == 0) config->set_preprocess_threads(cores);
@@ -137,35 +180,66 @@ void NormalizeConfig(server::ServerConfig* config, int cores, int64_t memory_byt
     config->set_default_model(config->model(0).name());
   }
   for (server::ModelConfig& m : *config->mutable_model()) {
-    if (m.device().empty()) m.set_device("cpu");
-    if (m.max_checkpoint_bytes() == 0) {
-      m.set_max_checkpoint_bytes(
-          std::min<uint64_t>(kDefaultMaxCheckpointBytes,
-                             static_cast<uint64_t>(std::max<int64_t>(memory_bytes, 2) / 2)));
-    }
-    server::PreprocessingConfig* p = m.mutable_preprocessing();
-    if (p->size() == 0) p->set_size(preprocess.size);
-    if (p->crop_pct() == 0) p->set_crop_pct(static_cast<float>(DefaultCropPct(p->size())));
-    if (p->interpolation().empty()) {
-      p->set_interpolation(std::string(InterpolationName(preprocess.interpolation)));
-    }
-    if (p->mean_size() == 0) {
-      for (float v : preprocess.mean) p->add_mean(v);
-    }
-    if (p->std_size() == 0) {
-      for (float v : preprocess.std) p->add_std(v);
-    }
-    server::BatchingConfig* b = m.mutable_batching();
-    if (b->max_batch_size() == 0) b->set_max_batch_size(batching.max_batch_size);
-    if (b->max_queue_delay_us() == 0) {
-      b->set_max_queue_delay_us(absl::ToInt64Microseconds(batching.max_queue_delay));
-    }
-    if (b->max_queue_size() == 0) {
-      b->set_max_queue_size(std::max<uint32_t>(batching.max_queue_size, b->max_batch_size()));
-    }
-    if (b->instances() == 0) b->set_instances(1);
-    if (b->max_memory_bytes() == 0) b->set_max_memory_bytes(config->max_memory_bytes());
+    NormalizeModelConfig(&m, *config, memory_bytes);
   }
+}
+
+absl::Status ValidateModelConfig(const server::ModelConfig& m) {
+  if (!ValidName(m.name())) {
+    return absl::InvalidArgumentError(absl::StrCat("model name '", absl::CEscape(m.name()),
+                                                   "' must be 1-64 characters of [A-Za-z0-9._-]"));
+  }
+  if (!ValidName(m.version())) {
+    return Bad(m, "version",
+               absl::StrCat("'", absl::CEscape(m.version()),
+                            "' must be 1-64 characters of [A-Za-z0-9._-]"));
+  }
+  for (const std::string& label : m.version_labels()) {
+    if (!ValidName(label)) {
+      return Bad(
+          m, "version_labels",
+          absl::StrCat("'", absl::CEscape(label), "' must be 1-64 characters of [A-Za-z0-9._-]"));
+    }
+  }
+  if (m.checkpoint().empty()) return Bad(m, "checkpoint", "is required");
+  const server::PreprocessingConfig& p = m.preprocessing();
+  if (p.size() < kMinSize || p.size() > kMaxSize) {
+    return Bad(m, "preprocessing.size",
+               absl::StrCat("must be in [", kMinSize, ", ", kMaxSize, "]"));
+  }
+  if (!(p.crop_pct() > 0.0f && p.crop_pct() <= 1.0f)) {
+    return Bad(m, "preprocessing.crop_pct", "must be in (0, 1]");
+  }
+  if (absl::StatusOr<Interpolation> i = InterpolationFromName(p.interpolation()); !i.ok()) {
+    return Bad(m, "preprocessing.interpolation", i.status().message());
+  }
+  if (p.mean_size() != 3 || p.std_size() != 3) {
+    return Bad(m, "preprocessing.mean/std", "must have 3 values each");
+  }
+  for (float s : p.std()) {
+    if (!(s > 0)) return Bad(m, "preprocessing.std", "values must be positive");
+  }
+  const server::BatchingConfig& b = m.batching();
+  if (b.max_batch_size() > 1024) return Bad(m, "batching.max_batch_size", "must be <= 1024");
+  if (b.max_queue_delay_us() > 10'000'000) {
+    return Bad(m, "batching.max_queue_delay_us", "must be <= 10 s");
+  }
+  if (b.max_queue_size() < b.max_batch_size()) {
+    return Bad(m, "batching.max_queue_size", "must be at least max_batch_size");
+  }
+  if (b.instances() > 64) return Bad(m, "batching.instances", "must be <= 64");
+  for (const server::GoldenCase& g : m.golden()) {
+    if (g.image().empty() || g.expected().empty()) {
+      return Bad(m, "golden", "needs both image and expected");
+    }
+    if (g.output() != "probabilities" && g.output() != "embedding") {
+      return Bad(m, "golden.output",
+                 absl::StrCat("'", absl::CEscape(g.output()),
+                              "' must be \"probabilities\" or \"embedding\""));
+    }
+    if (!(g.tolerance() > 0)) return Bad(m, "golden.tolerance", "must be positive");
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ValidateServerConfig(const server::ServerConfig& config) {
@@ -174,41 +248,38 @@ absl::Status ValidateServerConfig(const server::ServerConfig& config) {
         "no model to serve: pass --model NAME=CHECKPOINT or a --config file with a model");
   }
   std::set<std::string> names;
+  // Per model name: its versions and its labels, which must not collide.
+  std::map<std::string, std::set<std::string>> versions, labels;
   for (const server::ModelConfig& m : config.model()) {
-    if (!ValidName(m.name())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "model name '", absl::CEscape(m.name()), "' must be 1-64 characters of [A-Za-z0-9._-]"));
+    RETURN_IF_ERROR(ValidateModelConfig(m));
+    names.insert(m.name());
+    if (!versions[m.name()].insert(m.version()).second) {
+      return Bad(m, "version", absl::StrCat("'", m.version(), "' is used twice"));
     }
-    if (!names.insert(m.name()).second) {
-      return absl::InvalidArgumentError(absl::StrCat("model name '", m.name(), "' is used twice"));
+    for (const std::string& label : m.version_labels()) {
+      if (!labels[m.name()].insert(label).second) {
+        return Bad(m, "version_labels", absl::StrCat("'", label, "' is used twice"));
+      }
     }
-    if (m.checkpoint().empty()) return Bad(m, "checkpoint", "is required");
-    const server::PreprocessingConfig& p = m.preprocessing();
-    if (p.size() < kMinSize || p.size() > kMaxSize) {
-      return Bad(m, "preprocessing.size",
-                 absl::StrCat("must be in [", kMinSize, ", ", kMaxSize, "]"));
+  }
+  for (const auto& [name, names_of_labels] : labels) {
+    for (const std::string& label : names_of_labels) {
+      if (versions[name].count(label) != 0) {
+        return absl::InvalidArgumentError(absl::StrCat("model '", name, "': version label '", label,
+                                                       "' is also the name of a version"));
+      }
     }
-    if (!(p.crop_pct() > 0.0f && p.crop_pct() <= 1.0f)) {
-      return Bad(m, "preprocessing.crop_pct", "must be in (0, 1]");
+  }
+  for (const auto& [name, selector] : config.default_version()) {
+    if (names.count(name) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("default_version names model '", name, "', which is not configured"));
     }
-    if (absl::StatusOr<Interpolation> i = InterpolationFromName(p.interpolation()); !i.ok()) {
-      return Bad(m, "preprocessing.interpolation", i.status().message());
+    if (versions[name].count(selector) == 0 && labels[name].count(selector) == 0) {
+      return absl::InvalidArgumentError(absl::StrCat("default_version of model '", name, "': '",
+                                                     selector,
+                                                     "' is neither a version nor a label"));
     }
-    if (p.mean_size() != 3 || p.std_size() != 3) {
-      return Bad(m, "preprocessing.mean/std", "must have 3 values each");
-    }
-    for (float s : p.std()) {
-      if (!(s > 0)) return Bad(m, "preprocessing.std", "values must be positive");
-    }
-    const server::BatchingConfig& b = m.batching();
-    if (b.max_batch_size() > 1024) return Bad(m, "batching.max_batch_size", "must be <= 1024");
-    if (b.max_queue_delay_us() > 10'000'000) {
-      return Bad(m, "batching.max_queue_delay_us", "must be <= 10 s");
-    }
-    if (b.max_queue_size() < b.max_batch_size()) {
-      return Bad(m, "batching.max_queue_size", "must be at least max_batch_size");
-    }
-    if (b.instances() > 64) return Bad(m, "batching.instances", "must be <= 64");
   }
   if (names.count(config.default_model()) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("default_model '", config.default_model(),

@@ -18,6 +18,9 @@ inline constexpr uint32_t kDefaultMaxMessageBytes = 64 << 20;
 // The default of ServerConfig.max_concurrent_streams: calls at once on one client connection.
 inline constexpr uint32_t kDefaultMaxConcurrentStreams = 256;
 
+// The version a model config without one serves.
+inline constexpr char kDefaultVersion[] = "1";
+
 // Parses a protobuf text-format ServerConfig file. Relative checkpoint and labels paths in it are
 // taken relative to the file's directory.
 absl::StatusOr<server::ServerConfig> ReadConfigFile(const std::string& path);
@@ -34,10 +37,16 @@ absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag);
 // Fills unset fields with their defaults (see config.proto). `cores` and `memory_bytes` are what
 // the machine or container gives the process (server/machine.h).
 void NormalizeConfig(server::ServerConfig* config, int cores, int64_t memory_bytes);
+// The same for one model config, with the server's (normalised) config for the defaults it
+// inherits (a model loaded at run time by the control API or the config watch).
+void NormalizeModelConfig(server::ModelConfig* model, const server::ServerConfig& server,
+                          int64_t memory_bytes);
 
 // Checks a normalised config (model architectures are checked when the models load).
 // INVALID_ARGUMENT naming the model and the field.
 absl::Status ValidateServerConfig(const server::ServerConfig& config);
+// The checks of one normalised model config (every check that does not involve other models).
+absl::Status ValidateModelConfig(const server::ModelConfig& model);
 
 }  // namespace convnext::server
 

@@ -6,6 +6,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "server/model_repository.h"
+
 namespace convnext::server {
 namespace {
 
@@ -74,12 +76,72 @@ TEST(ServerConfigTest, ErrorsNameTheModelAndField) {
   m->mutable_batching()->set_max_queue_size(64);
   EXPECT_TRUE(Check(c).ok());
   *c.add_model() = *m;
-  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("'tiny' is used twice"));
+  EXPECT_THAT(std::string(Check(c).message()),
+              HasSubstr("model 'tiny': version '1' is used twice"));
   c.mutable_model(1)->set_name("bad\nname");
   EXPECT_THAT(std::string(Check(c).message()), HasSubstr("must be 1-64 characters"));
   c.mutable_model(1)->set_name("other");
   c.set_default_model("missing");
   EXPECT_THAT(std::string(Check(c).message()), HasSubstr("default_model 'missing'"));
+}
+
+TEST(ServerConfigTest, VersionsLabelsAndDefaultVersions) {
+  server::ServerConfig c;
+  for (const char* version : {"1", "2"}) {
+    server::ModelConfig* m = c.add_model();
+    m->set_name("tiny");
+    m->set_checkpoint("x.pth");
+    m->set_version(version);
+  }
+  c.mutable_model(1)->add_version_labels("canary");
+  (*c.mutable_default_version())["tiny"] = "canary";
+  EXPECT_TRUE(Check(c).ok()) << Check(c);
+  (*c.mutable_default_version())["tiny"] = "3";
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("'3' is neither a version nor a label"));
+  c.mutable_default_version()->clear();
+  (*c.mutable_default_version())["other"] = "1";
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("names model 'other'"));
+  c.mutable_default_version()->clear();
+  c.mutable_model(0)->add_version_labels("2");
+  EXPECT_THAT(std::string(Check(c).message()),
+              HasSubstr("version label '2' is also the name of a version"));
+  c.mutable_model(0)->clear_version_labels();
+  c.mutable_model(0)->add_version_labels("canary");
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("'canary' is used twice"));
+  c.mutable_model(0)->clear_version_labels();
+  c.mutable_model(0)->set_version("a/b");
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("model 'tiny': version 'a/b'"));
+  c.mutable_model(0)->set_version("1");
+  server::GoldenCase* g = c.mutable_model(0)->add_golden();
+  g->set_image("cat.png");
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("golden needs both image and expected"));
+  g->set_expected("cat.npy");
+  g->set_output("logits");
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("golden.output 'logits'"));
+  g->set_output("");
+  EXPECT_TRUE(Check(c).ok()) << Check(c);
+}
+
+TEST(ServerConfigTest, GoldenPathsAreRelativeToTheFile) {
+  absl::StatusOr<server::ServerConfig> config = ParseConfigText(
+      R"pb(model {
+             name: "a"
+             checkpoint: "a.pth"
+             golden { image: "g/cat.png" expected: "/abs/cat.npy" }
+           })pb",
+      "/models/server.textproto");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->model(0).golden(0).image(), "/models/g/cat.png");
+  EXPECT_EQ(config->model(0).golden(0).expected(), "/abs/cat.npy");
+}
+
+TEST(VersionLessTest, NumbersAsNumbersElseText) {
+  EXPECT_TRUE(VersionLess("2", "10"));
+  EXPECT_FALSE(VersionLess("10", "2"));
+  EXPECT_TRUE(VersionLess("09", "10"));
+  EXPECT_FALSE(VersionLess("1", "1"));
+  EXPECT_TRUE(VersionLess("10", "2a"));  // Text order when either is not a number.
+  EXPECT_TRUE(VersionLess("alpha", "beta"));
 }
 
 TEST(ServerConfigTest, ModelFlag) {

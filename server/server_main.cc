@@ -62,6 +62,18 @@ ABSL_FLAG(std::string, tls_cert, "",
 ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert.");
 ABSL_FLAG(std::string, tls_client_ca, "",
           "PEM CA bundle: require and verify client certificates (mutual TLS). Needs --tls_cert.");
+ABSL_FLAG(bool, enable_model_control, false,
+          "Serve the ModelControl API (load, reload, unload models and set default versions at "
+          "run time). Off: its calls are PERMISSION_DENIED.");
+ABSL_FLAG(std::vector<std::string>, model_control_clients, {},
+          "With mutual TLS (--tls_client_ca), the client certificate names (subject alternative "
+          "name or common name) allowed to use ModelControl; required then.");
+ABSL_FLAG(bool, watch_config, false,
+          "Watch --config and apply valid edits of its models (new, changed, removed versions, "
+          "default versions) without a restart; a bad edit is logged and ignored.");
+ABSL_FLAG(double, watch_config_interval_s, 2,
+          "How often --watch_config reads the file; an edit is applied once it has stayed the "
+          "same for one more interval.");
 ABSL_FLAG(int, grace_period_s, 30,
           "On SIGTERM, how long admitted calls may take to finish before being cancelled.");
 ABSL_FLAG(int, max_batch_size, 0, "Override every model's max_batch_size (0: config/default).");
@@ -237,6 +249,30 @@ int Run(const std::vector<std::string>& model_flags) {
     }
   }
   options.credentials = *std::move(credentials);
+  options.memory_limit_bytes = ReadMachineResources().memory_bytes;
+  options.enable_model_control = absl::GetFlag(FLAGS_enable_model_control);
+  options.control_clients = absl::GetFlag(FLAGS_model_control_clients);
+  options.control_require_identity = !absl::GetFlag(FLAGS_tls_client_ca).empty();
+  if (options.enable_model_control && options.control_require_identity &&
+      options.control_clients.empty()) {
+    return fail(absl::InvalidArgumentError(
+        "--enable_model_control with mutual TLS needs --model_control_clients (the client "
+        "certificate names allowed to change the models)"));
+  }
+  if (options.enable_model_control && absl::GetFlag(FLAGS_tls_client_ca).empty()) {
+    Log("warning", "model_control",
+        {{"message",
+          "ModelControl is on without mutual TLS: any client that reaches the port may "
+          "load and unload models"}});
+  }
+  if (absl::GetFlag(FLAGS_watch_config)) {
+    if (absl::GetFlag(FLAGS_config).empty()) {
+      return fail(absl::InvalidArgumentError("--watch_config needs --config"));
+    }
+    options.watch_config_path = absl::GetFlag(FLAGS_config);
+    options.watch_interval =
+        absl::Seconds(std::max(0.05, absl::GetFlag(FLAGS_watch_config_interval_s)));
+  }
 
   // Block the shutdown signals in every thread (those the server starts inherit the mask); this
   // thread waits for them below.

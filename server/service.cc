@@ -26,17 +26,15 @@ absl::Status CheckImages(int count) {
 
 }  // namespace
 
-ImageModelServiceImpl::ImageModelServiceImpl(std::map<std::string, ModelHost*> models,
-                                             std::string default_model, ServiceOptions options)
-    : models_(std::move(models)), default_model_(std::move(default_model)), options_(options) {}
+ImageModelServiceImpl::ImageModelServiceImpl(const ModelRepository* models, ServiceOptions options)
+    : models_(models), options_(options) {}
 
 void ImageModelServiceImpl::Answer(grpc::ServerUnaryReactor* reactor, const std::string& model,
-                                   Method method, absl::Time start, const absl::Status& status) {
+                                   ModelMetrics* metrics, Method method, absl::Time start,
+                                   const absl::Status& status) {
   const grpc::Status grpc_status = ToGrpcStatus(status);
   const int64_t latency_us = absl::ToInt64Microseconds(absl::Now() - start);
-  auto host = models_.find(model);
-  RecordRequest(host != models_.end() ? host->second->metrics() : Metrics::ForModel(model), method,
-                grpc_status.error_code(), latency_us);
+  RecordRequest(metrics, method, grpc_status.error_code(), latency_us);
   if (options_.access_log) {
     Log(status.ok() ? "info" : "warning", "request",
         {{"model", model},
@@ -55,31 +53,23 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Run(
     v1::EmbedResponse* embed, Method method, absl::Time start) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   host->Run(params, images, DeadlineOf(*ctx), ctx, classify, embed,
-            [this, reactor, model = host->name(), method, start](const absl::Status& s) {
-              Answer(reactor, model, method, start, s);
-            });
+            [this, reactor, model = host->name(), metrics = host->metrics(), method,
+             start](const absl::Status& s) { Answer(reactor, model, metrics, method, start, s); });
   return reactor;
 }
 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::AnswerNow(grpc::CallbackServerContext* ctx,
-                                                           const std::string& model, Method method,
+                                                           const ModelHost* host, Method method,
                                                            absl::Time start,
                                                            const absl::Status& status) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  Answer(reactor, model, method, start, status);
-  return reactor;
-}
-
-absl::StatusOr<ModelHost*> ImageModelServiceImpl::Find(const std::string& name) const {
-  const std::string& key = name.empty() ? default_model_ : name;
-  auto it = models_.find(key);
-  if (it == models_.end()) {
-    // CHexEscape keeps control characters of a hostile name out of the message.
-    return absl::NotFoundError(absl::StrCat("no model named '",
-                                            absl::CHexEscape(key.substr(0, 128)),
-                                            "'; ListModels shows the models served"));
+  if (host != nullptr) {
+    Answer(reactor, host->name(), host->metrics(), method, start, status);
+  } else {
+    Answer(reactor, kUnknownModelLabel, Metrics::ForModel(kUnknownModelLabel, ""), method, start,
+           status);
   }
-  return it->second;
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::Classify(grpc::CallbackServerContext* ctx,
@@ -87,33 +77,30 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Classify(grpc::CallbackServerCo
                                                           v1::ClassifyResponse* response) {
   const absl::Time start = absl::Now();
   constexpr Method kMethod = Method::kClassify;
-  absl::StatusOr<ModelHost*> host = Find(request->model());
-  if (!host.ok()) return AnswerNow(ctx, kUnknownModelLabel, kMethod, start, host.status());
+  absl::StatusOr<std::shared_ptr<ModelHost>> host =
+      models_->Find(request->model(), request->model_version());
+  if (!host.ok()) return AnswerNow(ctx, nullptr, kMethod, start, host.status());
   const std::string& model = (*host)->name();
-  if (absl::Status s = CheckImages(request->images_size()); !s.ok()) {
-    return AnswerNow(ctx, model, kMethod, start, s);
-  }
+  auto fail = [&](const absl::Status& s) { return AnswerNow(ctx, host->get(), kMethod, start, s); };
+  if (absl::Status s = CheckImages(request->images_size()); !s.ok()) return fail(s);
   const int64_t classes = (*host)->architecture().num_classes;
   if (classes == 0) {
-    return AnswerNow(ctx, model, kMethod, start,
-                     absl::FailedPreconditionError(
-                         absl::StrCat("model '", model,
-                                      "' has no classification head; use Embed for its "
-                                      "features")));
+    return fail(absl::FailedPreconditionError(absl::StrCat(
+        "model '", model, "' has no classification head; use Embed for its features")));
   }
   InferenceRequest::Params params;
   params.kind = InferenceRequest::Kind::kClassify;
   params.top_k =
       request->top_k() == 0 ? 5 : static_cast<int>(std::min<uint32_t>(request->top_k(), 1u << 30));
   if (params.top_k > classes) {
-    return AnswerNow(
-        ctx, model, kMethod, start,
-        absl::InvalidArgumentError(absl::StrCat(
-            "top_k = ", request->top_k(), " is more than the model's ", classes, " classes")));
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        "top_k = ", request->top_k(), " is more than the model's ", classes, " classes")));
   }
   response->set_model(model);
+  response->set_model_version((*host)->version());
+  response->set_embedding_space((*host)->embedding_space(false));
   for (int i = 0; i < request->images_size(); ++i) response->add_results();
-  return Run(ctx, *host, params, request->images(), response, nullptr, kMethod, start);
+  return Run(ctx, host->get(), params, request->images(), response, nullptr, kMethod, start);
 }
 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerContext* ctx,
@@ -121,10 +108,11 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerConte
                                                        v1::EmbedResponse* response) {
   const absl::Time start = absl::Now();
   constexpr Method kMethod = Method::kEmbed;
-  absl::StatusOr<ModelHost*> host = Find(request->model());
-  if (!host.ok()) return AnswerNow(ctx, kUnknownModelLabel, kMethod, start, host.status());
+  absl::StatusOr<std::shared_ptr<ModelHost>> host =
+      models_->Find(request->model(), request->model_version());
+  if (!host.ok()) return AnswerNow(ctx, nullptr, kMethod, start, host.status());
   const std::string& model = (*host)->name();
-  auto fail = [&](const absl::Status& s) { return AnswerNow(ctx, model, kMethod, start, s); };
+  auto fail = [&](const absl::Status& s) { return AnswerNow(ctx, host->get(), kMethod, start, s); };
   if (absl::Status s = CheckImages(request->images_size()); !s.ok()) return fail(s);
   InferenceRequest::Params params;
   params.kind = InferenceRequest::Kind::kEmbed;
@@ -159,28 +147,34 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerConte
   }
   params.resize = request->resize() == v1::KEEP_SIZE ? v1::KEEP_SIZE : v1::CLASSIFICATION;
   response->set_model(model);
+  response->set_model_version((*host)->version());
+  response->set_embedding_space((*host)->embedding_space(params.normalize));
   for (int i = 0; i < request->images_size(); ++i) response->add_results();
-  return Run(ctx, *host, params, request->images(), nullptr, response, kMethod, start);
+  return Run(ctx, host->get(), params, request->images(), nullptr, response, kMethod, start);
 }
 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::ListModels(grpc::CallbackServerContext* ctx,
                                                             const v1::ListModelsRequest*,
                                                             v1::ListModelsResponse* response) {
   const absl::Time start = absl::Now();
-  for (const auto& [name, host] : models_) *response->add_models() = host->Info();
-  response->set_default_model(default_model_);
-  return AnswerNow(ctx, default_model_, Method::kListModels, start, absl::OkStatus());
+  for (v1::ModelInfo& info : models_->List()) response->add_models()->Swap(&info);
+  response->set_default_model(models_->default_model());
+  absl::StatusOr<std::shared_ptr<ModelHost>> host = models_->Find("", "");
+  return AnswerNow(ctx, host.ok() ? host->get() : nullptr, Method::kListModels, start,
+                   absl::OkStatus());
 }
 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::GetModel(grpc::CallbackServerContext* ctx,
                                                           const v1::GetModelRequest* request,
                                                           v1::ModelInfo* response) {
   const absl::Time start = absl::Now();
-  absl::StatusOr<ModelHost*> host = Find(request->name());
-  if (!host.ok())
-    return AnswerNow(ctx, kUnknownModelLabel, Method::kGetModel, start, host.status());
-  *response = (*host)->Info();
-  return AnswerNow(ctx, (*host)->name(), Method::kGetModel, start, absl::OkStatus());
+  absl::StatusOr<v1::ModelInfo> info = models_->Describe(request->name(), request->version());
+  if (!info.ok()) return AnswerNow(ctx, nullptr, Method::kGetModel, start, info.status());
+  *response = *std::move(info);
+  absl::StatusOr<std::shared_ptr<ModelHost>> host =
+      models_->Find(response->name(), response->version());
+  return AnswerNow(ctx, host.ok() ? host->get() : nullptr, Method::kGetModel, start,
+                   absl::OkStatus());
 }
 
 }  // namespace convnext::server

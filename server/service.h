@@ -6,7 +6,6 @@
 #define CONVNEXT_SERVER_SERVICE_H_
 
 #include <atomic>
-#include <map>
 #include <memory>
 #include <string>
 
@@ -15,6 +14,7 @@
 #include "convnext/v1/image_model.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/model_host.h"
+#include "server/model_repository.h"
 
 namespace convnext::server {
 
@@ -26,9 +26,8 @@ struct ServiceOptions {
 
 class ImageModelServiceImpl final : public v1::ImageModelService::CallbackService {
  public:
-  // `models` are owned by the caller and outlive the service; `default_model` is one of them.
-  ImageModelServiceImpl(std::map<std::string, ModelHost*> models, std::string default_model,
-                        ServiceOptions options = {});
+  // `models` outlives the service.
+  explicit ImageModelServiceImpl(const ModelRepository* models, ServiceOptions options = {});
 
   grpc::ServerUnaryReactor* Classify(grpc::CallbackServerContext* ctx,
                                      const v1::ClassifyRequest* request,
@@ -43,10 +42,10 @@ class ImageModelServiceImpl final : public v1::ImageModelService::CallbackServic
                                      v1::ModelInfo* response) override;
 
  private:
-  absl::StatusOr<ModelHost*> Find(const std::string& name) const;
-  // Answers a call: metrics, access log, then the reactor. Callable from any thread.
-  void Answer(grpc::ServerUnaryReactor* reactor, const std::string& model, Method method,
-              absl::Time start, const absl::Status& status);
+  // Answers a call: metrics (of `metrics`, the model version's), access log, then the reactor.
+  // Callable from any thread.
+  void Answer(grpc::ServerUnaryReactor* reactor, const std::string& model, ModelMetrics* metrics,
+              Method method, absl::Time start, const absl::Status& status);
   // Admits a validated Classify or Embed call (one of classify/embed set) to the model; the
   // answer comes from the completion path.
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, ModelHost* host,
@@ -55,11 +54,10 @@ class ImageModelServiceImpl final : public v1::ImageModelService::CallbackServic
                                 v1::ClassifyResponse* classify, v1::EmbedResponse* embed,
                                 Method method, absl::Time start);
   // Answers at once on the handler's thread (validation errors, listings).
-  grpc::ServerUnaryReactor* AnswerNow(grpc::CallbackServerContext* ctx, const std::string& model,
+  grpc::ServerUnaryReactor* AnswerNow(grpc::CallbackServerContext* ctx, const ModelHost* host,
                                       Method method, absl::Time start, const absl::Status& status);
 
-  const std::map<std::string, ModelHost*> models_;
-  const std::string default_model_;
+  const ModelRepository* const models_;
   const ServiceOptions options_;
   std::atomic<uint64_t> next_request_id_{1};
 };

@@ -27,6 +27,10 @@ DEPLOY = os.path.join(ROOT, "deploy")
 
 
 def value(metrics, name, **labels):
+    """A sample's value; a model's series carry its version too ("1" unless given; "" for
+    calls naming no served model)."""
+    if "model" in labels and "version" not in labels:
+        labels["version"] = "" if labels["model"] == "unknown" else "1"
     return metrics.get((name, frozenset(labels.items())), 0.0)
 
 

@@ -286,7 +286,7 @@ class OipTest(unittest.TestCase):
         image = self.images_input(PHOTOS[:1])
         before = self.server.requests_total("INVALID_ARGUMENT")
         fails("NOT_FOUND", "no model named 'nope'", "nope", [image])
-        fails("NOT_FOUND", "has no version '7'", "tiny", [image], model_version="7")
+        fails("NOT_FOUND", "has no version or version label '7'", "tiny", [image], model_version="7")
         garbage = triton.InferInput("IMAGE", [1], "BYTES")
         garbage.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
         fails("INVALID_ARGUMENT", "image 0", "tiny", [garbage])

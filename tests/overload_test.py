@@ -113,7 +113,8 @@ class OverloadTest(unittest.TestCase):
     def refused_count(self):
         return self.server.metrics().get(
             ("convnext_requests_total",
-             frozenset({("model", "tiny"), ("method", "Classify"), ("code", "UNAVAILABLE")})), 0)
+             frozenset({("model", "tiny"), ("version", "1"), ("method", "Classify"),
+                        ("code", "UNAVAILABLE")})), 0)
 
     def test_ten_times_capacity_admits_what_fits_and_refuses_the_rest(self):
         refused_before = self.refused_count()

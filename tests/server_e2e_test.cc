@@ -53,6 +53,7 @@ class ServerE2eTest : public ::testing::Test {
     port_ = server_->port();
   }
   static void TearDownTestSuite() {
+    host_.reset();
     delete server_;  // Drains.
     server_ = nullptr;
   }
@@ -77,7 +78,7 @@ class ServerE2eTest : public ::testing::Test {
 
  protected:
   static inline Server* server_ = nullptr;
-  static inline ModelHost* host_ = nullptr;  // Owned by server_.
+  static inline std::shared_ptr<ModelHost> host_;
   static inline int port_ = 0;
 };
 
@@ -284,7 +285,7 @@ class ModelFaultTest : public ::testing::Test {
   const at::Tensor poison_ = at::full({3, 64, 64}, 7.0f);
   const at::Tensor normal_ = at::randn({3, 64, 64});
   std::unique_ptr<Server> server_;
-  ModelHost* host_ = nullptr;  // Owned by server_.
+  std::shared_ptr<ModelHost> host_;
   std::unique_ptr<v1::ImageModelService::Stub> stub_;
 };
 

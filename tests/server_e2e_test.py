@@ -329,7 +329,8 @@ class ServerTest(unittest.TestCase):
             pb.Image(encoded=b""),                             # Zero bytes.
         ]
         key = ("convnext_requests_total", frozenset(
-            {("model", "tiny"), ("method", "Classify"), ("code", "INVALID_ARGUMENT")}))
+            {("model", "tiny"), ("version", "1"), ("method", "Classify"),
+             ("code", "INVALID_ARGUMENT")}))
         before = self.server.metrics().get(key, 0)
         for image in hostile:
             self.assert_code(grpc.StatusCode.INVALID_ARGUMENT, self.classify, [image])
@@ -417,7 +418,7 @@ class ShutdownAndOverloadTest(unittest.TestCase):
         r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0", "--model",
                             "x=/nonexistent.pth"], capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 1)
-        self.assertIn("model 'x': checkpoint '/nonexistent.pth': no such file", r.stderr)
+        self.assertIn("model 'x' version 1: checkpoint '/nonexistent.pth': no such file", r.stderr)
         r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0", "--config",
                             os.devnull], capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 1)

@@ -62,6 +62,14 @@ class Client {
   absl::StatusOr<v1::EmbedResponse> Embed(const v1::EmbedRequest& request);
   absl::StatusOr<v1::ListModelsResponse> ListModels();
   absl::StatusOr<v1::ModelInfo> GetModel(const std::string& name);
+  // ModelControl (the server must run with --enable_model_control): load or reload a version
+  // from a ModelConfig in protobuf text format; unload a version (every version when empty);
+  // set the version an empty version selects (empty: the latest).
+  absl::StatusOr<v1::LoadModelResponse> LoadModel(const std::string& config, bool make_default);
+  absl::StatusOr<v1::UnloadModelResponse> UnloadModel(const std::string& name,
+                                                      const std::string& version);
+  absl::StatusOr<v1::SetDefaultVersionResponse> SetDefaultVersion(const std::string& name,
+                                                                  const std::string& version);
   // grpc.health.v1 status of `service` ("" = the whole server): true if SERVING.
   absl::StatusOr<bool> Health(const std::string& service = "");
 
@@ -88,6 +96,7 @@ class Client {
   const ClientOptions options_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::ImageModelService::Stub> stub_;
+  std::unique_ptr<v1::ModelControl::Stub> control_;
 };
 
 // True for the statuses a call is retried on.

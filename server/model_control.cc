@@ -1,0 +1,149 @@
+#include "server/model_control.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+#include <grpc/grpc_security_constants.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/log.h"
+#include "server/server_config.h"
+#include "server/status_util.h"
+
+namespace convnext::server {
+namespace {
+
+class FirstError : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, int column, const std::string& message) override {
+    if (first_.empty()) {
+      first_ = absl::StrCat("line ", line + 1, ", column ", column + 1, ": ", message);
+    }
+  }
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string first_;
+};
+
+// The names a client certificate gives its holder: subject alternative names and common name.
+std::vector<std::string> PeerNames(const grpc::CallbackServerContext& ctx) {
+  std::vector<std::string> names;
+  const std::shared_ptr<const grpc::AuthContext> auth = ctx.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return names;
+  for (const char* property : {GRPC_X509_SAN_PROPERTY_NAME, GRPC_X509_CN_PROPERTY_NAME}) {
+    for (const grpc::string_ref& v : auth->FindPropertyValues(property)) {
+      names.emplace_back(v.data(), v.size());
+    }
+  }
+  return names;
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfigText(const std::string& text,
+                                                 const ServerConfig& server_config,
+                                                 int64_t memory_bytes) {
+  ModelConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  FirstError errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &config)) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", errors.first()));
+  }
+  if (memory_bytes <= 0) memory_bytes = static_cast<int64_t>(2 * server_config.max_memory_bytes());
+  NormalizeModelConfig(&config, server_config, memory_bytes);
+  if (absl::Status s = ValidateModelConfig(config); !s.ok()) return s;
+  return config;
+}
+
+ModelControlServiceImpl::ModelControlServiceImpl(ModelRepository* models,
+                                                 ModelControlOptions options)
+    : models_(models), options_(std::move(options)) {}
+
+absl::Status ModelControlServiceImpl::Authorize(const grpc::CallbackServerContext& ctx) const {
+  if (!options_.enabled) {
+    return absl::PermissionDeniedError(
+        "model control is off; start convnext-server with --enable_model_control");
+  }
+  if (!options_.require_identity) return absl::OkStatus();
+  const std::vector<std::string> names = PeerNames(ctx);
+  for (const std::string& name : names) {
+    if (std::find(options_.allowed_clients.begin(), options_.allowed_clients.end(), name) !=
+        options_.allowed_clients.end()) {
+      return absl::OkStatus();
+    }
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat("client '", absl::StrJoin(names, "', '"),
+                   "' may not change the models; --model_control_clients lists who may"));
+}
+
+grpc::ServerUnaryReactor* ModelControlServiceImpl::Finish(grpc::CallbackServerContext* ctx,
+                                                          const char* method,
+                                                          const absl::Status& status) const {
+  Log(status.ok() ? "info" : "warning", "model_control",
+      {{"method", method},
+       {"client", absl::StrJoin(PeerNames(*ctx), ",")},
+       {"peer", ctx->peer()},
+       {"status", absl::StatusCodeToString(status.code())},
+       {"message", std::string(status.message().substr(0, 300))}});
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ModelControlServiceImpl::LoadModel(grpc::CallbackServerContext* ctx,
+                                                             const v1::LoadModelRequest* request,
+                                                             v1::LoadModelResponse* response) {
+  constexpr char kMethod[] = "LoadModel";
+  if (absl::Status s = Authorize(*ctx); !s.ok()) return Finish(ctx, kMethod, s);
+  absl::StatusOr<ModelConfig> config =
+      ParseModelConfigText(request->config(), options_.server_config, options_.memory_bytes);
+  if (!config.ok()) return Finish(ctx, kMethod, config.status());
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  models_->Load(*config, request->make_default(),
+                [this, ctx, reactor, response](absl::StatusOr<ModelRepository::LoadResult> r) {
+                  absl::Status status = r.status();
+                  if (r.ok()) {
+                    *response->mutable_model() = r->info;
+                    response->set_load_seconds(r->seconds);
+                    response->set_replaced(r->replaced);
+                  }
+                  Log(status.ok() ? "info" : "warning", "model_control",
+                      {{"method", "LoadModel"},
+                       {"client", absl::StrJoin(PeerNames(*ctx), ",")},
+                       {"status", absl::StatusCodeToString(status.code())},
+                       {"message", std::string(status.message().substr(0, 300))}});
+                  reactor->Finish(ToGrpcStatus(status));
+                });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* ModelControlServiceImpl::UnloadModel(
+    grpc::CallbackServerContext* ctx, const v1::UnloadModelRequest* request,
+    v1::UnloadModelResponse* response) {
+  constexpr char kMethod[] = "UnloadModel";
+  if (absl::Status s = Authorize(*ctx); !s.ok()) return Finish(ctx, kMethod, s);
+  absl::StatusOr<std::vector<std::string>> unloaded =
+      models_->Unload(request->name(), request->version());
+  if (unloaded.ok()) {
+    for (const std::string& v : *unloaded) response->add_versions(v);
+  }
+  return Finish(ctx, kMethod, unloaded.status());
+}
+
+grpc::ServerUnaryReactor* ModelControlServiceImpl::SetDefaultVersion(
+    grpc::CallbackServerContext* ctx, const v1::SetDefaultVersionRequest* request,
+    v1::SetDefaultVersionResponse* response) {
+  constexpr char kMethod[] = "SetDefaultVersion";
+  if (absl::Status s = Authorize(*ctx); !s.ok()) return Finish(ctx, kMethod, s);
+  absl::StatusOr<std::string> now = models_->SetDefaultVersion(request->name(), request->version());
+  if (now.ok()) response->set_version(*now);
+  return Finish(ctx, kMethod, now.status());
+}
+
+}  // namespace convnext::server
