@@ -18,6 +18,12 @@ namespace convnext {
 // only competed with LibTorch's and oneDNN's OpenMP threads (see runtime.cc for the figures).
 void ConfigureProcessForInference();
 
+// Returns the heap's free memory to the OS now (glibc's malloc_trim), which the settings above
+// otherwise keep: after a model's weights and buffers are freed (an unloaded or replaced model
+// version), so that resident memory falls back instead of staying at the peak of two versions.
+// The next forward passes fault their working set in again once.
+void ReleaseFreeMemory();
+
 // Threads LibTorch (and oneDNN under it) uses inside one operator. A process-wide setting of
 // LibTorch's (at::set_num_threads), so it is set here, once per process, and not per model.
 // threads <= 0 keeps the current value.

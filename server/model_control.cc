@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "server/log.h"
 #include "server/server_config.h"
 #include "server/status_util.h"
@@ -121,6 +123,57 @@ grpc::ServerUnaryReactor* ModelControlServiceImpl::LoadModel(grpc::CallbackServe
                   reactor->Finish(ToGrpcStatus(status));
                 });
   return reactor;
+}
+
+void ModelControlServiceImpl::LoadForRepository(const std::string& model,
+                                                const std::string& config_text,
+                                                std::function<void(const absl::Status&)> done) {
+  std::vector<ModelConfig> configs;
+  if (!config_text.empty()) {
+    const std::string text =
+        config_text.find("name:") == std::string::npos
+            ? absl::StrCat("name: \"", absl::CEscape(model), "\"\n", config_text)
+            : config_text;
+    absl::StatusOr<ModelConfig> config =
+        ParseModelConfigText(text, options_.server_config, options_.memory_bytes);
+    if (!config.ok()) return done(config.status());
+    if (config->name() != model) {
+      return done(absl::InvalidArgumentError(absl::StrCat(
+          "the config names model '", config->name(), "', the request '", model, "'")));
+    }
+    configs.push_back(*std::move(config));
+  } else {
+    for (const auto& [key, config] : models_->Configs()) {
+      if (key.first == model) configs.push_back(config);
+    }
+    if (configs.empty()) {
+      return done(absl::NotFoundError(
+          absl::StrCat("no model named '", absl::CHexEscape(model.substr(0, 128)),
+                       "' to reload; give its config in the parameter \"config\" to load it")));
+    }
+  }
+  // Answered once every load has ended, with the first failure if any.
+  struct Pending {
+    absl::Mutex mu;
+    size_t left ABSL_GUARDED_BY(mu) = 0;
+    absl::Status status ABSL_GUARDED_BY(mu);
+    std::function<void(const absl::Status&)> done;
+  };
+  auto pending = std::make_shared<Pending>();
+  pending->left = configs.size();
+  pending->done = std::move(done);
+  for (const ModelConfig& config : configs) {
+    models_->Load(config, false, [pending](absl::StatusOr<ModelRepository::LoadResult> r) {
+      absl::Status status;
+      {
+        absl::MutexLock lock(&pending->mu);
+        if (!r.ok() && pending->status.ok()) pending->status = r.status();
+        if (--pending->left > 0) return;
+        status = pending->status;
+      }
+      pending->done(status);
+    });
+  }
 }
 
 grpc::ServerUnaryReactor* ModelControlServiceImpl::UnloadModel(

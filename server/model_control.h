@@ -7,6 +7,7 @@
 #ifndef CONVNEXT_SERVER_MODEL_CONTROL_H_
 #define CONVNEXT_SERVER_MODEL_CONTROL_H_
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -42,9 +43,15 @@ class ModelControlServiceImpl final : public v1::ModelControl::CallbackService {
                                               const v1::SetDefaultVersionRequest* request,
                                               v1::SetDefaultVersionResponse* response) override;
 
- private:
   // OK if this caller may change the models.
   absl::Status Authorize(const grpc::CallbackServerContext& ctx) const;
+  // The Open Inference Protocol's RepositoryModelLoad (after Authorize): `config_text` empty
+  // reloads every version of `model` from its current config. `done` gets the first failure, or
+  // OK when every version is ready.
+  void LoadForRepository(const std::string& model, const std::string& config_text,
+                         std::function<void(const absl::Status&)> done);
+
+ private:
   grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, const char* method,
                                    const absl::Status& status) const;
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "model/process_tuning.h"
 #include "server/log.h"
 #include "server/metrics.h"
 
@@ -88,7 +89,8 @@ struct ModelRepository::Reaper {
             absl::MutexLock lock(&self->mu);
             self->draining.erase(host);
           }
-          delete host;  // Stops its executors.
+          delete host;          // Stops its executors.
+          ReleaseFreeMemory();  // Its weights and buffers, back to the OS.
         });
         return;
       }

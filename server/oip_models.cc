@@ -44,7 +44,7 @@ struct InferState {
 
 }  // namespace
 
-OipModels::OipModels(const ModelRepository* models, std::string version)
+OipModels::OipModels(ModelRepository* models, std::string version)
     : models_(models), version_(std::move(version)) {}
 
 absl::StatusOr<std::shared_ptr<ModelHost>> OipModels::Find(const std::string& name,
@@ -55,6 +55,35 @@ absl::StatusOr<std::shared_ptr<ModelHost>> OipModels::Find(const std::string& na
 
 bool OipModels::Ready() const { return models_->AllReady(); }
 
+inference::RepositoryIndexResponse OipModels::RepositoryIndex(bool ready_only) const {
+  inference::RepositoryIndexResponse response;
+  for (const v1::ModelInfo& info : models_->List()) {
+    if (ready_only && info.state() != v1::READY) continue;
+    inference::RepositoryIndexResponse::ModelIndex* m = response.add_models();
+    m->set_name(info.name());
+    m->set_version(info.version());
+    switch (info.state()) {
+      case v1::READY:
+        m->set_state("READY");
+        break;
+      case v1::LOADING:
+        m->set_state("LOADING");
+        break;
+      case v1::DRAINING:
+        m->set_state("UNLOADING");
+        break;
+      default:
+        m->set_state("UNAVAILABLE");
+    }
+    m->set_reason(info.state_reason());
+  }
+  return response;
+}
+
+absl::Status OipModels::Unload(const std::string& name) const {
+  return models_->Unload(name, "").status();
+}
+
 inference::ServerMetadataResponse OipModels::ServerMetadata() const {
   inference::ServerMetadataResponse m;
   m.set_name("convnext-serve");
@@ -63,6 +92,7 @@ inference::ServerMetadataResponse OipModels::ServerMetadata() const {
   m.add_extensions("model_configuration");
   m.add_extensions("statistics");
   m.add_extensions("binary_tensor_data");
+  m.add_extensions("model_repository");
   return m;
 }
 

@@ -26,7 +26,7 @@ namespace convnext::server {
 class OipModels {
  public:
   // `models` outlives this object. `version` is the server's.
-  OipModels(const ModelRepository* models, std::string version);
+  OipModels(ModelRepository* models, std::string version);
 
   // The serving host of the model named `name` at `version` (NOT_FOUND if none).
   absl::StatusOr<std::shared_ptr<ModelHost>> Find(const std::string& name,
@@ -44,6 +44,12 @@ class OipModels {
   absl::StatusOr<inference::ModelStatisticsResponse> Statistics(const std::string& name,
                                                                 const std::string& version) const;
 
+  // The repository extension's index: every version and its state ("READY", "LOADING",
+  // "UNLOADING", "UNAVAILABLE" with the reason); with `ready_only`, the serving ones.
+  inference::RepositoryIndexResponse RepositoryIndex(bool ready_only) const;
+  // Unloads every version of `name` (the caller has authorised it).
+  absl::Status Unload(const std::string& name) const;
+
   // Runs one ModelInfer. `done` is called exactly once, from any thread (the caller's when the
   // request is refused at once), with the final status; `response` is filled when it is OK and
   // must stay valid until then. The call's deadline is `deadline` or the request's `timeout`
@@ -54,7 +60,7 @@ class OipModels {
              DoneFn done) const;
 
  private:
-  const ModelRepository* const models_;
+  ModelRepository* const models_;
   const std::string version_;
 };
 

@@ -1,5 +1,7 @@
 #include "server/oip_service.h"
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
 #include "server/status_util.h"
 
 namespace convnext::server {
@@ -78,6 +80,46 @@ grpc::ServerUnaryReactor* OipServiceImpl::ModelStatistics(
     grpc::CallbackServerContext* ctx, const inference::ModelStatisticsRequest* request,
     inference::ModelStatisticsResponse* response) {
   return AnswerWith(ctx, models_->Statistics(request->name(), request->version()), response);
+}
+
+grpc::ServerUnaryReactor* OipServiceImpl::RepositoryIndex(
+    grpc::CallbackServerContext* ctx, const inference::RepositoryIndexRequest* request,
+    inference::RepositoryIndexResponse* response) {
+  *response = models_->RepositoryIndex(request->ready());
+  return Answer(ctx, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* OipServiceImpl::RepositoryModelLoad(
+    grpc::CallbackServerContext* ctx, const inference::RepositoryModelLoadRequest* request,
+    inference::RepositoryModelLoadResponse*) {
+  if (absl::Status s = control_->Authorize(*ctx); !s.ok()) return Answer(ctx, s);
+  std::string config;
+  if (auto it = request->parameters().find("config"); it != request->parameters().end()) {
+    if (it->second.parameter_choice_case() != inference::ModelRepositoryParameter::kStringParam) {
+      return Answer(ctx, absl::InvalidArgumentError("the parameter \"config\" must be a string"));
+    }
+    config = it->second.string_param();
+  }
+  for (const auto& [key, value] : request->parameters()) {
+    if (key != "config") {
+      return Answer(ctx,
+                    absl::InvalidArgumentError(absl::StrCat(
+                        "unknown parameter '", absl::CHexEscape(key.substr(0, 64)),
+                        "'; only \"config\" (a ModelConfig in protobuf text format) is taken")));
+    }
+  }
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  control_->LoadForRepository(request->model_name(), config, [reactor](const absl::Status& s) {
+    reactor->Finish(ToGrpcStatus(s));
+  });
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* OipServiceImpl::RepositoryModelUnload(
+    grpc::CallbackServerContext* ctx, const inference::RepositoryModelUnloadRequest* request,
+    inference::RepositoryModelUnloadResponse*) {
+  if (absl::Status s = control_->Authorize(*ctx); !s.ok()) return Answer(ctx, s);
+  return Answer(ctx, models_->Unload(request->model_name()));
 }
 
 }  // namespace convnext::server

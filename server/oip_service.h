@@ -5,6 +5,7 @@
 #define CONVNEXT_SERVER_OIP_SERVICE_H_
 
 #include "inference/open_inference.grpc.pb.h"
+#include "server/model_control.h"
 #include "server/oip_models.h"
 
 namespace convnext::server {
@@ -12,7 +13,10 @@ namespace convnext::server {
 class OipServiceImpl final : public inference::GRPCInferenceService::CallbackService {
  public:
   // `models` outlives the service.
-  explicit OipServiceImpl(const OipModels* models) : models_(models) {}
+  // `models` and `control` outlive the service; `control` answers the repository extension's
+  // load and unload.
+  OipServiceImpl(const OipModels* models, ModelControlServiceImpl* control)
+      : models_(models), control_(control) {}
 
   grpc::ServerUnaryReactor* ServerLive(grpc::CallbackServerContext* ctx,
                                        const inference::ServerLiveRequest* request,
@@ -39,9 +43,19 @@ class OipServiceImpl final : public inference::GRPCInferenceService::CallbackSer
   grpc::ServerUnaryReactor* ModelStatistics(grpc::CallbackServerContext* ctx,
                                             const inference::ModelStatisticsRequest* request,
                                             inference::ModelStatisticsResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryIndex(grpc::CallbackServerContext* ctx,
+                                            const inference::RepositoryIndexRequest* request,
+                                            inference::RepositoryIndexResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelLoad(
+      grpc::CallbackServerContext* ctx, const inference::RepositoryModelLoadRequest* request,
+      inference::RepositoryModelLoadResponse* response) override;
+  grpc::ServerUnaryReactor* RepositoryModelUnload(
+      grpc::CallbackServerContext* ctx, const inference::RepositoryModelUnloadRequest* request,
+      inference::RepositoryModelUnloadResponse* response) override;
 
  private:
   const OipModels* const models_;
+  ModelControlServiceImpl* const control_;
 };
 
 }  // namespace convnext::server

@@ -51,7 +51,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   server->control_ =
       std::make_unique<ModelControlServiceImpl>(server->repository_.get(), std::move(control));
   server->oip_models_ = std::make_unique<OipModels>(server->repository_.get(), options.version);
-  server->oip_service_ = std::make_unique<OipServiceImpl>(server->oip_models_.get());
+  server->oip_service_ =
+      std::make_unique<OipServiceImpl>(server->oip_models_.get(), server->control_.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

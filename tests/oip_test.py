@@ -305,6 +305,54 @@ class OipTest(unittest.TestCase):
         self.assertEqual(self.server.requests_total("OK") - ok, 1)
 
 
+class OipRepositoryTest(unittest.TestCase):
+    """The model repository extension through tritonclient: index, load, reload, unload."""
+
+    def test_index_load_reload_unload(self):
+        digits = os.path.join(ROOT, "default_model", "convnext_digits.safetensors")
+        server = Server("--model", f"digits={digits}", "--enable_model_control")
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        try:
+            self.assertIn("model_repository", client.get_server_metadata(as_json=True)["extensions"])
+            index = client.get_model_repository_index(as_json=True)["models"]
+            self.assertEqual([(m["name"], m["version"], m["state"]) for m in index],
+                             [("digits", "1", "READY")])
+            client.load_model("digits", config=f'version: "2" checkpoint: "{digits}"')
+            self.assertTrue(client.is_model_ready("digits", "2"))
+            self.assertTrue(client.is_model_ready("digits", "1"))
+            client.load_model("digits")  # Reloads both versions from their configs.
+            self.assertEqual(sorted((m["version"], m["state"]) for m in client.get_model_repository_index(
+                as_json=True)["models"] if m["state"] != "UNLOADING"), [("1", "READY"), ("2", "READY")])
+            with self.assertRaises(InferenceServerException) as e:
+                client.load_model("digits", config='version: "3" checkpoint: "/nonexistent.pth"')
+            self.assertIn("NOT_FOUND", str(e.exception.status()))
+            with self.assertRaises(InferenceServerException) as e:
+                client.load_model("nothing")
+            self.assertIn("NOT_FOUND", str(e.exception.status()))
+            client.unload_model("digits")
+            self.assertFalse(client.is_model_ready("digits"))
+            index = client.get_model_repository_index(as_json=True).get("models", [])
+            self.assertEqual([m for m in index if m["state"] == "READY"], [])
+        finally:
+            client.close()
+            server.stop()
+
+    def test_load_refused_without_model_control(self):
+        digits = os.path.join(ROOT, "default_model", "convnext_digits.safetensors")
+        server = Server("--model", f"digits={digits}")
+        client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+        try:
+            for call in (lambda: client.load_model("digits"), lambda: client.unload_model("digits")):
+                with self.assertRaises(InferenceServerException) as e:
+                    call()
+                self.assertIn("PERMISSION_DENIED", str(e.exception.status()))
+                self.assertIn("--enable_model_control", e.exception.message())
+            self.assertTrue(client.is_model_ready("digits"))
+        finally:
+            client.close()
+            server.stop()
+
+
 class OipHttpTest(unittest.TestCase):
     """The same protocol over HTTP/REST with tritonclient.http, against the gRPC answers."""
 
