@@ -132,8 +132,10 @@ void ConfigWatch::Apply(const ServerConfig& config) {
     std::set<std::string> names;
     for (const ModelConfig& m : config.model()) names.insert(m.name());
     for (const std::string& name : names) {
-      auto it = config.default_version().find(name);
-      const std::string selector = it == config.default_version().end() ? "" : it->second;
+      std::string selector;  // Not listed: the latest.
+      for (const DefaultVersion& d : config.default_version()) {
+        if (d.model() == name) selector = d.version();
+      }
       if (absl::StatusOr<std::string> s = models->SetDefaultVersion(name, selector); !s.ok()) {
         Log("warning", "config_default_version_failed",
             {{"model", name}, {"message", std::string(s.status().message())}});

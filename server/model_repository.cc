@@ -152,8 +152,8 @@ absl::Status ModelRepository::LoadInitial(const ServerConfig& config) {
   }
   absl::MutexLock lock(&mu_);
   default_model_ = config.default_model();
-  for (const auto& [name, selector] : config.default_version()) {
-    models_[name].default_selector = selector;
+  for (const DefaultVersion& d : config.default_version()) {
+    models_[d.model()].default_selector = d.version();
   }
   return absl::OkStatus();
 }
@@ -436,10 +436,13 @@ std::map<std::pair<std::string, std::string>, ModelConfig> ModelRepository::Conf
 
 bool ModelRepository::AllReady() const {
   absl::ReaderMutexLock lock(&mu_);
+  if (stopping_) return false;
   for (const auto& [name, model] : models_) {
-    for (const auto& [v, entry] : model.versions) {
-      if (entry.host == nullptr || !entry.host->ready()) return false;
-    }
+    // A version loading or failed beside a serving one does not make the server unready.
+    const bool serving = std::any_of(
+        model.versions.begin(), model.versions.end(),
+        [](const auto& v) { return v.second.host != nullptr && v.second.host->ready(); });
+    if (!serving) return false;
   }
   return true;
 }

@@ -99,7 +99,8 @@ class ModelRepository {
   std::string default_model() const;
   // Every (name, version) configured now, with its config (the config watch diffs against it).
   std::map<std::pair<std::string, std::string>, ModelConfig> Configs() const;
-  // Every configured version is serving.
+  // Every model has a version serving (one loading or failed beside it does not count), and the
+  // server is not shutting down.
   bool AllReady() const;
 
   // The graceful shutdown's steps (Server::Drain): stop admitting everywhere and refuse loads;

@@ -31,7 +31,7 @@ class OipModels {
   // The serving host of the model named `name` at `version` (NOT_FOUND if none).
   absl::StatusOr<std::shared_ptr<ModelHost>> Find(const std::string& name,
                                                   const std::string& version) const;
-  // Every model version configured is loaded, warm and admitting.
+  // Every model has a version loaded, warm and admitting (ModelRepository::AllReady).
   bool Ready() const;
 
   inference::ServerMetadataResponse ServerMetadata() const;

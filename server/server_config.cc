@@ -270,7 +270,14 @@ absl::Status ValidateServerConfig(const server::ServerConfig& config) {
       }
     }
   }
-  for (const auto& [name, selector] : config.default_version()) {
+  std::set<std::string> defaulted;
+  for (const server::DefaultVersion& d : config.default_version()) {
+    const std::string& name = d.model();
+    const std::string& selector = d.version();
+    if (!defaulted.insert(name).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("default_version names model '", name, "' twice"));
+    }
     if (names.count(name) == 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("default_version names model '", name, "', which is not configured"));

@@ -94,14 +94,19 @@ TEST(ServerConfigTest, VersionsLabelsAndDefaultVersions) {
     m->set_version(version);
   }
   c.mutable_model(1)->add_version_labels("canary");
-  (*c.mutable_default_version())["tiny"] = "canary";
+  server::DefaultVersion* d = c.add_default_version();
+  d->set_model("tiny");
+  d->set_version("canary");
   EXPECT_TRUE(Check(c).ok()) << Check(c);
-  (*c.mutable_default_version())["tiny"] = "3";
+  *c.add_default_version() = *d;
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("names model 'tiny' twice"));
+  c.mutable_default_version()->RemoveLast();
+  d->set_version("3");
   EXPECT_THAT(std::string(Check(c).message()), HasSubstr("'3' is neither a version nor a label"));
-  c.mutable_default_version()->clear();
-  (*c.mutable_default_version())["other"] = "1";
+  d->set_model("other");
+  d->set_version("1");
   EXPECT_THAT(std::string(Check(c).message()), HasSubstr("names model 'other'"));
-  c.mutable_default_version()->clear();
+  c.clear_default_version();
   c.mutable_model(0)->add_version_labels("2");
   EXPECT_THAT(std::string(Check(c).message()),
               HasSubstr("version label '2' is also the name of a version"));

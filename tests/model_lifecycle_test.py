@@ -195,6 +195,11 @@ class LifecycleTest(unittest.TestCase):
         self.assertIn("golden self-test failed", info.state_reason)
         self.assert_code(grpc.StatusCode.UNAVAILABLE, self.server.stub.Classify,
                          classify_request("32"), timeout=30)
+        # A failed version beside serving ones leaves the server ready (it serves on).
+        import urllib.request
+        ready = urllib.request.urlopen(
+            f"http://127.0.0.1:{self.server.http_port}/v2/health/ready", timeout=10)
+        self.assertEqual(ready.status, 200)
         # A wrong expectation fails the right checkpoint too.
         self.assert_code(grpc.StatusCode.FAILED_PRECONDITION, self.load, "33", self.v1,
                          golden(os.path.join(self.dir, "wrong.npy")))
@@ -363,7 +368,7 @@ class ConfigWatchTest(unittest.TestCase):
                 self.fail(f"timed out waiting for {what}; have {versions()}")
 
             # A second version, made the default.
-            write('default_model: "digits"\ndefault_version { key: "digits" value: "2" }\n' +
+            write('default_model: "digits"\ndefault_version { model: "digits" version: "2" }\n' +
                   model_entry("1", v1) + model_entry("2", v1))
             wait_for(lambda: (("2", pb.READY) in versions() and server.stub.Classify(
                 classify_request(), timeout=30).model_version == "2"), "version 2 as default")
