@@ -53,6 +53,9 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
     what.stages |= !r.stages.empty();
   }
   what.logits = k > 0;
+  what.last_stage = 1;
+  for (const ImageRequest& r : requests)
+    what.last_stage = std::max(what.last_stage, DeepestStage(r));
   const at::Tensor batch = at::cat(inputs, /*dim=*/0);
   if (before_forward) before_forward(batch);
   ASSIGN_OR_RETURN(ForwardOutputs out, model.Forward(batch, what));
@@ -139,6 +142,11 @@ int64_t EstimateOutputBytes(const ConvNeXtConfig& config, const ImageRequest& re
     if (s >= 1 && s <= kNumStages) bytes += StageElements(config, s - 1, height, width) * element;
   }
   return 2 * bytes;
+}
+
+int DeepestStage(const ImageRequest& request) {
+  if (request.top_k > 0 || request.embedding || request.stages.empty()) return kNumStages;
+  return *std::max_element(request.stages.begin(), request.stages.end());
 }
 
 std::string BatchShapeKey(const at::Tensor& input) { return absl::StrJoin(input.sizes(), "x"); }

@@ -44,6 +44,11 @@ struct ImageRequest {
   OutputDType dtype = OutputDType::kFloat32;
 };
 
+// The deepest stage (1..4) an image's request needs computed: 4 for the top-k classes or the
+// embedding, else the deepest stage map it asks for. Images needing fewer stages batch apart
+// (model_host's batch key), so that their forward pass stops early (OutputRequest::last_stage).
+int DeepestStage(const ImageRequest& request);
+
 // A tensor as row-major little-endian bytes of `dtype`.
 struct OutputTensor {
   std::vector<int64_t> shape;

@@ -90,6 +90,60 @@ TEST(BatchTest, EachImageGetsWhatItAskedForAsIfAlone) {
   EXPECT_LT((FloatsOf(e.stages[1]) - alone->stages[1][0]).abs().max().item<double>(), 1e-4);
 }
 
+TEST(BatchTest, EarlyStagesOnlyStopThereWithTheSameValues) {
+  for (bool backbone : {false, true}) {
+    std::unique_ptr<ConvNeXt> model = SmallModel(backbone);
+    ASSERT_NE(model, nullptr);
+    const at::Tensor x = at::randn({2, 3, 64, 64});
+    OutputRequest full;
+    full.logits = false;
+    full.stages = true;
+    absl::StatusOr<ForwardOutputs> all = model->Forward(x, full);
+    ASSERT_TRUE(all.ok()) << all.status();
+    for (int last = 1; last <= kNumStages; ++last) {
+      OutputRequest early = full;
+      early.last_stage = last;
+      absl::StatusOr<ForwardOutputs> part = model->Forward(x, early);
+      ASSERT_TRUE(part.ok()) << part.status();
+      ASSERT_EQ(part->stages.size(), static_cast<size_t>(last));  // Nothing deeper computed.
+      for (int s = 0; s < last; ++s) {
+        EXPECT_LT((part->stages[s] - all->stages[s]).abs().max().item<double>(), 1e-5)
+            << "backbone " << backbone << ", last stage " << last << ", stage " << s + 1;
+      }
+    }
+  }
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  OutputRequest bad;
+  bad.last_stage = 2;  // With logits: they need every stage.
+  EXPECT_THAT(std::string(model->Forward(at::randn({1, 3, 64, 64}), bad).status().message()),
+              HasSubstr("need every stage"));
+  bad.last_stage = 5;
+  EXPECT_FALSE(model->Forward(at::randn({1, 3, 64, 64}), bad).ok());
+
+  ImageRequest r;
+  r.stages = {2, 1};
+  EXPECT_EQ(DeepestStage(r), 2);
+  r.embedding = true;
+  EXPECT_EQ(DeepestStage(r), kNumStages);
+  r = ImageRequest();
+  r.top_k = 1;
+  EXPECT_EQ(DeepestStage(r), kNumStages);
+  // A batch of stage-2 requests computes two stages and answers as the full pass would.
+  std::vector<ImageRequest> requests(2);
+  requests[0].stages = {2};
+  requests[1].stages = {1, 2};
+  const std::vector<at::Tensor> inputs = {at::randn({1, 3, 64, 64}), at::randn({1, 3, 64, 64})};
+  absl::StatusOr<std::vector<ImageOutputs>> out = RunBatch(*model, inputs, requests);
+  ASSERT_TRUE(out.ok()) << out.status();
+  OutputRequest full;
+  full.logits = false;
+  full.stages = true;
+  absl::StatusOr<ForwardOutputs> alone = model->Forward(inputs[1], full);
+  ASSERT_TRUE(alone.ok());
+  EXPECT_LT((FloatsOf((*out)[1].stages[0]) - alone->stages[0][0]).abs().max().item<double>(), 1e-4);
+  EXPECT_LT((FloatsOf((*out)[1].stages[1]) - alone->stages[1][0]).abs().max().item<double>(), 1e-4);
+}
+
 TEST(BatchTest, Float16OutputsHoldHalfTheBytesOfTheSameValues) {
   std::unique_ptr<ConvNeXt> model = SmallModel();
   ASSERT_NE(model, nullptr);

@@ -167,8 +167,9 @@ at::Tensor ConvNeXt::RunBlock(const Block& block, const at::Tensor& x) const {
   return x + y.permute({0, 3, 1, 2});
 }
 
-at::Tensor ConvNeXt::RunStagesAten(at::Tensor x, std::vector<at::Tensor>* stages) const {
-  for (int i = 0; i < kNumStages; ++i) {
+at::Tensor ConvNeXt::RunStagesAten(at::Tensor x, int last_stage,
+                                   std::vector<at::Tensor>* stages) const {
+  for (int i = 0; i < last_stage; ++i) {
     const Stage& stage = stages_[i];
     if (i == 0) {
       x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4});
@@ -188,7 +189,7 @@ at::Tensor ConvNeXt::RunStagesAten(at::Tensor x, std::vector<at::Tensor>* stages
   return x.mean({-2, -1});
 }
 
-absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x,
+absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x, int last_stage,
                                                    std::vector<at::Tensor>* stages) const {
   // Between stages x is a contiguous NHWC tensor [N, H, W, C]: the LayerNorms normalise its last
   // dimension with no permute copy, and the strided convolutions read it as a channels-last NCHW
@@ -198,7 +199,7 @@ absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x,
   };
   auto to_nhwc = [](const at::Tensor& nchw) { return nchw.permute({0, 2, 3, 1}).contiguous(); };
   auto to_nchw = [](const at::Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}); };
-  for (int i = 0; i < kNumStages; ++i) {
+  for (int i = 0; i < last_stage; ++i) {
     const Stage& stage = stages_[i];
     if (i == 0) {
       x = to_nhwc(at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4}));
@@ -261,6 +262,15 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
         "outputs only");
   }
 
+  if (request.last_stage < 1 || request.last_stage > kNumStages) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("last_stage = ", request.last_stage, " is not in 1..", kNumStages));
+  }
+  if (request.last_stage < kNumStages && (request.logits || request.embedding)) {
+    return absl::InvalidArgumentError(
+        "logits and the embedding need every stage: last_stage must be the last one");
+  }
+
   ForwardOutputs out;
   std::vector<at::Tensor>* stages = request.stages ? &out.stages : nullptr;
   at::Tensor pooled;
@@ -268,9 +278,9 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
     c10::InferenceMode guard;
     at::Tensor x = images.to(options_.device, options_.dtype);
     if (uses_fast_path()) {
-      ASSIGN_OR_RETURN(pooled, RunStagesFast(std::move(x), stages));
+      ASSIGN_OR_RETURN(pooled, RunStagesFast(std::move(x), request.last_stage, stages));
     } else {
-      pooled = RunStagesAten(std::move(x), stages);
+      pooled = RunStagesAten(std::move(x), request.last_stage, stages);
     }
     if (request.logits || request.embedding) {
       pooled =

@@ -51,12 +51,15 @@ struct OutputRequest {
   // The four stage outputs, [N, dims[i], H_i, W_i] with strides 4, 8, 16, 32 (for detection
   // backbones, after their per-stage LayerNorm).
   bool stages = false;
+  // Compute the stages up to this one only (1..kNumStages); below kNumStages the pass stops
+  // there, which needs neither logits nor embedding, and `stages` then holds that many outputs.
+  int last_stage = kNumStages;
 };
 
 struct ForwardOutputs {
   at::Tensor logits;               // [N, num_classes], if requested.
   at::Tensor embedding;            // [N, dims[3]], if requested.
-  std::vector<at::Tensor> stages;  // kNumStages tensors, if requested; else empty.
+  std::vector<at::Tensor> stages;  // last_stage tensors, if requested; else empty.
 };
 
 class ConvNeXt {
@@ -115,8 +118,11 @@ class ConvNeXt {
   // The forward pass through the stages, on NCHW tensors (ATen path) or on contiguous NHWC
   // tensors (fast path); appends each stage's output, NCHW, to `stages` if it is not null.
   // Returns the last stage's output pooled over space: [N, dims[3]].
-  at::Tensor RunStagesAten(at::Tensor x, std::vector<at::Tensor>* stages) const;
-  absl::StatusOr<at::Tensor> RunStagesFast(at::Tensor x, std::vector<at::Tensor>* stages) const;
+  // Both stop after `last_stage` (1-based); they return the last stage's output pooled over
+  // space.
+  at::Tensor RunStagesAten(at::Tensor x, int last_stage, std::vector<at::Tensor>* stages) const;
+  absl::StatusOr<at::Tensor> RunStagesFast(at::Tensor x, int last_stage,
+                                           std::vector<at::Tensor>* stages) const;
   at::Tensor LayerNormChannelsFirst(const at::Tensor& x, const at::Tensor& weight,
                                     const at::Tensor& bias) const;
 

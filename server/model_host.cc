@@ -76,10 +76,11 @@ std::string EmbeddingSpace(const std::string& checkpoint_sha256,
                   ";pool=global_average+layernorm;l2=", normalized ? "1" : "0")));
 }
 
-// Images of different kinds batch apart (they ask for different outputs), and only images of one
-// input shape share a batch.
-std::string BatchKey(InferenceRequest::Kind kind, const at::Tensor& input) {
-  return absl::StrCat(static_cast<int>(kind), ":", BatchShapeKey(input));
+// Images of different kinds batch apart (they ask for different outputs), as do images that
+// need a different number of stages computed (an Embed of stages 1-2 stops after stage 2), and
+// only images of one input shape share a batch.
+std::string BatchKey(InferenceRequest::Kind kind, int deepest_stage, const at::Tensor& input) {
+  return absl::StrCat(static_cast<int>(kind), ":", deepest_stage, ":", BatchShapeKey(input));
 }
 
 ImageRequest ToImageRequest(const InferenceRequest::Params& p) {
@@ -309,7 +310,9 @@ void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
   }
   work->preprocess_us = Micros(absl::Now() - start);
   work->input = *std::move(input);
-  const std::string key = BatchKey(work->request->params().kind, work->input);
+  const std::string key =
+      BatchKey(work->request->params().kind, DeepestStage(ToImageRequest(work->request->params())),
+               work->input);
   const absl::Time deadline = work->request->deadline();
   absl::Status scheduled = batcher_->Schedule(work, key, deadline);
   if (!scheduled.ok()) End(*work, scheduled);  // Schedule left `work` with us.

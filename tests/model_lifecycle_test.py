@@ -56,6 +56,13 @@ def classify_request(version="", model="digits"):
                                   images=[pb.Image(encoded=f.read())], top_k=10)
 
 
+def stop(server):
+    """Stops the server; a clean exit is 0 (under the sanitizers: no leak, no error at exit)."""
+    code = server.stop()
+    if code != 0:
+        raise AssertionError(f"convnext-server exited {code}: " + "".join(server.lines[-40:]))
+
+
 def probabilities(reply):
     p = np.zeros(10, dtype=np.float32)
     for c in reply.results[0].classes:
@@ -82,7 +89,7 @@ class LifecycleTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        cls.server.stop()
+        stop(cls.server)
         shutil.rmtree(cls.dir, ignore_errors=True)
 
     def load(self, version, checkpoint, extra="", make_default=False, timeout=120):
@@ -300,7 +307,7 @@ class ControlAccessTest(unittest.TestCase):
             self.assertIn("--enable_model_control", ctx.exception.details())
             server.stub.Classify(classify_request(), timeout=30)  # Still serving.
         finally:
-            server.stop()
+            stop(server)
 
     def test_mutual_tls_identity(self):
         d = tempfile.mkdtemp()
@@ -336,7 +343,7 @@ class ControlAccessTest(unittest.TestCase):
                                                   timeout=30)
                 self.assertEqual(r.version, "1")
             finally:
-                server.stop()
+                stop(server)
         finally:
             shutil.rmtree(d, ignore_errors=True)
 
@@ -384,7 +391,7 @@ class ConfigWatchTest(unittest.TestCase):
             self.assertEqual(server.stub.Classify(classify_request(), timeout=30).model_version,
                              "2")
         finally:
-            server.stop()
+            stop(server)
             shutil.rmtree(d, ignore_errors=True)
 
 
