@@ -158,6 +158,13 @@ absl::Status ModelRepository::LoadInitial(const ServerConfig& config) {
   return absl::OkStatus();
 }
 
+void ModelRepository::ForgetStaleDefault(const std::string& name, Model& model) const {
+  if (model.default_selector.empty() || Select(model, "") != nullptr) return;
+  // The pinned default version (or label) is gone: the latest serves by default again.
+  Log("warning", "default_version_gone", {{"model", name}, {"version", model.default_selector}});
+  model.default_selector.clear();
+}
+
 const ModelRepository::Entry* ModelRepository::Select(const Model& model,
                                                       absl::string_view version) const {
   const std::string selector = version.empty() ? model.default_selector : std::string(version);
@@ -273,6 +280,7 @@ void ModelRepository::RunLoad(const ModelConfig& config, bool make_default, cons
       e.config = config;
       e.error.clear();
       if (make_default) model.default_selector = config.version();
+      ForgetStaleDefault(config.name(), model);  // The reload may have dropped a label.
       r.info = InfoOf(config.name(), config.version(), model, e);
       result = std::move(r);
     } else {
@@ -326,7 +334,11 @@ absl::StatusOr<std::vector<std::string>> ModelRepository::Unload(const std::stri
       }
       v = model.versions.erase(v);
     }
-    if (model.versions.empty()) models_.erase(it);
+    if (model.versions.empty()) {
+      models_.erase(it);
+    } else {
+      ForgetStaleDefault(name, model);
+    }
   }
   for (const std::string& v : unloaded) {
     Log("info", "model_unloaded", {{"model", name}, {"version", v}});

@@ -133,6 +133,10 @@ class ModelRepository {
   // The entry `version` selects in `model` (empty: the default); null if none.
   const Entry* Select(const Model& model, absl::string_view version) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // Clears a default selector that no longer selects anything (its version unloaded, its label
+  // dropped by a reload), so that the latest version serves by default again.
+  void ForgetStaleDefault(const std::string& name, Model& model) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::ModelInfo InfoOf(const std::string& name, const std::string& version, const Model& model,
                        const Entry& entry) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Why a load would not fit in memory now, or OK.

@@ -2,9 +2,11 @@
 // wiring and shutdown as convnext-server) on a loopback port, called by C++ clients (the Python
 // suite covers the convnext-server binary).
 #include <ATen/ATen.h>
+#include <gmock/gmock.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
@@ -12,8 +14,11 @@
 #include "convnext/v1/image_model.grpc.pb.h"
 #include "image/preprocess.h"
 #include "model/batch.h"
+#include "server/memory_budget.h"
+#include "server/model_repository.h"
 #include "server/server.h"
 #include "server/server_config.h"
+#include "server/thread_pool.h"
 #include "testing/reference.h"
 
 namespace convnext::server {
@@ -405,6 +410,79 @@ TEST(MemoryBudgetE2eTest, NotNowIsUnavailableNeverIsResourceExhausted) {
   EXPECT_TRUE(first.ok()) << first.error_message();
   const grpc::Status later = classify(1);  // The first call's memory came back.
   EXPECT_TRUE(later.ok()) << later.error_message();
+}
+
+// The repository on its own: lookup by version, label and "name:version"; a version released
+// while a caller still holds it keeps answering that caller, shows as DRAINING, and is freed
+// once the caller lets go; loads and unloads from several threads at once (run under TSan).
+TEST(ModelRepositoryTest, VersionsLabelsDrainingAndConcurrentChanges) {
+  ServerConfig config;
+  for (const char* version : {"1", "2"}) {
+    ModelConfig* m = config.add_model();
+    m->set_name("custom");
+    m->set_version(version);
+    m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
+  }
+  config.mutable_model(1)->add_version_labels("canary");
+  NormalizeConfig(&config, 2, int64_t{8} << 30);
+  ASSERT_TRUE(ValidateServerConfig(config).ok());
+  ThreadPool pool(2);
+  MemoryBudget memory(int64_t{4} << 30);
+  ModelRepositoryOptions options;
+  options.host.max_image_pixels = config.max_image_pixels();
+  options.host.max_response_bytes = config.max_message_bytes();
+  options.host.process_memory = &memory;
+  options.host.preprocess_pool = &pool;
+  ModelRepository repository(options);
+  ASSERT_TRUE(repository.LoadInitial(config).ok());
+
+  auto version_of = [&](absl::string_view name, absl::string_view version) {
+    absl::StatusOr<std::shared_ptr<ModelHost>> host = repository.Find(name, version);
+    return host.ok() ? (*host)->version() : std::string(host.status().message());
+  };
+  EXPECT_EQ(version_of("", ""), "2");  // The latest.
+  EXPECT_EQ(version_of("custom", "canary"), "2");
+  EXPECT_EQ(version_of("custom:1", ""), "1");
+  EXPECT_THAT(version_of("custom", "3"), ::testing::HasSubstr("no version or version label '3'"));
+  ASSERT_TRUE(repository.SetDefaultVersion("custom", "1").ok());
+  EXPECT_EQ(version_of("", ""), "1");
+
+  // Version 1 unloaded while held: still usable by its holder, DRAINING, then freed.
+  std::shared_ptr<ModelHost> held = *repository.Find("custom", "1");
+  ASSERT_TRUE(repository.Unload("custom", "1").ok());
+  EXPECT_THAT(version_of("custom", "1"), ::testing::HasSubstr("no version"));
+  EXPECT_EQ(version_of("", ""), "2");  // The pinned default is gone: the latest serves.
+  EXPECT_TRUE(held->ready());  // Its holder may still be admitted (a call found it before)...
+  auto draining = [&] {
+    int n = 0;
+    for (const v1::ModelInfo& info : repository.List()) n += info.state() == v1::DRAINING;
+    return n;
+  };
+  EXPECT_EQ(draining(), 0);  // ...but is not retired while held.
+  held.reset();              // Retired now: the reaper frees it.
+  repository.WaitUntilIdle(absl::Now() + absl::Seconds(30));
+
+  // Concurrent reloads of version 2, lookups and a load of version 3.
+  std::vector<std::thread> threads;
+  std::atomic<int> loaded{0}, found{0};
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&] {
+      absl::Notification done;
+      repository.Load(config.model(1), false, [&](absl::StatusOr<ModelRepository::LoadResult> r) {
+        EXPECT_TRUE(r.ok()) << r.status();
+        if (r.ok()) ++loaded;
+        done.Notify();
+      });
+      done.WaitForNotification();
+    });
+  }
+  threads.emplace_back([&] {
+    for (int i = 0; i < 200; ++i) found += repository.Find("custom", "canary").ok();
+  });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(loaded.load(), 2);
+  EXPECT_EQ(found.load(), 200);  // Never missing during a reload.
+  repository.Shutdown();
 }
 
 }  // namespace
