@@ -12,8 +12,6 @@ Needs build/bin (scripts/build.sh) and Debian's python3-torch/-torchvision/-grpc
 """
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,7 +21,6 @@ import torch
 import torchvision
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-BIN = os.path.join(ROOT, "build", "bin")
 sys.path.insert(0, os.path.join(ROOT, "build", "tests", "pygen"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +28,7 @@ import grpc  # noqa: E402
 from convnext.v1 import image_model_pb2 as pb  # noqa: E402
 from convnext.v1 import image_model_pb2_grpc as pb_grpc  # noqa: E402
 from convnext_reference import write_safetensors  # noqa: E402
-from oip_throughput import isa  # noqa: E402
+from oip_throughput import isa, start_server  # noqa: E402
 
 PHOTO = os.path.join(ROOT, "samples", "digit_3_heldout_23.png")
 
@@ -62,20 +59,7 @@ def main():
     for i, p in enumerate(paths):
         checkpoint(args.variant, i, p)
     size_mb = os.path.getsize(paths[0]) / 2**20
-    proc = subprocess.Popen(
-        [os.path.join(BIN, "convnext-server"), "--host", "127.0.0.1", "--port", "0",
-         "--metrics_port", "-1", "--http_port", "-1", "--enable_model_control",
-         "--model", f"m={paths[0]}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    port = None
-    for line in proc.stderr:
-        match = re.search(r"event=serving .* port=(\d+)", line)
-        if match:
-            port = int(match.group(1))
-            break
-    if port is None:
-        sys.exit("the server did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    proc, port = start_server(["--enable_model_control", "--model", f"m={paths[0]}"])
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.ImageModelServiceStub(channel)
     control = pb_grpc.ModelControlStub(channel)

@@ -9,11 +9,8 @@ CPU's ISA.
 """
 import argparse
 import os
-import re
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -21,7 +18,6 @@ import torch
 import torchvision
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-BIN = os.path.join(ROOT, "build", "bin")
 sys.path.insert(0, os.path.join(ROOT, "build", "tests", "pygen"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -29,7 +25,7 @@ import grpc  # noqa: E402
 from convnext.v1 import image_model_pb2 as pb  # noqa: E402
 from convnext.v1 import image_model_pb2_grpc as pb_grpc  # noqa: E402
 from convnext_reference import write_safetensors  # noqa: E402
-from oip_throughput import isa  # noqa: E402
+from oip_throughput import isa, start_server  # noqa: E402
 
 
 def main():
@@ -43,20 +39,8 @@ def main():
     checkpoint = os.path.join(d, "tiny.safetensors")
     torch.manual_seed(0)
     write_safetensors(checkpoint, torchvision.models.convnext_tiny().state_dict())
-    proc = subprocess.Popen(
-        [os.path.join(BIN, "convnext-server"), "--host", "127.0.0.1", "--port", "0",
-         "--metrics_port", "-1", "--http_port", "-1", "--model", f"tiny={checkpoint}",
-         "--max_batch_size", str(args.batch)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    port = None
-    for line in proc.stderr:
-        match = re.search(r"event=serving .* port=(\d+)", line)
-        if match:
-            port = int(match.group(1))
-            break
-    if port is None:
-        sys.exit("the server did not start")
-    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    proc, port = start_server(
+        ["--model", f"tiny={checkpoint}", "--max_batch_size", str(args.batch)])
     stub = pb_grpc.ImageModelServiceStub(grpc.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 256 << 20)]))
     x = np.random.default_rng(0).standard_normal((3, 224, 224)).astype("<f4")
