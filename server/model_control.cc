@@ -1,7 +1,5 @@
 #include "server/model_control.h"
 
-#include <google/protobuf/io/tokenizer.h>
-#include <google/protobuf/text_format.h>
 #include <grpc/grpc_security_constants.h>
 
 #include <algorithm>
@@ -18,19 +16,6 @@
 namespace convnext::server {
 namespace {
 
-class FirstError : public google::protobuf::io::ErrorCollector {
- public:
-  void AddError(int line, int column, const std::string& message) override {
-    if (first_.empty()) {
-      first_ = absl::StrCat("line ", line + 1, ", column ", column + 1, ": ", message);
-    }
-  }
-  const std::string& first() const { return first_; }
-
- private:
-  std::string first_;
-};
-
 // The names a client certificate gives its holder: subject alternative names and common name.
 std::vector<std::string> PeerNames(const grpc::CallbackServerContext& ctx) {
   std::vector<std::string> names;
@@ -45,22 +30,6 @@ std::vector<std::string> PeerNames(const grpc::CallbackServerContext& ctx) {
 }
 
 }  // namespace
-
-absl::StatusOr<ModelConfig> ParseModelConfigText(const std::string& text,
-                                                 const ServerConfig& server_config,
-                                                 int64_t memory_bytes) {
-  ModelConfig config;
-  google::protobuf::TextFormat::Parser parser;
-  FirstError errors;
-  parser.RecordErrorsTo(&errors);
-  if (!parser.ParseFromString(text, &config)) {
-    return absl::InvalidArgumentError(absl::StrCat("config: ", errors.first()));
-  }
-  if (memory_bytes <= 0) memory_bytes = static_cast<int64_t>(2 * server_config.max_memory_bytes());
-  NormalizeModelConfig(&config, server_config, memory_bytes);
-  if (absl::Status s = ValidateModelConfig(config); !s.ok()) return s;
-  return config;
-}
 
 ModelControlServiceImpl::ModelControlServiceImpl(ModelRepository* models,
                                                  ModelControlOptions options)
@@ -84,17 +53,23 @@ absl::Status ModelControlServiceImpl::Authorize(const grpc::CallbackServerContex
                    "' may not change the models; --model_control_clients lists who may"));
 }
 
-grpc::ServerUnaryReactor* ModelControlServiceImpl::Finish(grpc::CallbackServerContext* ctx,
-                                                          const char* method,
-                                                          const absl::Status& status) const {
+void ModelControlServiceImpl::Finish(grpc::CallbackServerContext* ctx,
+                                     grpc::ServerUnaryReactor* reactor, const char* method,
+                                     const absl::Status& status) {
   Log(status.ok() ? "info" : "warning", "model_control",
       {{"method", method},
        {"client", absl::StrJoin(PeerNames(*ctx), ",")},
        {"peer", ctx->peer()},
        {"status", absl::StatusCodeToString(status.code())},
        {"message", std::string(status.message().substr(0, 300))}});
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
+}
+
+grpc::ServerUnaryReactor* ModelControlServiceImpl::Finish(grpc::CallbackServerContext* ctx,
+                                                          const char* method,
+                                                          const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  Finish(ctx, reactor, method, status);
   return reactor;
 }
 
@@ -108,19 +83,13 @@ grpc::ServerUnaryReactor* ModelControlServiceImpl::LoadModel(grpc::CallbackServe
   if (!config.ok()) return Finish(ctx, kMethod, config.status());
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   models_->Load(*config, request->make_default(),
-                [this, ctx, reactor, response](absl::StatusOr<ModelRepository::LoadResult> r) {
-                  absl::Status status = r.status();
+                [ctx, reactor, response](absl::StatusOr<ModelRepository::LoadResult> r) {
                   if (r.ok()) {
                     *response->mutable_model() = r->info;
                     response->set_load_seconds(r->seconds);
                     response->set_replaced(r->replaced);
                   }
-                  Log(status.ok() ? "info" : "warning", "model_control",
-                      {{"method", "LoadModel"},
-                       {"client", absl::StrJoin(PeerNames(*ctx), ",")},
-                       {"status", absl::StatusCodeToString(status.code())},
-                       {"message", std::string(status.message().substr(0, 300))}});
-                  reactor->Finish(ToGrpcStatus(status));
+                  Finish(ctx, reactor, "LoadModel", r.status());
                 });
   return reactor;
 }

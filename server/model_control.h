@@ -52,18 +52,15 @@ class ModelControlServiceImpl final : public v1::ModelControl::CallbackService {
                          std::function<void(const absl::Status&)> done);
 
  private:
-  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, const char* method,
-                                   const absl::Status& status) const;
+  // Logs a control call (method, client names, status) and answers it.
+  static void Finish(grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
+                     const char* method, const absl::Status& status);
+  static grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* ctx, const char* method,
+                                          const absl::Status& status);
 
   ModelRepository* const models_;
   const ModelControlOptions options_;
 };
-
-// Parses a LoadModelRequest.config (a ModelConfig in protobuf text format), fills its defaults
-// from the server's config and validates it. INVALID_ARGUMENT naming the field.
-absl::StatusOr<ModelConfig> ParseModelConfigText(const std::string& text,
-                                                 const ServerConfig& server_config,
-                                                 int64_t memory_bytes);
 
 }  // namespace convnext::server
 

@@ -228,6 +228,7 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
   // What each image will cost, from headers and shapes only: nothing is decoded yet.
   const InferenceRequest::Params& params = request->params();
   const ImageRequest outputs = ToImageRequest(params);
+  const int deepest_stage = DeepestStage(outputs);
   std::vector<int64_t> costs(n);
   int64_t total = 0, answer = 0;
   for (int i = 0; i < n; ++i) {
@@ -282,6 +283,7 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
     work->index = i;
     work->reserved_bytes = costs[i];
     work->admitted = now;
+    work->deepest_stage = deepest_stage;
     const v1::Image* image = &images.Get(i);
     options_.preprocess_pool->Schedule(
         [this, w = work.release(), image] { Preprocess(WorkPtr(w), image); });
@@ -310,9 +312,7 @@ void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
   }
   work->preprocess_us = Micros(absl::Now() - start);
   work->input = *std::move(input);
-  const std::string key =
-      BatchKey(work->request->params().kind, DeepestStage(ToImageRequest(work->request->params())),
-               work->input);
+  const std::string key = BatchKey(work->request->params().kind, work->deepest_stage, work->input);
   const absl::Time deadline = work->request->deadline();
   absl::Status scheduled = batcher_->Schedule(work, key, deadline);
   if (!scheduled.ok()) End(*work, scheduled);  // Schedule left `work` with us.

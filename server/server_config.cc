@@ -86,6 +86,22 @@ absl::StatusOr<server::ServerConfig> ParseConfigText(const std::string& text,
   return config;
 }
 
+absl::StatusOr<server::ModelConfig> ParseModelConfigText(const std::string& text,
+                                                         const server::ServerConfig& server,
+                                                         int64_t memory_bytes) {
+  server::ModelConfig config;
+  google::protobuf::TextFormat::Parser parser;
+  ErrorCollector errors;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &config)) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", errors.first()));
+  }
+  if (memory_bytes <= 0) memory_bytes = static_cast<int64_t>(2 * server.max_memory_bytes());
+  NormalizeModelConfig(&config, server, memory_bytes);
+  RETURN_IF_ERROR(ValidateModelConfig(config));
+  return config;
+}
+
 absl::StatusOr<server::ModelConfig> ParseModelFlag(const std::string& flag) {
   const size_t eq = flag.find('=');
   if (eq == std::string::npos || eq == 0 || eq + 1 == flag.size()) {

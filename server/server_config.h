@@ -29,6 +29,14 @@ absl::StatusOr<server::ServerConfig> ReadConfigFile(const std::string& path);
 absl::StatusOr<server::ServerConfig> ParseConfigText(const std::string& text,
                                                      const std::string& path);
 
+// Parses one model's config (the fields of a config file's `model { ... }` entry, in protobuf
+// text format: ModelControl.LoadModel's config), fills its defaults from the server's normalised
+// config (memory_bytes <= 0: twice its max_memory_bytes) and validates it. INVALID_ARGUMENT
+// naming the line or the field. Relative paths stay relative to the working directory.
+absl::StatusOr<server::ModelConfig> ParseModelConfigText(const std::string& text,
+                                                         const server::ServerConfig& server,
+                                                         int64_t memory_bytes);
+
 // Parses "NAME=CHECKPOINT" (a --model flag) into a ModelConfig with defaults left unset.
 // CHECKPOINT may be a folder holding exactly one checkpoint file (.safetensors, .pth, .pt, .bin;
 // other files, such as a Hugging Face config.json, may sit beside it).
