@@ -1,12 +1,14 @@
 // Benchmark: in-process ConvNeXt throughput against torchvision eager, measured in the same run
-// with the same number of threads. Prints, per batch size: images/s of our CPU fast path (fused
-// oneDNN blocks), of our ATen path (the operators torchvision also runs), of torchvision eager,
-// the ratio fast path / torchvision, the fast path's GFLOP/s and its share of this machine's GEMM
-// ceiling, which it measures first (the best oneDNN matrix-product rate over the model's own
-// pointwise-layer shapes). Not a test: it asserts nothing.
+// with the same number of threads. Prints the instruction set oneDNN uses here and, per batch
+// size: images/s of our CPU fast path (fused oneDNN blocks) in float32 and, where the CPU has
+// native bfloat16, in bfloat16, of our ATen path (the operators torchvision also runs), of
+// torchvision eager, the ratios, and each fast path's GFLOP/s with its share of this machine's
+// GEMM ceiling in that dtype, which it measures first (the best oneDNN matrix-product rate over
+// the model's own pointwise-layer shapes). Not a test: it asserts nothing.
 //
 //   build/bin/model_throughput [--variant convnext_tiny] [--batches 1,8] [--threads 2]
-//                              [--seconds 10] [--reference=true] [--aten=true] [--instances 1]
+//                              [--seconds 10] [--reference=true] [--aten=true] [--bf16=true]
+//                              [--instances 1] [--json]
 //
 // Weights are random (speed does not depend on their values). The reference side runs
 // bench/torchvision_eager.py with Debian's /usr/bin/python3.
@@ -14,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -28,6 +31,7 @@
 #include "absl/strings/str_split.h"
 #include "model/convnext.h"
 #include "model/convnext_config.h"
+#include "model/onednn_stage.h"
 #include "model/process_tuning.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -41,6 +45,11 @@ ABSL_FLAG(double, seconds, 10.0, "Minimum measuring time per batch size and side
 ABSL_FLAG(int, size, 224, "Input side in pixels.");
 ABSL_FLAG(bool, reference, true, "Also measure torchvision eager (python3-torchvision).");
 ABSL_FLAG(bool, aten, true, "Also measure our ATen path (ModelOptions::cpu_fast_path = false).");
+ABSL_FLAG(bool, json, false,
+          "After the table, one JSON line per measurement (bench/cpu_peers.py reads them).");
+ABSL_FLAG(bool, bf16, true,
+          "Also measure the fast path in bfloat16 (ModelOptions::cpu_precision), where the CPU "
+          "has native bfloat16.");
 ABSL_FLAG(std::string, reference_script, CONVNEXT_SOURCE_DIR "/bench/torchvision_eager.py",
           "The reference benchmark script.");
 
@@ -53,7 +62,8 @@ struct Result {
   double ms_per_batch = 0;
 };
 
-std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, int threads, bool fast) {
+std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, int threads, bool fast,
+                                      BlockPrecision precision = BlockPrecision::kFloat32) {
   StateDict weights;
   for (const auto& [name, shape] : ExpectedParameters(config)) {
     weights[name] = at::randn(shape) * 0.02;
@@ -61,6 +71,7 @@ std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, int threads,
   ModelOptions options;
   SetIntraOpThreads(threads);
   options.cpu_fast_path = fast;
+  options.cpu_precision = precision;
   absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
@@ -102,9 +113,11 @@ Result Measure(const ConvNeXt& model, int batch, int size, double seconds, int i
   return {batch, images_per_s, ms_per_call};
 }
 
-// The best rate, in GFLOP/s, of a oneDNN float32 matrix product (weights prepacked, as the fast
-// path does) over the pointwise layers' shapes of `config` at `batch` images of size x size.
-double MeasureGemmCeiling(const ConvNeXtConfig& config, int batch, int size) {
+// The best rate, in GFLOP/s, of a oneDNN matrix product in `type` (float32 or bfloat16; weights
+// prepacked, as the fast path does) over the pointwise layers' shapes of `config` at `batch`
+// images of size x size.
+double MeasureGemmCeiling(const ConvNeXtConfig& config, int batch, int size,
+                          dnnl::memory::data_type type) {
   using dnnl::memory;
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   dnnl::stream stream(engine);
@@ -113,14 +126,20 @@ double MeasureGemmCeiling(const ConvNeXtConfig& config, int batch, int size) {
   for (int i = 0; i < kNumStages; ++i, side /= 2) {
     const int64_t m = batch * side * side, c = config.dims[i];
     for (const auto& [k, n] : {std::make_pair(c, 4 * c), std::make_pair(4 * c, c)}) {
-      const memory::desc a_md({m, k}, memory::data_type::f32, memory::format_tag::ab);
-      const memory::desc c_md({m, n}, memory::data_type::f32, memory::format_tag::ab);
-      const memory::desc w_any({k, n}, memory::data_type::f32, memory::format_tag::any);
+      const memory::desc a_md({m, k}, type, memory::format_tag::ab);
+      const memory::desc c_md({m, n}, type, memory::format_tag::ab);
+      const memory::desc w_any({k, n}, type, memory::format_tag::any);
       const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, w_any, c_md), engine);
       memory a(a_md, engine), w(pd.weights_desc(), engine), out(c_md, engine);
       for (memory* mem : {&a, &w}) {
-        float* p = static_cast<float*>(mem->get_data_handle());
-        for (size_t j = 0; j < mem->get_desc().get_size() / sizeof(float); ++j) p[j] = 0.01f;
+        const size_t bytes = mem->get_desc().get_size();
+        if (type == memory::data_type::bf16) {
+          uint16_t* p = static_cast<uint16_t*>(mem->get_data_handle());
+          for (size_t j = 0; j < bytes / 2; ++j) p[j] = 0x3c24;  // About 0.01.
+        } else {
+          float* p = static_cast<float*>(mem->get_data_handle());
+          for (size_t j = 0; j < bytes / sizeof(float); ++j) p[j] = 0.01f;
+        }
       }
       const dnnl::matmul mm(pd);
       using Clock = std::chrono::steady_clock;
@@ -182,9 +201,13 @@ int Main() {
 
   std::printf("%s at %dx%d, %d intra-op threads, %d instance(s), >= %.0f s per measurement\n",
               variant.c_str(), size, size, threads, instances, seconds);
+  const bool bf16 = absl::GetFlag(FLAGS_bf16) && CpuHasNativeBf16();
+  std::printf("CPU: oneDNN ISA %s; native bfloat16: %s%s\n", OneDnnIsaName().c_str(),
+              CpuHasNativeBf16() ? "yes" : "no",
+              absl::GetFlag(FLAGS_bf16) && !bf16 ? " (the bfloat16 path is not measured)" : "");
   const double gflop_per_image = ForwardFlops(*config, size, size) / 1e9;
-  std::vector<Result> fast, aten;
-  double ceiling = 0;
+  std::vector<Result> fast, aten, fast16;
+  double ceiling = 0, ceiling16 = 0;
   // The model runs on a thread of its own, as in the server (its executors). Measured here, a
   // forward pass on the process's main thread with 2 OpenMP intra-op threads is up to 2x slower
   // than the same call on any other thread.
@@ -196,8 +219,14 @@ int Main() {
       for (int b : batches) aten.push_back(Measure(*model, b, size, seconds, instances));
     }
     std::unique_ptr<ConvNeXt> model = RandomModel(*config, threads, /*fast=*/true);
-    ceiling = MeasureGemmCeiling(*config, 8, size);
+    ceiling = MeasureGemmCeiling(*config, 8, size, dnnl::memory::data_type::f32);
     for (int b : batches) fast.push_back(Measure(*model, b, size, seconds, instances));
+    if (bf16) {
+      model.reset();
+      model = RandomModel(*config, threads, /*fast=*/true, BlockPrecision::kBFloat16);
+      ceiling16 = MeasureGemmCeiling(*config, 8, size, dnnl::memory::data_type::bf16);
+      for (int b : batches) fast16.push_back(Measure(*model, b, size, seconds, instances));
+    }
   }).join();
 
   std::vector<Result> reference;
@@ -213,24 +242,46 @@ int Main() {
   auto cell = [](const Result* r) {
     return r == nullptr ? std::string("-") : absl::StrFormat("%.2f", r->images_per_s);
   };
+  auto ratio = [](const Result& r, const Result* base) {
+    return base == nullptr ? std::string("-")
+                           : absl::StrFormat("%.2f", r.images_per_s / base->images_per_s);
+  };
   std::printf(
       "GEMM ceiling (best oneDNN matmul on the model's pointwise shapes, batch 8, on one "
-      "instance's threads): %.1f GFLOP/s; model: %.2f GFLOP per image; the share below is of "
-      "%d x the ceiling\n",
-      ceiling, gflop_per_image, instances);
-  std::printf("%6s %10s %9s %10s %10s %12s %8s %9s %8s\n", "batch", "fast img/s", "ms/batch",
-              "ATen img/s", "tv img/s", "fast/tv", "fast/ATen", "GFLOP/s", "ceiling");
+      "instance's threads): float32 %.1f GFLOP/s, bfloat16 %s GFLOP/s; model: %.2f GFLOP per "
+      "image; the shares below are of %d x the ceiling in the path's dtype\n",
+      ceiling, bf16 ? absl::StrFormat("%.1f", ceiling16).c_str() : "-", gflop_per_image, instances);
+  std::printf("%6s %10s %9s %10s %10s %10s %8s %8s %9s %8s %10s %8s %8s\n", "batch", "fast img/s",
+              "ms/batch", "ATen img/s", "tv img/s", "fast/tv", "fast/ATen", "GFLOP/s", "ceiling",
+              "bf16 img/s", "bf16/fast", "bf16/tv", "ceiling");
   for (const Result& r : fast) {
     const Result* ref = find(reference, r.batch);
     const Result* slow = find(aten, r.batch);
+    const Result* r16 = find(fast16, r.batch);
     const double gflops = r.images_per_s * gflop_per_image;
-    std::printf(
-        "%6d %10.2f %9.1f %10s %10s %11sx %8sx %9.1f %7.0f%%\n", r.batch, r.images_per_s,
-        r.ms_per_batch, cell(slow).c_str(), cell(ref).c_str(),
-        ref == nullptr ? "-" : absl::StrFormat("%.2f", r.images_per_s / ref->images_per_s).c_str(),
-        slow == nullptr ? "-"
-                        : absl::StrFormat("%.2f", r.images_per_s / slow->images_per_s).c_str(),
-        gflops, 100 * gflops / (ceiling * instances));
+    std::printf("%6d %10.2f %9.1f %10s %10s %9sx %7sx %8.1f %7.0f%% %10s %8sx %7sx %7s%%\n",
+                r.batch, r.images_per_s, r.ms_per_batch, cell(slow).c_str(), cell(ref).c_str(),
+                ratio(r, ref).c_str(), ratio(r, slow).c_str(), gflops,
+                100 * gflops / (ceiling * instances), cell(r16).c_str(),
+                r16 == nullptr ? "-" : ratio(*r16, &r).c_str(),
+                r16 == nullptr ? "-" : ratio(*r16, ref).c_str(),
+                r16 == nullptr ? "-"
+                               : absl::StrFormat("%.0f", 100 * r16->images_per_s * gflop_per_image /
+                                                             (ceiling16 * instances))
+                                     .c_str());
+  }
+  if (absl::GetFlag(FLAGS_json)) {
+    auto json = [](const char* path, const std::vector<Result>& results, double gemm_ceiling) {
+      for (const Result& r : results) {
+        std::printf(
+            "{\"path\": \"%s\", \"batch\": %d, \"images_per_s\": %.4f, \"ms_per_batch\": "
+            "%.3f, \"gemm_ceiling_gflops\": %.1f}\n",
+            path, r.batch, r.images_per_s, r.ms_per_batch, gemm_ceiling);
+      }
+    };
+    json("fast", fast, ceiling);
+    json("fast-bf16", fast16, ceiling16);
+    json("aten", aten, 0);
   }
   return 0;
 }

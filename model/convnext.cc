@@ -120,11 +120,17 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
     }
     const bool fast =
         options.cpu_fast_path && options.device.is_cpu() && options.dtype == c10::ScalarType::Float;
+    if (!fast && options.cpu_precision != BlockPrecision::kFloat32) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          BlockPrecisionName(options.cpu_precision),
+          " blocks run on the CPU fast path only (device cpu, dtype float32, fast path enabled)"));
+    }
     for (Stage& stage : model->stages_) {
       if (!fast) break;
       // The fast path keeps its own copy of the blocks' weights, in oneDNN's layouts.
       ASSIGN_OR_RETURN(stage.fast,
-                       OneDnnStage::Create(std::move(stage.blocks), config.layer_norm_eps));
+                       OneDnnStage::Create(std::move(stage.blocks), config.layer_norm_eps,
+                                           options.cpu_precision));
       stage.blocks.clear();
     }
     if (config.stage_norms) {

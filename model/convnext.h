@@ -37,6 +37,13 @@ struct ModelOptions {
   // than the ATen operators (figures: README, Performance). Off: the ATen path, the same on every
   // device.
   bool cpu_fast_path = true;
+  // What the fast path's blocks compute in: float32, or bfloat16 on a CPU with native bfloat16
+  // (model/onednn_stage.h: activations and matrix-product weights in bfloat16, accumulation,
+  // LayerNorm statistics and the residual stream in float32; the stem, downsampling layers, final
+  // norm and head stay float32, and so do every output). bfloat16 needs the fast path (CPU,
+  // float32 dtype): Create fails with INVALID_ARGUMENT otherwise, and with FAILED_PRECONDITION on
+  // a CPU without native bfloat16.
+  BlockPrecision cpu_precision = BlockPrecision::kFloat32;
 };
 
 // A LibTorch device from its name ("cpu", "cuda", "cuda:1"); INVALID_ARGUMENT for anything else.
@@ -93,6 +100,11 @@ class ConvNeXt {
 
   // Whether the blocks run on the CPU fast path (ModelOptions::cpu_fast_path, CPU, float32).
   bool uses_fast_path() const { return stages_[0].fast != nullptr; }
+  // What the blocks compute in: ModelOptions::cpu_precision on the fast path, else float32 (the
+  // ATen path computes in ModelOptions::dtype).
+  BlockPrecision block_precision() const {
+    return uses_fast_path() ? stages_[0].fast->precision() : BlockPrecision::kFloat32;
+  }
 
   const ConvNeXtConfig& config() const { return config_; }
   const ModelOptions& options() const { return options_; }

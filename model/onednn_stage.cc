@@ -19,7 +19,9 @@ namespace {
 
 using dnnl::memory;
 using Tag = memory::format_tag;
-constexpr memory::data_type kF32 = memory::data_type::f32;
+using DType = memory::data_type;
+constexpr DType kF32 = DType::f32;
+constexpr DType kBf16 = DType::bf16;
 
 // Largest number of activation shapes whose primitives are kept. A server sees a handful (one per
 // batch size and input size); past this the cache is emptied and refilled.
@@ -30,13 +32,14 @@ const dnnl::engine& CpuEngine() {
   return *engine;
 }
 
-// Wraps a contiguous float32 tensor's storage (no copy); the tensor must outlive the memory.
+// Wraps a contiguous tensor's storage (no copy); the tensor must outlive the memory and hold the
+// data type `md` names.
 memory Wrap(const at::Tensor& t, const memory::desc& md) {
-  return memory(md, CpuEngine(), const_cast<float*>(t.data_ptr<float>()));
+  return memory(md, CpuEngine(), const_cast<void*>(t.data_ptr()));
 }
 
 // Copies `plain` (a tensor in the layout `plain_md` describes) into a new oneDNN buffer laid out
-// as `packed_md`.
+// as `packed_md` (which may also change the data type).
 memory Pack(const at::Tensor& plain, const memory::desc& plain_md, const memory::desc& packed_md) {
   memory src = Wrap(plain, plain_md);
   memory dst(packed_md, CpuEngine());
@@ -47,71 +50,82 @@ memory Pack(const at::Tensor& plain, const memory::desc& plain_md, const memory:
 }
 
 // The primitive descriptors of one block for activations [n, h, w, c], with the weight layouts
-// that the kernels want (`any` lets oneDNN choose them).
+// given (`any` lets oneDNN choose them). `to_act` (bfloat16 only) rounds the residual stream to
+// the activations' type.
 struct Descriptors {
+  dnnl::reorder::primitive_desc to_act;
   dnnl::convolution_forward::primitive_desc dwconv;
   dnnl::layer_normalization_forward::primitive_desc norm;
   dnnl::matmul::primitive_desc fc1;
   dnnl::matmul::primitive_desc fc2;
 };
 
-// The pointwise layers' weights, [out, in] row-major in the reference layout, are used as they
-// are: as matmul's [in, out] matrix that is the transposed layout `ba`. Measured with
+// The weight layouts of a stage's blocks.
+struct WeightDescs {
+  memory::desc dw, fc1, fc2;
+};
+
+// In float32 the pointwise layers' weights, [out, in] row-major in the reference layout, are used
+// as they are: as matmul's [in, out] matrix that is the transposed layout `ba`. Measured with
 // bench/model_throughput (convnext_tiny, batch 1 and 8), letting oneDNN repack them made no
 // difference beyond the run-to-run noise (about 5%), and using them in place keeps loading at one
-// copy of the weights.
-memory::desc Fc1WeightDesc(int64_t c) { return memory::desc({c, 4 * c}, kF32, Tag::ba); }
-memory::desc Fc2WeightDesc(int64_t c) { return memory::desc({4 * c, c}, kF32, Tag::ba); }
+// copy of the weights. In bfloat16 they are converted anyway, into the layout oneDNN chooses.
+memory::desc Fc1WeightDesc(int64_t c, DType t) { return memory::desc({c, 4 * c}, t, Tag::ba); }
+memory::desc Fc2WeightDesc(int64_t c, DType t) { return memory::desc({4 * c, c}, t, Tag::ba); }
 
-// `dw_weights`: the depthwise weights' layout, `any` to let oneDNN choose (its depthwise kernels
-// want a blocked layout).
-Descriptors MakeDescriptors(int64_t n, int64_t h, int64_t w, int64_t c, float eps,
-                            const memory::desc& dw_weights) {
+Descriptors MakeDescriptors(int64_t n, int64_t h, int64_t w, int64_t c, float eps, DType act,
+                            const WeightDescs& weights) {
   const dnnl::engine& engine = CpuEngine();
   const int64_t m = n * h * w;
-  const memory::desc act_nhwc({n, c, h, w}, kF32, Tag::nhwc);
+  const memory::desc x_nhwc({n, c, h, w}, kF32, Tag::nhwc);
+  const memory::desc act_nhwc({n, c, h, w}, act, Tag::nhwc);
   const memory::desc bias_c({c}, kF32, Tag::x);
   const dnnl::convolution_forward::desc dwconv(
-      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, act_nhwc, dw_weights,
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, act_nhwc, weights.dw,
       bias_c, act_nhwc, /*strides=*/{1, 1}, /*padding_l=*/{3, 3},
       /*padding_r=*/{3, 3});
 
-  const memory::desc rows_c({m, c}, kF32, Tag::ab);
+  const memory::desc rows_c({m, c}, act, Tag::ab);
   const dnnl::layer_normalization_forward::desc norm(
       dnnl::prop_kind::forward_inference, rows_c, eps,
       dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift);
 
-  const memory::desc rows_4c({m, 4 * c}, kF32, Tag::ab);
+  const memory::desc rows_4c({m, 4 * c}, act, Tag::ab);
   dnnl::post_ops gelu;
   gelu.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
   dnnl::primitive_attr fc1_attr;
   fc1_attr.set_post_ops(gelu);
-  const dnnl::matmul::desc fc1(rows_c, Fc1WeightDesc(c), memory::desc({1, 4 * c}, kF32, Tag::ab),
+  const dnnl::matmul::desc fc1(rows_c, weights.fc1, memory::desc({1, 4 * c}, kF32, Tag::ab),
                                rows_4c);
 
+  // The residual: fc2 adds its result into x, which is float32 whichever the activations.
   dnnl::post_ops residual;
   residual.append_sum(1.0f);
   dnnl::primitive_attr fc2_attr;
   fc2_attr.set_post_ops(residual);
-  const dnnl::matmul::desc fc2(rows_4c, Fc2WeightDesc(c), memory::desc({1, c}, kF32, Tag::ab),
-                               rows_c);
+  const dnnl::matmul::desc fc2(rows_4c, weights.fc2, memory::desc({1, c}, kF32, Tag::ab),
+                               memory::desc({m, c}, kF32, Tag::ab));
 
-  return Descriptors{
+  Descriptors d{
+      {},
       dnnl::convolution_forward::primitive_desc(dwconv, engine),
       dnnl::layer_normalization_forward::primitive_desc(norm, engine),
       dnnl::matmul::primitive_desc(fc1, fc1_attr, engine),
       dnnl::matmul::primitive_desc(fc2, fc2_attr, engine),
   };
+  if (act != kF32) d.to_act = dnnl::reorder::primitive_desc(engine, x_nhwc, engine, act_nhwc);
+  return d;
 }
 
-// One block's weights as oneDNN memories. The depthwise weights are a repacked copy; the others
-// wrap the tensors in `owners`.
+// One block's weights as oneDNN memories. Packed copies, or (float32 pointwise weights and the
+// vectors) memories wrapping the tensors in `owners`.
 struct PackedBlock {
   memory dw_weight, dw_bias, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias;
   std::vector<at::Tensor> owners;
 };
 
 struct Primitives {
+  dnnl::reorder to_act;  // bfloat16 only.
   dnnl::convolution_forward dwconv;
   dnnl::layer_normalization_forward norm;
   dnnl::matmul fc1, fc2;
@@ -119,10 +133,50 @@ struct Primitives {
 
 }  // namespace
 
+const char* BlockPrecisionName(BlockPrecision precision) {
+  return precision == BlockPrecision::kBFloat16 ? "bfloat16" : "float32";
+}
+
+std::string OneDnnIsaName() {
+  using Isa = dnnl::cpu_isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case Isa::sse41:
+      return "sse41";
+    case Isa::avx:
+      return "avx";
+    case Isa::avx2:
+      return "avx2";
+    case Isa::avx2_vnni:
+      return "avx2_vnni";
+    case Isa::avx512_mic:
+    case Isa::avx512_mic_4ops:
+      return "avx512_mic";
+    case Isa::avx512_core:
+      return "avx512_core";
+    case Isa::avx512_core_vnni:
+      return "avx512_core_vnni";
+    case Isa::avx512_core_bf16:
+      return "avx512_core_bf16";
+    case Isa::avx512_core_amx:
+      return "avx512_core_amx";
+    default:
+      return "unknown";
+  }
+}
+
+bool CpuHasNativeBf16() {
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+}
+
+bool CpuHasAmx() { return dnnl::get_effective_cpu_isa() == dnnl::cpu_isa::avx512_core_amx; }
+
 struct OneDnnStage::Impl {
   int64_t channels = 0;
   float eps = 0;
-  memory::desc dw_desc;  // The layout the depthwise weights were packed in.
+  BlockPrecision precision = BlockPrecision::kFloat32;
+  DType act = kF32;
+  WeightDescs weight_descs;  // The layouts the weights were packed in (or wrapped as).
   std::vector<PackedBlock> blocks;
 
   mutable absl::Mutex mu;
@@ -137,12 +191,15 @@ struct OneDnnStage::Impl {
       auto it = cache.find(key);
       if (it != cache.end()) return it->second;
     }
-    // The depthwise weights stay in the layout they were packed in: it depends on the channel
-    // count and the instruction set, not on the activation shape.
-    const Descriptors d = MakeDescriptors(n, h, w, channels, eps, dw_desc);
-    auto made = std::make_shared<const Primitives>(
-        Primitives{dnnl::convolution_forward(d.dwconv), dnnl::layer_normalization_forward(d.norm),
-                   dnnl::matmul(d.fc1), dnnl::matmul(d.fc2)});
+    // The weights stay in the layouts they were packed in: those depend on the channel count,
+    // the data type and the instruction set, not on the activation shape.
+    const Descriptors d = MakeDescriptors(n, h, w, channels, eps, act, weight_descs);
+    auto made = std::make_shared<Primitives>();
+    if (act != kF32) made->to_act = dnnl::reorder(d.to_act);
+    made->dwconv = dnnl::convolution_forward(d.dwconv);
+    made->norm = dnnl::layer_normalization_forward(d.norm);
+    made->fc1 = dnnl::matmul(d.fc1);
+    made->fc2 = dnnl::matmul(d.fc2);
     absl::MutexLock lock(&mu);
     if (cache.size() >= kMaxCachedShapes) cache.clear();
     return cache.emplace(key, std::move(made)).first->second;
@@ -153,22 +210,38 @@ OneDnnStage::OneDnnStage(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 OneDnnStage::~OneDnnStage() = default;
 
 absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<BlockWeights> blocks,
-                                                                 double layer_norm_eps) {
+                                                                 double layer_norm_eps,
+                                                                 BlockPrecision precision) {
   if (blocks.empty()) return absl::InvalidArgumentError("a stage needs at least one block");
+  const bool bf16 = precision == BlockPrecision::kBFloat16;
+  if (bf16 && !CpuHasNativeBf16()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("bfloat16 blocks need a CPU with native bfloat16 (AVX512-BF16 or AMX-BF16); "
+                     "oneDNN runs this one as ",
+                     OneDnnIsaName()));
+  }
   auto impl = std::make_unique<Impl>();
   const int64_t c = blocks[0].dw_weight.size(0);
   impl->channels = c;
   impl->eps = static_cast<float>(layer_norm_eps);
+  impl->precision = precision;
+  impl->act = bf16 ? kBf16 : kF32;
   try {
-    // Let oneDNN choose the depthwise weights' layout, then pack every block's in it once.
-    const Descriptors chosen = MakeDescriptors(/*n=*/1, /*h=*/14, /*w=*/14, c, impl->eps,
-                                               memory::desc({c, 1, 1, 7, 7}, kF32, Tag::any));
-    impl->dw_desc = chosen.dwconv.weights_desc();
+    // Let oneDNN choose the layouts of the weights it repacks, then pack every block's in them
+    // once.
+    const DType t = impl->act;
+    const WeightDescs any{memory::desc({c, 1, 1, 7, 7}, t, Tag::any),
+                          bf16 ? memory::desc({c, 4 * c}, t, Tag::any) : Fc1WeightDesc(c, t),
+                          bf16 ? memory::desc({4 * c, c}, t, Tag::any) : Fc2WeightDesc(c, t)};
+    const Descriptors chosen =
+        MakeDescriptors(/*n=*/1, /*h=*/14, /*w=*/14, c, impl->eps, impl->act, any);
+    impl->weight_descs = {chosen.dwconv.weights_desc(), chosen.fc1.weights_desc(),
+                          chosen.fc2.weights_desc()};
     const memory::desc dw_plain({c, 1, 1, 7, 7}, kF32, Tag::goihw);  // Groups first.
     for (BlockWeights& b : blocks) {
       auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous(); };
       PackedBlock p;
-      p.dw_weight = Pack(f32(b.dw_weight), dw_plain, impl->dw_desc);
+      p.dw_weight = Pack(f32(b.dw_weight), dw_plain, impl->weight_descs.dw);
       auto keep = [&](const at::Tensor& t, const memory::desc& md) {
         p.owners.push_back(f32(t));
         return Wrap(p.owners.back(), md);
@@ -177,19 +250,27 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
       p.dw_bias = keep(b.dw_bias, vec_c);
       p.norm_weight = keep(b.norm_weight, vec_c);
       p.norm_bias = keep(b.norm_bias, vec_c);
-      p.fc1_weight = keep(b.fc1_weight, Fc1WeightDesc(c));
+      if (bf16) {
+        p.fc1_weight = Pack(f32(b.fc1_weight), Fc1WeightDesc(c, kF32), impl->weight_descs.fc1);
+        p.fc2_weight = Pack(f32(b.fc2_weight), Fc2WeightDesc(c, kF32), impl->weight_descs.fc2);
+      } else {
+        p.fc1_weight = keep(b.fc1_weight, impl->weight_descs.fc1);
+        p.fc2_weight = keep(b.fc2_weight, impl->weight_descs.fc2);
+      }
       p.fc1_bias = keep(b.fc1_bias, memory::desc({1, 4 * c}, kF32, Tag::ab));
-      p.fc2_weight = keep(b.fc2_weight, Fc2WeightDesc(c));
       p.fc2_bias = keep(b.fc2_bias, memory::desc({1, c}, kF32, Tag::ab));
       impl->blocks.push_back(std::move(p));
       b = BlockWeights();
     }
   } catch (const std::exception& e) {
-    return absl::InternalError(
-        absl::StrCat("preparing oneDNN kernels for a stage of ", c, " channels: ", e.what()));
+    return absl::InternalError(absl::StrCat("preparing oneDNN ", BlockPrecisionName(precision),
+                                            " kernels for a stage of ", c,
+                                            " channels: ", e.what()));
   }
   return std::unique_ptr<OneDnnStage>(new OneDnnStage(std::move(impl)));
 }
+
+BlockPrecision OneDnnStage::precision() const { return impl_->precision; }
 
 absl::Status OneDnnStage::Prepare(int64_t n, int64_t h, int64_t w) const {
   try {
@@ -212,21 +293,29 @@ absl::Status OneDnnStage::Run(at::Tensor& x) const {
                                             c, "]"));
   }
   const int64_t n = x.size(0), h = x.size(1), w = x.size(2), m = n * h * w;
+  const bool bf16 = impl_->act != kF32;
   try {
     // oneDNN parallelises with OpenMP on the calling thread: give it LibTorch's thread count.
     at::internal::lazy_init_num_threads();
     std::shared_ptr<const Primitives> prims = impl_->PrimitivesFor(n, h, w);
-    at::Tensor y = at::empty({m, c}, x.options());
-    at::Tensor hidden = at::empty({m, 4 * c}, x.options());
-    const memory::desc act_nhwc({n, c, h, w}, kF32, Tag::nhwc);
-    const memory::desc rows_c({m, c}, kF32, Tag::ab);
-    const memory::desc rows_4c({m, 4 * c}, kF32, Tag::ab);
-    memory x_act = Wrap(x, act_nhwc), x_rows = Wrap(x, rows_c);
+    const at::TensorOptions act_options = x.options().dtype(bf16 ? at::kBFloat16 : at::kFloat);
+    at::Tensor y = at::empty({m, c}, act_options);
+    at::Tensor hidden = at::empty({m, 4 * c}, act_options);
+    // bfloat16: the block's input, rounded from x.
+    at::Tensor x16 = bf16 ? at::empty({m, c}, act_options) : at::Tensor();
+    const DType act = impl_->act;
+    const memory::desc act_nhwc({n, c, h, w}, act, Tag::nhwc);
+    const memory::desc rows_c({m, c}, act, Tag::ab);
+    const memory::desc rows_4c({m, 4 * c}, act, Tag::ab);
+    memory x_act = bf16 ? Wrap(x, memory::desc({n, c, h, w}, kF32, Tag::nhwc)) : Wrap(x, act_nhwc);
+    memory x_rows = Wrap(x, memory::desc({m, c}, kF32, Tag::ab));
+    memory in_act = bf16 ? Wrap(x16, act_nhwc) : x_act;
     memory y_act = Wrap(y, act_nhwc), y_rows = Wrap(y, rows_c);
     memory h_rows = Wrap(hidden, rows_4c);
     dnnl::stream stream(CpuEngine());
     for (const PackedBlock& b : impl_->blocks) {
-      prims->dwconv.execute(stream, {{DNNL_ARG_SRC, x_act},
+      if (bf16) prims->to_act.execute(stream, x_act, in_act);
+      prims->dwconv.execute(stream, {{DNNL_ARG_SRC, in_act},
                                      {DNNL_ARG_WEIGHTS, b.dw_weight},
                                      {DNNL_ARG_BIAS, b.dw_bias},
                                      {DNNL_ARG_DST, y_act}});
@@ -245,8 +334,9 @@ absl::Status OneDnnStage::Run(at::Tensor& x) const {
     }
     stream.wait();
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("oneDNN stage of ", c, " channels on [", n, ", ", h,
-                                            ", ", w, ", ", c, "]: ", e.what()));
+    return absl::InternalError(absl::StrCat("oneDNN ", BlockPrecisionName(impl_->precision),
+                                            " stage of ", c, " channels on [", n, ", ", h, ", ", w,
+                                            ", ", c, "]: ", e.what()));
   }
   return absl::OkStatus();
 }

@@ -18,7 +18,22 @@
 // operations in float32, with oneDNN's erf; results agree with the ATen path to about 1e-6 (the
 // parity tests hold both paths to 1e-4 against torchvision).
 //
-// CPU and float32 only; ConvNeXt uses the ATen path on other devices and dtypes.
+// bfloat16 (BlockPrecision::kBFloat16, on CPUs with native bfloat16: AVX512-BF16 or AMX-BF16):
+// the residual stream x stays float32; each block rounds it to bfloat16 once, and the depthwise
+// convolution, the LayerNorm and both matrix products read and write bfloat16 activations with
+// bfloat16 weights (converted once, at load), while every accumulation, the LayerNorm's
+// statistics and the residual sum are float32 (fc2 adds its float32 result into x):
+//
+//   x (f32) -> x16                            (reorder)
+//   depthwise conv 7x7 + bias                 x16 -> y16
+//   LayerNorm over channels, in place         y16 -> y16   (statistics in f32)
+//   fc1 + bias + GELU                         y16 -> h16
+//   fc2 + bias + x                            h16 -> x (f32, in place)
+//
+// The matrix products' weights are packed once into the layout oneDNN's bfloat16 kernels want.
+// Agreement with float32 is measured, not bit-exact (README, Numerics).
+//
+// CPU only (float32 input tensors); ConvNeXt uses the ATen path on other devices and dtypes.
 // Thread safety: Run() may be called from several threads at once.
 #ifndef CONVNEXT_MODEL_ONEDNN_STAGE_H_
 #define CONVNEXT_MODEL_ONEDNN_STAGE_H_
@@ -26,6 +41,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -42,12 +58,35 @@ struct BlockWeights {
   at::Tensor fc2_weight, fc2_bias;  // [C,4C], [C]
 };
 
+// What a block computes in (see the file comment).
+enum class BlockPrecision { kFloat32, kBFloat16 };
+
+// "float32" / "bfloat16".
+const char* BlockPrecisionName(BlockPrecision precision);
+
+// The instruction set oneDNN's kernels use on this CPU ("avx2", "avx512_core_bf16",
+// "avx512_core_amx", ...): the CPU's, lowered by the ONEDNN_MAX_CPU_ISA environment variable.
+std::string OneDnnIsaName();
+
+// Whether oneDNN computes bfloat16 natively here (AVX512-BF16 or AMX-BF16, as OneDnnIsaName()).
+// Without it, bfloat16 blocks are refused (emulated bfloat16 would be slower than float32).
+bool CpuHasNativeBf16();
+
+// Whether oneDNN uses AMX (tile matrix units) here: the CPUs where bfloat16 blocks are expected to
+// beat float32, so the ones where compute_dtype AUTO picks bfloat16. Measured on a 2-core Xeon
+// with AVX512-BF16 and no AMX (bench/model_throughput, README): oneDNN 2.6's bfloat16 matrix
+// product ran at about half its float32 rate there, and the model at 0.6-0.7x.
+bool CpuHasAmx();
+
 class OneDnnStage {
  public:
-  // Prepares the stage's blocks. Keeps the pointwise weights (float32, contiguous) without a
-  // copy; repacks the small depthwise ones. INTERNAL if oneDNN has no kernel for them.
-  static absl::StatusOr<std::unique_ptr<OneDnnStage>> Create(std::vector<BlockWeights> blocks,
-                                                             double layer_norm_eps);
+  // Prepares the stage's blocks. In float32, keeps the pointwise weights (contiguous) without a
+  // copy and repacks the small depthwise ones; in bfloat16, converts and packs them all.
+  // FAILED_PRECONDITION for bfloat16 on a CPU without native bfloat16 (CpuHasNativeBf16());
+  // INTERNAL if oneDNN has no kernel for them.
+  static absl::StatusOr<std::unique_ptr<OneDnnStage>> Create(
+      std::vector<BlockWeights> blocks, double layer_norm_eps,
+      BlockPrecision precision = BlockPrecision::kFloat32);
   ~OneDnnStage();
 
   OneDnnStage(const OneDnnStage&) = delete;
@@ -60,6 +99,8 @@ class OneDnnStage {
   // Creates (and caches) the primitives for activations [n, h, w, C] without running them, so
   // that the first batch of that shape does not pay for it. INTERNAL if oneDNN fails.
   absl::Status Prepare(int64_t n, int64_t h, int64_t w) const;
+
+  BlockPrecision precision() const;
 
  private:
   struct Impl;

@@ -1,11 +1,16 @@
 // The CPU fast path (fused oneDNN blocks) against the ATen path on the same weights: every output,
 // many shapes (so that cached primitives are reused, created anew and evicted), and several
 // threads at once. The ATen path itself is held to torchvision by convnext_parity_test.cc.
+// bfloat16 blocks against float32 ones, on CPUs with native bfloat16 (skipped elsewhere, with a
+// message), and refused where they cannot run.
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <memory>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "model/convnext.h"
@@ -38,9 +43,11 @@ StateDict RandomWeights(const ConvNeXtConfig& config) {
   return weights;
 }
 
-std::unique_ptr<ConvNeXt> Make(const ConvNeXtConfig& config, const StateDict& weights, bool fast) {
+std::unique_ptr<ConvNeXt> Make(const ConvNeXtConfig& config, const StateDict& weights, bool fast,
+                               BlockPrecision precision = BlockPrecision::kFloat32) {
   ModelOptions options;
   options.cpu_fast_path = fast;
+  options.cpu_precision = precision;
   absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? *std::move(model) : nullptr;
@@ -172,6 +179,130 @@ TEST(FastPathTest, OtherDtypesUseTheAtenPath) {
   absl::StatusOr<ForwardOutputs> out = (*model)->Forward(at::randn({1, 3, 64, 64}), {});
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(out->logits.scalar_type(), at::kDouble);
+}
+
+// Cosine similarity of two tensors of the same shape, flattened.
+double Cosine(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.flatten().to(at::kDouble), y = b.flatten().to(at::kDouble);
+  return (x.dot(y) / (x.norm() * y.norm())).item<double>();
+}
+
+// Largest difference relative to the largest magnitude of the reference.
+double RelativeError(const at::Tensor& got, const at::Tensor& ref) {
+  return MaxAbsDiff(got, ref) / ref.abs().max().item<double>();
+}
+
+#define SKIP_WITHOUT_NATIVE_BF16()                                                           \
+  if (!CpuHasNativeBf16()) {                                                                 \
+    GTEST_SKIP() << "this CPU has no native bfloat16 (oneDNN runs it as " << OneDnnIsaName() \
+                 << "): bfloat16 blocks are refused here, which "                            \
+                 << "Bf16Test.RefusedWithoutNativeBf16 checks";                              \
+  }
+
+// bfloat16 keeps 8 significant bits: each rounding errs by up to 2^-9 relative. Through the
+// blocks of SmallConfig (7 blocks, weights that change every block's input noticeably) the
+// outputs stay within these of float32; a wrong kernel, layout or weight would be far off.
+constexpr double kBf16MinCosine = 0.9995;
+constexpr double kBf16MaxRelativeError = 0.02;
+
+TEST(Bf16Test, AgreesWithFloat32OnManyShapes) {
+  SKIP_WITHOUT_NATIVE_BF16();
+  for (const bool stage_norms : {false, true}) {
+    const ConvNeXtConfig config = SmallConfig(stage_norms);
+    at::manual_seed(11);
+    const StateDict weights = RandomWeights(config);
+    const std::unique_ptr<ConvNeXt> f32 = Make(config, weights, true);
+    const std::unique_ptr<ConvNeXt> bf16 = Make(config, weights, true, BlockPrecision::kBFloat16);
+    ASSERT_NE(f32, nullptr);
+    ASSERT_NE(bf16, nullptr);
+    EXPECT_EQ(bf16->block_precision(), BlockPrecision::kBFloat16);
+    EXPECT_EQ(f32->block_precision(), BlockPrecision::kFloat32);
+    ASSERT_TRUE(bf16->Prepare(2, 64, 64).ok());
+    OutputRequest request;
+    request.logits = !stage_norms;
+    request.embedding = !stage_norms;
+    request.stages = true;
+    double largest_difference = 0;
+    for (const auto& shape : std::vector<std::vector<int64_t>>{
+             {1, 3, 64, 64}, {2, 3, 64, 64}, {3, 3, 33, 47}, {1, 3, 224, 32}, {4, 3, 128, 96}}) {
+      const at::Tensor input = at::randn(shape);
+      absl::StatusOr<ForwardOutputs> a = bf16->Forward(input, request);
+      absl::StatusOr<ForwardOutputs> b = f32->Forward(input, request);
+      ASSERT_TRUE(a.ok()) << a.status();
+      ASSERT_TRUE(b.ok()) << b.status();
+      const std::string where = ::testing::PrintToString(input.sizes());
+      std::vector<std::pair<at::Tensor, at::Tensor>> pairs;
+      if (request.logits) pairs.emplace_back(a->logits, b->logits);
+      if (request.embedding) pairs.emplace_back(a->embedding, b->embedding);
+      ASSERT_EQ(a->stages.size(), static_cast<size_t>(kNumStages));
+      for (int i = 0; i < kNumStages; ++i) pairs.emplace_back(a->stages[i], b->stages[i]);
+      for (const auto& [got, ref] : pairs) {
+        // The documented output dtypes do not change.
+        EXPECT_EQ(got.scalar_type(), at::kFloat) << where;
+        EXPECT_GE(Cosine(got, ref), kBf16MinCosine) << where;
+        EXPECT_LE(RelativeError(got, ref), kBf16MaxRelativeError) << where;
+        largest_difference = std::max(largest_difference, MaxAbsDiff(got, ref));
+      }
+    }
+    // Really computed in bfloat16: float32 would agree to about 1e-6.
+    EXPECT_GT(largest_difference, 1e-4);
+  }
+}
+
+TEST(Bf16Test, ConcurrentCallsOfDifferentShapes) {
+  SKIP_WITHOUT_NATIVE_BF16();
+  const ConvNeXtConfig config = SmallConfig();
+  at::manual_seed(12);
+  const StateDict weights = RandomWeights(config);
+  const std::unique_ptr<ConvNeXt> bf16 = Make(config, weights, true, BlockPrecision::kBFloat16);
+  ASSERT_NE(bf16, nullptr);
+  constexpr int kThreads = 4;
+  std::vector<at::Tensor> inputs, expected(kThreads), got(kThreads);
+  for (int t = 0; t < kThreads; ++t) inputs.push_back(at::randn({1 + t, 3, 64 + 32 * (t % 2), 64}));
+  // Each thread's answer must be the one its input gets alone (the same kernels, so exactly).
+  for (int t = 0; t < kThreads; ++t) expected[t] = bf16->Forward(inputs[t], {})->logits;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int rep = 0; rep < 5; ++rep) {
+        absl::StatusOr<ForwardOutputs> out = bf16->Forward(inputs[t], {});
+        if (!out.ok()) return;
+        got[t] = out->logits;
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int t = 0; t < kThreads; ++t) {
+    ASSERT_TRUE(got[t].defined()) << "thread " << t;
+    EXPECT_LE(MaxAbsDiff(got[t], expected[t]), 1e-6) << "thread " << t;
+  }
+}
+
+TEST(Bf16Test, RefusedOffTheFastPath) {
+  const ConvNeXtConfig config = SmallConfig();
+  ModelOptions options;
+  options.cpu_fast_path = false;
+  options.cpu_precision = BlockPrecision::kBFloat16;
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> model =
+      ConvNeXt::Create(config, RandomWeights(config), options);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(model.status().message().find("fast path"), std::string::npos) << model.status();
+}
+
+TEST(Bf16Test, RefusedWithoutNativeBf16) {
+  if (CpuHasNativeBf16()) {
+    GTEST_SKIP() << "this CPU has native bfloat16 (" << OneDnnIsaName()
+                 << "); tests/server_e2e_test.py refuses it with ONEDNN_MAX_CPU_ISA lowered";
+  }
+  const ConvNeXtConfig config = SmallConfig();
+  ModelOptions options;
+  options.cpu_precision = BlockPrecision::kBFloat16;
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> model =
+      ConvNeXt::Create(config, RandomWeights(config), options);
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(model.status().message().find(OneDnnIsaName()), std::string::npos) << model.status();
 }
 
 }  // namespace

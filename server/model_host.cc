@@ -13,8 +13,10 @@
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
 #include "checkpoint/npy.h"
+#include "model/onednn_stage.h"
 #include "model/process_tuning.h"
 #include "server/image_input.h"
+#include "server/log.h"
 #include "server/tensor_proto.h"
 
 namespace convnext::server {
@@ -114,6 +116,31 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   absl::StatusOr<c10::Device> device = ParseDevice(config.device());
   if (!device.ok()) return annotate(device.status());
   load.model.device = *device;
+  if (config.compute_dtype() == server::BF16) {
+    load.model.cpu_precision = BlockPrecision::kBFloat16;
+  } else if (config.compute_dtype() == server::AUTO) {
+    const bool fast_path = load.model.cpu_fast_path && load.model.device.is_cpu();
+    if (fast_path && CpuHasAmx()) {
+      load.model.cpu_precision = BlockPrecision::kBFloat16;
+      host->compute_dtype_reason_ =
+          absl::StrCat("AUTO: AMX on this CPU (oneDNN ISA ", OneDnnIsaName(), ")");
+    } else if (!fast_path) {
+      host->compute_dtype_reason_ =
+          "AUTO: bfloat16 blocks run on the CPU fast path only, which this model does not use";
+    } else if (CpuHasNativeBf16()) {
+      host->compute_dtype_reason_ = absl::StrCat(
+          "AUTO: no AMX on this CPU (oneDNN ISA ", OneDnnIsaName(),
+          "); its native bfloat16 without AMX measured slower than float32 (README, Numerics)");
+    } else {
+      host->compute_dtype_reason_ =
+          absl::StrCat("AUTO: no native bfloat16 on this CPU (oneDNN ISA ", OneDnnIsaName(), ")");
+    }
+    Log("info", "compute_dtype_chosen",
+        {{"model", config.name()},
+         {"version", config.version()},
+         {"compute_dtype", BlockPrecisionName(load.model.cpu_precision)},
+         {"reason", host->compute_dtype_reason_}});
+  }
   absl::StatusOr<LoadedModel> loaded = LoadModel(load);
   if (!loaded.ok()) return annotate(loaded.status());
   host->loaded_ = *std::move(loaded);
@@ -487,6 +514,8 @@ v1::ModelInfo ModelHost::Info() const {
   info.set_checkpoint_layout(loaded_.layout);
   info.set_device(loaded_.model->options().device.str());
   info.set_cpu_fast_path(loaded_.model->uses_fast_path());
+  info.set_compute_dtype(BlockPrecisionName(loaded_.model->block_precision()));
+  info.set_compute_dtype_reason(compute_dtype_reason_);
   v1::BatchingInfo* b = info.mutable_batching();
   b->set_max_batch_size(config.batching().max_batch_size());
   b->set_max_queue_delay_us(config.batching().max_queue_delay_us());

@@ -144,6 +144,8 @@ class ModelHost {
   std::vector<std::string> labels_;
   PreprocessConfig preprocess_;
   std::string checkpoint_sha256_;
+  // How the compute dtype was chosen, for compute_dtype AUTO (ModelInfo.compute_dtype_reason).
+  std::string compute_dtype_reason_;
   std::string embedding_space_[2];  // Unnormalised, L2-normalised.
   std::unique_ptr<Batcher<WorkPtr>> batcher_;
   std::unique_ptr<MemoryBudget> memory_;  // batching.max_memory_bytes, nested in the process's.

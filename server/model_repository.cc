@@ -141,6 +141,7 @@ absl::Status ModelRepository::LoadInitial(const ServerConfig& config) {
          {"variant", h.architecture().variant},
          {"classes", absl::StrCat(h.architecture().num_classes)},
          {"cpu_fast_path", h.Info().cpu_fast_path() ? "true" : "false"},
+         {"compute_dtype", h.Info().compute_dtype()},
          {"checkpoint", m.checkpoint()},
          {"golden_cases", absl::StrCat(m.golden_size())},
          {"seconds", absl::StrFormat("%.2f", seconds)}});
@@ -297,6 +298,7 @@ void ModelRepository::RunLoad(const ModelConfig& config, bool make_default, cons
        {"version", config.version()},
        {"checkpoint", config.checkpoint()},
        {"replaced", ok && result->replaced ? "true" : "false"},
+       {"compute_dtype", ok ? result->info.compute_dtype() : ""},
        {"seconds", absl::StrFormat("%.2f", seconds)},
        {"message", ok ? "" : std::string(result.status().message())}});
   old.reset();

@@ -244,6 +244,11 @@ absl::Status ValidateModelConfig(const server::ModelConfig& m) {
     return Bad(m, "batching.max_queue_size", "must be at least max_batch_size");
   }
   if (b.instances() > 64) return Bad(m, "batching.instances", "must be <= 64");
+  if (m.compute_dtype() == server::BF16 && (m.disable_cpu_fast_path() || m.device() != "cpu")) {
+    return Bad(m, "compute_dtype",
+               "BF16 runs on the CPU fast path only (device \"cpu\", disable_cpu_fast_path "
+               "unset); AUTO falls back to FP32 instead");
+  }
   for (const server::GoldenCase& g : m.golden()) {
     if (g.image().empty() || g.expected().empty()) {
       return Bad(m, "golden", "needs both image and expected");

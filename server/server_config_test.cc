@@ -127,6 +127,30 @@ TEST(ServerConfigTest, VersionsLabelsAndDefaultVersions) {
   EXPECT_TRUE(Check(c).ok()) << Check(c);
 }
 
+TEST(ServerConfigTest, ComputeDtype) {
+  absl::StatusOr<server::ServerConfig> config = ReadConfigFile(Write("dtype.textproto", R"pb(
+    model { name: "a" checkpoint: "/m/a.pth" compute_dtype: BF16 }
+    model { name: "b" checkpoint: "/m/b.pth" compute_dtype: AUTO disable_cpu_fast_path: true }
+    model { name: "c" checkpoint: "/m/c.pth" }
+  )pb"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->model(0).compute_dtype(), server::BF16);
+  EXPECT_EQ(config->model(1).compute_dtype(), server::AUTO);
+  EXPECT_EQ(config->model(2).compute_dtype(), server::FP32);
+  // BF16 where it cannot run is refused at once (AUTO falls back instead).
+  server::ServerConfig c = *config;
+  c.mutable_model(0)->set_disable_cpu_fast_path(true);
+  EXPECT_THAT(std::string(Check(c).message()),
+              HasSubstr("model 'a': compute_dtype BF16 runs on the CPU fast path only"));
+  c.mutable_model(0)->set_disable_cpu_fast_path(false);
+  c.mutable_model(0)->set_device("cuda");
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("compute_dtype BF16"));
+  EXPECT_FALSE(
+      ReadConfigFile(Write("bad-dtype.textproto",
+                           R"pb(model { name: "a" checkpoint: "/a" compute_dtype: FP16 })pb"))
+          .ok());
+}
+
 TEST(ServerConfigTest, GoldenPathsAreRelativeToTheFile) {
   absl::StatusOr<server::ServerConfig> config = ParseConfigText(
       R"pb(model {

@@ -37,13 +37,13 @@ def photo_path(name):
 class Server:
     """A convnext-server process on a free loopback port."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, env=None):
         self.proc = subprocess.Popen(
             [os.path.join(BIN, "convnext-server"), "--host", "127.0.0.1", "--port", "0",
              "--metrics_host", "127.0.0.1", "--metrics_port", "0", "--http_host", "127.0.0.1",
              "--http_port", "0", "--grace_period_s", "20",
              *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self.lines = []
         self.port = None
         deadline = time.time() + 180

@@ -3,7 +3,7 @@
 // checking a checkpoint without a server.
 //
 //   convnext-run --checkpoint ckpt.safetensors [--variant convnext_tiny]
-//                (--input x.npy | IMAGE) [--output out.npy] [--features]
+//                (--input x.npy | IMAGE) [--output out.npy] [--features] [--bf16]
 //
 // Exit codes: 0 success, 1 the checkpoint, input or model failed (one line on stderr), 2 usage.
 #include <ATen/ATen.h>
@@ -41,6 +41,9 @@ ABSL_FLAG(std::string, output, "out.npy",
 ABSL_FLAG(bool, features, false, "Write the pooled embedding and the four stage outputs.");
 ABSL_FLAG(int, threads, 0, "Intra-op threads; 0 = one per core.");
 ABSL_FLAG(std::string, device, "cpu", "LibTorch device: cpu, cuda, cuda:1 (only cpu is tested).");
+ABSL_FLAG(bool, bf16, false,
+          "Compute the blocks in bfloat16 on the CPU fast path (needs a CPU with native "
+          "bfloat16: AVX512-BF16 or AMX-BF16); outputs stay float32.");
 ABSL_FLAG(uint64_t, max_checkpoint_bytes, convnext::kDefaultMaxCheckpointBytes,
           "The most bytes the checkpoint's tensors may hold, checked before any is read.");
 
@@ -55,6 +58,7 @@ absl::Status Run(const std::vector<char*>& positional) {
   int threads = absl::GetFlag(FLAGS_threads);
   SetIntraOpThreads(threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency()));
   ASSIGN_OR_RETURN(load.model.device, ParseDevice(absl::GetFlag(FLAGS_device)));
+  if (absl::GetFlag(FLAGS_bf16)) load.model.cpu_precision = BlockPrecision::kBFloat16;
 
   at::Tensor input;
   if (!absl::GetFlag(FLAGS_input).empty()) {
