@@ -21,6 +21,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -33,7 +34,9 @@
 #include "model/convnext_config.h"
 #include "model/onednn_stage.h"
 #include "model/process_tuning.h"
+#if CONVNEXT_HAVE_ONEDNN
 #include "oneapi/dnnl/dnnl.hpp"
+#endif
 
 ABSL_FLAG(std::string, variant, "convnext_tiny", "Named ConvNeXt variant.");
 ABSL_FLAG(std::string, batches, "1,8", "Comma-separated batch sizes.");
@@ -113,11 +116,13 @@ Result Measure(const ConvNeXt& model, int batch, int size, double seconds, int i
   return {batch, images_per_s, ms_per_call};
 }
 
+#if CONVNEXT_HAVE_ONEDNN
 // The best rate, in GFLOP/s, of a oneDNN matrix product in `type` (float32 or bfloat16; weights
 // prepacked, as the fast path does) over the pointwise layers' shapes of `config` at `batch`
 // images of size x size.
-double MeasureGemmCeiling(const ConvNeXtConfig& config, int batch, int size,
-                          dnnl::memory::data_type type) {
+double MeasureGemmCeiling(const ConvNeXtConfig& config, int batch, int size, bool bf16) {
+  const dnnl::memory::data_type type =
+      bf16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
   using dnnl::memory;
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   dnnl::stream stream(engine);
@@ -159,6 +164,34 @@ double MeasureGemmCeiling(const ConvNeXtConfig& config, int batch, int size,
   }
   return best;
 }
+
+#else
+// Without the fast path (CONVNEXT_ONEDNN=OFF), the same shapes through ATen's matrix product.
+double MeasureGemmCeiling(const ConvNeXtConfig& config, int batch, int size, bool bf16) {
+  double best = 0;
+  int64_t side = size / 4;
+  for (int i = 0; i < kNumStages; ++i, side /= 2) {
+    const int64_t m = batch * side * side, c = config.dims[i];
+    for (const auto& [k, n] : {std::make_pair(c, 4 * c), std::make_pair(4 * c, c)}) {
+      const auto type = bf16 ? at::kBFloat16 : at::kFloat;
+      const at::Tensor a = at::full({m, k}, 0.01, type), w = at::full({k, n}, 0.01, type);
+      using Clock = std::chrono::steady_clock;
+      for (int rep = 0; rep < 3; ++rep) {
+        const auto start = Clock::now();
+        int runs = 0;
+        double elapsed = 0;
+        do {
+          at::mm(a, w);
+          ++runs;
+          elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+        } while (elapsed < 0.2);
+        best = std::max(best, 2.0 * m * k * n * runs / elapsed / 1e9);
+      }
+    }
+  }
+  return best;
+}
+#endif
 
 // Runs the torchvision side and parses its JSON lines.
 std::vector<Result> MeasureReference(const std::string& variant, const std::string& batches,
@@ -219,12 +252,12 @@ int Main() {
       for (int b : batches) aten.push_back(Measure(*model, b, size, seconds, instances));
     }
     std::unique_ptr<ConvNeXt> model = RandomModel(*config, threads, /*fast=*/true);
-    ceiling = MeasureGemmCeiling(*config, 8, size, dnnl::memory::data_type::f32);
+    ceiling = MeasureGemmCeiling(*config, 8, size, /*bf16=*/false);
     for (int b : batches) fast.push_back(Measure(*model, b, size, seconds, instances));
     if (bf16) {
       model.reset();
       model = RandomModel(*config, threads, /*fast=*/true, BlockPrecision::kBFloat16);
-      ceiling16 = MeasureGemmCeiling(*config, 8, size, dnnl::memory::data_type::bf16);
+      ceiling16 = MeasureGemmCeiling(*config, 8, size, /*bf16=*/true);
       for (int b : batches) fast16.push_back(Measure(*model, b, size, seconds, instances));
     }
   }).join();

@@ -118,12 +118,13 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         stage.blocks.push_back(std::move(block));
       }
     }
-    const bool fast =
-        options.cpu_fast_path && options.device.is_cpu() && options.dtype == c10::ScalarType::Float;
+    const bool fast = kHaveOneDnnFastPath && options.cpu_fast_path && options.device.is_cpu() &&
+                      options.dtype == c10::ScalarType::Float;
     if (!fast && options.cpu_precision != BlockPrecision::kFloat32) {
       return absl::InvalidArgumentError(absl::StrCat(
           BlockPrecisionName(options.cpu_precision),
-          " blocks run on the CPU fast path only (device cpu, dtype float32, fast path enabled)"));
+          " blocks run on the CPU fast path only (device cpu, dtype float32, fast path enabled)",
+          kHaveOneDnnFastPath ? "" : "; this build has none (CONVNEXT_ONEDNN=OFF)"));
     }
     for (Stage& stage : model->stages_) {
       if (!fast) break;

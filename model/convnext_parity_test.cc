@@ -4,6 +4,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -28,12 +29,24 @@ nlohmann::json Manifest() {
   return nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
 }
 
+// On a GPU, float32 means float32: TensorFloat-32 (on by default for cuDNN's convolutions) would
+// round the matrix products' inputs to 10 bits and miss the 1e-4 tolerance.
+void DisableTf32() {
+  at::globalContext().setAllowTF32CuBLAS(false);
+  at::globalContext().setAllowTF32CuDNN(false);
+}
+
+// Models load on the test device (testing::TestDevice(): CONVNEXT_TEST_DEVICE, default cpu).
 std::unique_ptr<ConvNeXt> Load(const std::string& path, const std::string& variant = "",
                                c10::ScalarType dtype = at::kFloat) {
   LoadOptions options;
   options.path = path;
   options.variant = variant;
   options.model.dtype = dtype;
+  absl::StatusOr<c10::Device> device = ParseDevice(testing::TestDevice());
+  EXPECT_TRUE(device.ok()) << device.status();
+  if (device.ok()) options.model.device = *device;
+  DisableTf32();
   SetIntraOpThreads(2);
   absl::StatusOr<LoadedModel> loaded = LoadModel(options);
   EXPECT_TRUE(loaded.ok()) << loaded.status();
@@ -173,6 +186,33 @@ TEST(ConvNeXtTest, BadInputsAreInvalidArgument) {
     absl::StatusOr<ForwardOutputs> out = model->Forward(input, OutputRequest());
     EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument) << message;
     EXPECT_THAT(std::string(out.status().message()), HasSubstr(message));
+  }
+}
+
+// The reduced-precision dtypes a GPU computes in: measured against torchvision's float32 logits
+// (row cosine, top-1 agreement; printed for the device check's log) and bounded loosely (a wrong
+// kernel or cast is far off). Needs a CUDA device: skipped, with a message, everywhere else;
+// scripts/gpu_check.sh runs it on the GPU machine with CONVNEXT_TEST_DEVICE=cuda.
+TEST(CudaTest, HalfAndBfloat16AgreeWithFloat32) {
+  if (!at::hasCUDA() || testing::TestDevice().rfind("cuda", 0) != 0) {
+    GTEST_SKIP() << "needs a CUDA device (this LibTorch " << (at::hasCUDA() ? "sees" : "sees no")
+                 << " GPU; CONVNEXT_TEST_DEVICE=" << testing::TestDevice()
+                 << "): runs in scripts/gpu_check.sh on the GPU machine";
+  }
+  const at::Tensor input = ReadReference("tiny.input.npy");
+  const at::Tensor expected = ReadReference("tiny.logits.npy").to(at::kDouble);
+  for (const c10::ScalarType dtype : {at::kHalf, at::kBFloat16}) {
+    std::unique_ptr<ConvNeXt> model = Load(TestdataPath("tiny.safetensors"), "", dtype);
+    ASSERT_NE(model, nullptr);
+    const at::Tensor got = Logits(*model, input).to(at::kDouble).cpu();
+    ASSERT_EQ(got.sizes(), expected.sizes());
+    const at::Tensor cosine = (got * expected).sum(1) / (got.norm(2, {1}) * expected.norm(2, {1}));
+    const double lowest = cosine.min().item<double>();
+    const int64_t agree = got.argmax(1).eq(expected.argmax(1)).sum().item<int64_t>();
+    std::printf("tiny on %s in %s: lowest cosine of logits %.6f, top-1 %lld/%lld\n",
+                testing::TestDevice().c_str(), c10::toString(dtype), lowest,
+                static_cast<long long>(agree), static_cast<long long>(got.size(0)));
+    EXPECT_GT(lowest, 0.99) << c10::toString(dtype);
   }
 }
 

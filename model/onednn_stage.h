@@ -58,6 +58,10 @@ struct BlockWeights {
   at::Tensor fc2_weight, fc2_bias;  // [C,4C], [C]
 };
 
+// Whether this build has the fast path (CMake CONVNEXT_ONEDNN; off in the LibTorch 2.x builds).
+// Without it, the functions below say so and OneDnnStage::Create fails.
+inline constexpr bool kHaveOneDnnFastPath = CONVNEXT_HAVE_ONEDNN;
+
 // What a block computes in (see the file comment).
 enum class BlockPrecision { kFloat32, kBFloat16 };
 

@@ -94,7 +94,13 @@ void ExpectSameOutputs(const ConvNeXt& fast, const ConvNeXt& aten, const at::Ten
   }
 }
 
+#define SKIP_WITHOUT_FAST_PATH()                                                \
+  if (!kHaveOneDnnFastPath) {                                                   \
+    GTEST_SKIP() << "this build has no oneDNN fast path (CONVNEXT_ONEDNN=OFF)"; \
+  }
+
 TEST(FastPathTest, MatchesTheAtenPathOnManyShapes) {
+  SKIP_WITHOUT_FAST_PATH();
   const ConvNeXtConfig config = SmallConfig();
   const ModelPair m = MakePair(config, 1);
   ASSERT_NE(m.fast, nullptr);
@@ -116,6 +122,7 @@ TEST(FastPathTest, MatchesTheAtenPathOnManyShapes) {
 }
 
 TEST(FastPathTest, EvictsCachedShapesAndStaysCorrect) {
+  SKIP_WITHOUT_FAST_PATH();
   ConvNeXtConfig config = SmallConfig();
   config.depths = {1, 1, 1, 1};
   const ModelPair m = MakePair(config, 2);
@@ -131,6 +138,7 @@ TEST(FastPathTest, EvictsCachedShapesAndStaysCorrect) {
 }
 
 TEST(FastPathTest, DetectionBackboneStageNormsMatch) {
+  SKIP_WITHOUT_FAST_PATH();
   const ConvNeXtConfig config = SmallConfig(/*stage_norms=*/true);
   const ModelPair m = MakePair(config, 3);
   ASSERT_NE(m.fast, nullptr);
@@ -141,6 +149,7 @@ TEST(FastPathTest, DetectionBackboneStageNormsMatch) {
 }
 
 TEST(FastPathTest, ConcurrentCallsOfDifferentShapesEachGetTheirOwnAnswer) {
+  SKIP_WITHOUT_FAST_PATH();
   const ConvNeXtConfig config = SmallConfig();
   const ModelPair m = MakePair(config, 4);
   ASSERT_NE(m.fast, nullptr);
@@ -291,6 +300,7 @@ TEST(Bf16Test, RefusedOffTheFastPath) {
 }
 
 TEST(Bf16Test, RefusedWithoutNativeBf16) {
+  SKIP_WITHOUT_FAST_PATH();
   if (CpuHasNativeBf16()) {
     GTEST_SKIP() << "this CPU has native bfloat16 (" << OneDnnIsaName()
                  << "); tests/server_e2e_test.py refuses it with ONEDNN_MAX_CPU_ISA lowered";

@@ -27,6 +27,13 @@ inline std::string ReadTestFile(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
+// The device the model tests run on: the CONVNEXT_TEST_DEVICE environment variable ("cuda",
+// "cuda:1"; scripts/gpu_check.sh sets it on the GPU machine), else "cpu".
+inline std::string TestDevice() {
+  const char* device = std::getenv("CONVNEXT_TEST_DEVICE");
+  return device == nullptr || *device == '\0' ? "cpu" : device;
+}
+
 inline double MaxAbsDiff(const at::Tensor& a, const at::Tensor& b) {
   EXPECT_EQ(a.sizes(), b.sizes());
   if (a.sizes() != b.sizes()) return 1e30;

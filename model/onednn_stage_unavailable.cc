@@ -1,0 +1,44 @@
+// The oneDNN fast path's interface in a build without it (CONVNEXT_ONEDNN=OFF: the LibTorch 2.x
+// builds, whose own oneDNN is not mixed with Debian's). Nothing here computes: a stage cannot be
+// created, so ConvNeXt never selects the fast path (ConvNeXt::Create checks kHaveOneDnnFastPath
+// first) and every model runs the ATen path; bfloat16 blocks are refused as on a CPU without
+// native bfloat16.
+#include <string>
+
+#include "absl/status/status.h"
+#include "model/onednn_stage.h"
+
+namespace convnext {
+
+struct OneDnnStage::Impl {};
+
+const char* BlockPrecisionName(BlockPrecision precision) {
+  return precision == BlockPrecision::kBFloat16 ? "bfloat16" : "float32";
+}
+
+std::string OneDnnIsaName() { return "none (built without the oneDNN fast path)"; }
+
+bool CpuHasNativeBf16() { return false; }
+
+bool CpuHasAmx() { return false; }
+
+OneDnnStage::OneDnnStage(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+OneDnnStage::~OneDnnStage() = default;
+
+absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<BlockWeights>, double,
+                                                                 BlockPrecision) {
+  return absl::FailedPreconditionError(
+      "this build has no oneDNN CPU fast path (CONVNEXT_ONEDNN=OFF)");
+}
+
+BlockPrecision OneDnnStage::precision() const { return BlockPrecision::kFloat32; }
+
+absl::Status OneDnnStage::Prepare(int64_t, int64_t, int64_t) const {
+  return absl::FailedPreconditionError("no oneDNN CPU fast path in this build");
+}
+
+absl::Status OneDnnStage::Run(at::Tensor&) const {
+  return absl::FailedPreconditionError("no oneDNN CPU fast path in this build");
+}
+
+}  // namespace convnext
