@@ -6,6 +6,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -140,8 +141,14 @@ TEST(BatchTest, EarlyStagesOnlyStopThereWithTheSameValues) {
   full.stages = true;
   absl::StatusOr<ForwardOutputs> alone = model->Forward(inputs[1], full);
   ASSERT_TRUE(alone.ok());
-  EXPECT_LT((FloatsOf((*out)[1].stages[0]) - alone->stages[0][0]).abs().max().item<double>(), 1e-4);
-  EXPECT_LT((FloatsOf((*out)[1].stages[1]) - alone->stages[1][0]).abs().max().item<double>(), 1e-4);
+  // Relative to the values' scale (SmallModel's unit-variance weights make them large): a batch
+  // of two and an image alone take different kernel blockings, so they differ by rounding.
+  for (int s = 0; s < 2; ++s) {
+    const at::Tensor expected = alone->stages[s][0];
+    const double scale = std::max(1.0, expected.abs().max().item<double>());
+    EXPECT_LT((FloatsOf((*out)[1].stages[s]) - expected).abs().max().item<double>() / scale, 1e-5)
+        << "stage " << s + 1;
+  }
 }
 
 TEST(BatchTest, Float16OutputsHoldHalfTheBytesOfTheSameValues) {

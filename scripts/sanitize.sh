@@ -9,7 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONVNEXT_SANITIZE=ON >/dev/null
+# The reference data of the main build, when it has them (CI: scripts/test.sh ran first), are
+# reused instead of generated again.
+testdata=()
+[[ -f build/testdata/manifest.json ]] && testdata=(-DCONVNEXT_TESTDATA="$PWD/build/testdata")
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONVNEXT_SANITIZE=ON \
+  -DCONVNEXT_BUILD_BENCH=OFF "${testdata[@]}" >/dev/null
 cmake --build build-asan
 # The soak runs 20,000 calls here instead of 100,000: its RSS bound is not checked under ASan
 # (see tests/soak_test.py), and LeakSanitizer's verdict at exit does not need more calls.

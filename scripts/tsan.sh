@@ -11,7 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONVNEXT_TSAN=ON >/dev/null
+# The main build's reference data are reused when it has them (see scripts/sanitize.sh).
+testdata=()
+[[ -f build/testdata/manifest.json ]] && testdata=(-DCONVNEXT_TESTDATA="$PWD/build/testdata")
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONVNEXT_TSAN=ON \
+  "${testdata[@]}" >/dev/null
 cmake --build build-tsan --target tsan_canary convnext_batcher_test convnext_server_test convnext_server_e2e_test \
   convnext-server convnext python_stubs
 # A report stops its process with TSan's exit status (halt_on_error), which fails the test, and
