@@ -32,15 +32,9 @@ import torch
 import torchvision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from oip_throughput import isa  # noqa: E402
 ALL_ENGINES = "onnxruntime,openvino-f32,openvino-bf16,torch-eager,torch-compile"
-
-
-def cpu_flags():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def json_lines(text):
@@ -65,10 +59,9 @@ def main():
     if not os.path.exists(python):
         print(f"no peers venv at {args.venv}: run scripts/peers-venv.sh first")
         return 2
-    flags = cpu_flags()
-    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags)
-    print("CPU flags: " + ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16",
-                                                 "amx_int8") if f in flags))
+    cpu = isa()
+    native_bf16 = "avx512_bf16" in cpu or "amx_bf16" in cpu
+    print(f"CPU: {cpu}")
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)

@@ -133,10 +133,6 @@ struct Primitives {
 
 }  // namespace
 
-const char* BlockPrecisionName(BlockPrecision precision) {
-  return precision == BlockPrecision::kBFloat16 ? "bfloat16" : "float32";
-}
-
 std::string OneDnnIsaName() {
   using Isa = dnnl::cpu_isa;
   switch (dnnl::get_effective_cpu_isa()) {

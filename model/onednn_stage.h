@@ -66,7 +66,9 @@ inline constexpr bool kHaveOneDnnFastPath = CONVNEXT_HAVE_ONEDNN;
 enum class BlockPrecision { kFloat32, kBFloat16 };
 
 // "float32" / "bfloat16".
-const char* BlockPrecisionName(BlockPrecision precision);
+inline const char* BlockPrecisionName(BlockPrecision precision) {
+  return precision == BlockPrecision::kBFloat16 ? "bfloat16" : "float32";
+}
 
 // The instruction set oneDNN's kernels use on this CPU ("avx2", "avx512_core_bf16",
 // "avx512_core_amx", ...): the CPU's, lowered by the ONEDNN_MAX_CPU_ISA environment variable.

@@ -12,10 +12,6 @@ namespace convnext {
 
 struct OneDnnStage::Impl {};
 
-const char* BlockPrecisionName(BlockPrecision precision) {
-  return precision == BlockPrecision::kBFloat16 ? "bfloat16" : "float32";
-}
-
 std::string OneDnnIsaName() { return "none (built without the oneDNN fast path)"; }
 
 bool CpuHasNativeBf16() { return false; }
