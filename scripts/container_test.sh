@@ -13,6 +13,8 @@
 #      (exit code 0, event=drained in the log).
 #
 #   scripts/container_test.sh            (needs root, the built convnext CLI in build/bin)
+#   scripts/container_test.sh --base     (steps 1 and 2 only: CI makes the base image in the
+#                                         background while the test suites build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache="${CONVNEXT_CACHE:-/var/cache/convnext-serve}"
@@ -45,6 +47,8 @@ if ! pm image exists debian:bookworm-slim; then
   fi
   pm import "$tarball" debian:bookworm-slim >/dev/null 2>&1
 fi
+
+[[ "${1:-}" == "--base" ]] && exit 0
 
 # 3. Build (the build stage reaches Debian's archive through the host's network).
 echo "container_test: podman build" >&2
