@@ -275,9 +275,17 @@ int Main() {
   auto cell = [](const Result* r) {
     return r == nullptr ? std::string("-") : absl::StrFormat("%.2f", r->images_per_s);
   };
-  auto ratio = [](const Result& r, const Result* base) {
-    return base == nullptr ? std::string("-")
-                           : absl::StrFormat("%.2f", r.images_per_s / base->images_per_s);
+  // "-" where either figure is missing.
+  auto ratio = [](const Result* r, const Result* base) {
+    return r == nullptr || base == nullptr
+               ? std::string("-")
+               : absl::StrFormat("%.2f", r->images_per_s / base->images_per_s);
+  };
+  // A path's GFLOP/s as a share of `instances` x the GEMM ceiling in its dtype.
+  auto share = [&](const Result* r, double gemm_ceiling) {
+    return r == nullptr ? std::string("-")
+                        : absl::StrFormat("%.0f", 100 * r->images_per_s * gflop_per_image /
+                                                      (gemm_ceiling * instances));
   };
   std::printf(
       "GEMM ceiling (best oneDNN matmul on the model's pointwise shapes, batch 8, on one "
@@ -291,17 +299,11 @@ int Main() {
     const Result* ref = find(reference, r.batch);
     const Result* slow = find(aten, r.batch);
     const Result* r16 = find(fast16, r.batch);
-    const double gflops = r.images_per_s * gflop_per_image;
-    std::printf("%6d %10.2f %9.1f %10s %10s %9sx %7sx %8.1f %7.0f%% %10s %8sx %7sx %7s%%\n",
-                r.batch, r.images_per_s, r.ms_per_batch, cell(slow).c_str(), cell(ref).c_str(),
-                ratio(r, ref).c_str(), ratio(r, slow).c_str(), gflops,
-                100 * gflops / (ceiling * instances), cell(r16).c_str(),
-                r16 == nullptr ? "-" : ratio(*r16, &r).c_str(),
-                r16 == nullptr ? "-" : ratio(*r16, ref).c_str(),
-                r16 == nullptr ? "-"
-                               : absl::StrFormat("%.0f", 100 * r16->images_per_s * gflop_per_image /
-                                                             (ceiling16 * instances))
-                                     .c_str());
+    std::printf("%6d %10.2f %9.1f %10s %10s %9sx %7sx %8.1f %7s%% %10s %8sx %7sx %7s%%\n", r.batch,
+                r.images_per_s, r.ms_per_batch, cell(slow).c_str(), cell(ref).c_str(),
+                ratio(&r, ref).c_str(), ratio(&r, slow).c_str(), r.images_per_s * gflop_per_image,
+                share(&r, ceiling).c_str(), cell(r16).c_str(), ratio(r16, &r).c_str(),
+                ratio(r16, ref).c_str(), share(r16, ceiling16).c_str());
   }
   if (absl::GetFlag(FLAGS_json)) {
     auto json = [](const char* path, const std::vector<Result>& results, double gemm_ceiling) {

@@ -15,6 +15,11 @@
 
 namespace convnext {
 
+bool FastPathApplies(const ModelOptions& options) {
+  return kHaveOneDnnFastPath && options.cpu_fast_path && options.device.is_cpu() &&
+         options.dtype == c10::ScalarType::Float;
+}
+
 absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
   try {
     return c10::Device(name);
@@ -118,8 +123,7 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         stage.blocks.push_back(std::move(block));
       }
     }
-    const bool fast = kHaveOneDnnFastPath && options.cpu_fast_path && options.device.is_cpu() &&
-                      options.dtype == c10::ScalarType::Float;
+    const bool fast = FastPathApplies(options);
     if (!fast && options.cpu_precision != BlockPrecision::kFloat32) {
       return absl::InvalidArgumentError(absl::StrCat(
           BlockPrecisionName(options.cpu_precision),

@@ -46,6 +46,10 @@ struct ModelOptions {
   BlockPrecision cpu_precision = BlockPrecision::kFloat32;
 };
 
+// Whether a model with these options runs its blocks on the CPU fast path: a build that has it
+// (kHaveOneDnnFastPath), cpu_fast_path set, the CPU, float32.
+bool FastPathApplies(const ModelOptions& options);
+
 // A LibTorch device from its name ("cpu", "cuda", "cuda:1"); INVALID_ARGUMENT for anything else.
 absl::StatusOr<c10::Device> ParseDevice(const std::string& name);
 

@@ -171,9 +171,11 @@ struct OneDnnStage::Impl {
   int64_t channels = 0;
   float eps = 0;
   BlockPrecision precision = BlockPrecision::kFloat32;
-  DType act = kF32;
   WeightDescs weight_descs;  // The layouts the weights were packed in (or wrapped as).
   std::vector<PackedBlock> blocks;
+
+  // The activations' data type.
+  DType act() const { return precision == BlockPrecision::kBFloat16 ? kBf16 : kF32; }
 
   mutable absl::Mutex mu;
   mutable std::map<std::tuple<int64_t, int64_t, int64_t>, std::shared_ptr<const Primitives>> cache
@@ -189,9 +191,9 @@ struct OneDnnStage::Impl {
     }
     // The weights stay in the layouts they were packed in: those depend on the channel count,
     // the data type and the instruction set, not on the activation shape.
-    const Descriptors d = MakeDescriptors(n, h, w, channels, eps, act, weight_descs);
+    const Descriptors d = MakeDescriptors(n, h, w, channels, eps, act(), weight_descs);
     auto made = std::make_shared<Primitives>();
-    if (act != kF32) made->to_act = dnnl::reorder(d.to_act);
+    if (act() != kF32) made->to_act = dnnl::reorder(d.to_act);
     made->dwconv = dnnl::convolution_forward(d.dwconv);
     made->norm = dnnl::layer_normalization_forward(d.norm);
     made->fc1 = dnnl::matmul(d.fc1);
@@ -221,16 +223,14 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
   impl->channels = c;
   impl->eps = static_cast<float>(layer_norm_eps);
   impl->precision = precision;
-  impl->act = bf16 ? kBf16 : kF32;
   try {
     // Let oneDNN choose the layouts of the weights it repacks, then pack every block's in them
     // once.
-    const DType t = impl->act;
+    const DType t = impl->act();
     const WeightDescs any{memory::desc({c, 1, 1, 7, 7}, t, Tag::any),
                           bf16 ? memory::desc({c, 4 * c}, t, Tag::any) : Fc1WeightDesc(c, t),
                           bf16 ? memory::desc({4 * c, c}, t, Tag::any) : Fc2WeightDesc(c, t)};
-    const Descriptors chosen =
-        MakeDescriptors(/*n=*/1, /*h=*/14, /*w=*/14, c, impl->eps, impl->act, any);
+    const Descriptors chosen = MakeDescriptors(/*n=*/1, /*h=*/14, /*w=*/14, c, impl->eps, t, any);
     impl->weight_descs = {chosen.dwconv.weights_desc(), chosen.fc1.weights_desc(),
                           chosen.fc2.weights_desc()};
     const memory::desc dw_plain({c, 1, 1, 7, 7}, kF32, Tag::goihw);  // Groups first.
@@ -289,7 +289,8 @@ absl::Status OneDnnStage::Run(at::Tensor& x) const {
                                             c, "]"));
   }
   const int64_t n = x.size(0), h = x.size(1), w = x.size(2), m = n * h * w;
-  const bool bf16 = impl_->act != kF32;
+  const DType act = impl_->act();
+  const bool bf16 = act != kF32;
   try {
     // oneDNN parallelises with OpenMP on the calling thread: give it LibTorch's thread count.
     at::internal::lazy_init_num_threads();
@@ -299,11 +300,12 @@ absl::Status OneDnnStage::Run(at::Tensor& x) const {
     at::Tensor hidden = at::empty({m, 4 * c}, act_options);
     // bfloat16: the block's input, rounded from x.
     at::Tensor x16 = bf16 ? at::empty({m, c}, act_options) : at::Tensor();
-    const DType act = impl_->act;
     const memory::desc act_nhwc({n, c, h, w}, act, Tag::nhwc);
     const memory::desc rows_c({m, c}, act, Tag::ab);
     const memory::desc rows_4c({m, 4 * c}, act, Tag::ab);
-    memory x_act = bf16 ? Wrap(x, memory::desc({n, c, h, w}, kF32, Tag::nhwc)) : Wrap(x, act_nhwc);
+    // x is float32 whichever the activations: the source of the rounding (bfloat16) or the
+    // block's input itself (float32).
+    memory x_act = Wrap(x, memory::desc({n, c, h, w}, kF32, Tag::nhwc));
     memory x_rows = Wrap(x, memory::desc({m, c}, kF32, Tag::ab));
     memory in_act = bf16 ? Wrap(x16, act_nhwc) : x_act;
     memory y_act = Wrap(y, act_nhwc), y_rows = Wrap(y, rows_c);

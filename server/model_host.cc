@@ -119,7 +119,7 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   if (config.compute_dtype() == server::BF16) {
     load.model.cpu_precision = BlockPrecision::kBFloat16;
   } else if (config.compute_dtype() == server::AUTO) {
-    const bool fast_path = load.model.cpu_fast_path && load.model.device.is_cpu();
+    const bool fast_path = FastPathApplies(load.model);
     if (fast_path && CpuHasAmx()) {
       load.model.cpu_precision = BlockPrecision::kBFloat16;
       host->compute_dtype_reason_ =
