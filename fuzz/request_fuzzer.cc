@@ -32,10 +32,13 @@ void Prepare(const google::protobuf::RepeatedPtrField<convnext::v1::Image>& imag
   int n = 0;
   for (const convnext::v1::Image& image : images) {
     if (++n > 4) break;
-    absl::StatusOr<at::Tensor> x = convnext::server::PrepareImage(image, Limits(), resize);
-    if (!x.ok()) continue;
-    if (x->dim() != 4 || x->size(0) != 1 || x->size(1) != 3 || x->size(2) < 1 || x->size(3) < 1 ||
-        !x->isfinite().all().item<bool>()) {
+    absl::StatusOr<convnext::server::PreparedImage> p =
+        convnext::server::PrepareImage(image, Limits(), resize);
+    if (!p.ok()) continue;
+    const at::Tensor& x = p->input;
+    if (x.dim() != 4 || x.size(0) != 1 || x.size(1) != 3 || x.size(2) < 1 || x.size(3) < 1 ||
+        !x.isfinite().all().item<bool>() || p->width < 1 || p->height < 1 ||
+        !(p->transform.scale_x > 0) || !(p->transform.scale_y > 0)) {
       __builtin_trap();
     }
   }

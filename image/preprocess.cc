@@ -266,30 +266,45 @@ void Normalize(const View& rgb, const PreprocessConfig& config, at::Tensor& out)
   }
 }
 
-absl::StatusOr<at::Tensor> EvalTransform(const View& rgb, const PreprocessConfig& config) {
+// The evaluation transform's geometry for a width x height image: the resized size and the
+// window of it that the crop keeps.
+struct EvalGeometry {
+  int64_t out_w, out_h;
+  Window crop;
+};
+
+absl::StatusOr<EvalGeometry> ComputeEvalGeometry(int64_t width, int64_t height,
+                                                 const PreprocessConfig& config) {
   const int size = config.size;
-  int64_t out_w = size, out_h = size;
-  Window crop{0, 0, size, size};
+  EvalGeometry g{size, size, Window{0, 0, size, size}};
   // Below kSquashFromSize: resize the shorter side as torchvision's Resize(int), then CenterCrop.
   if (size < kSquashFromSize) {
-    const int64_t shorter = std::min(rgb.width, rgb.height);
-    const int64_t longer = std::max(rgb.width, rgb.height);
+    const int64_t shorter = std::min(width, height);
+    const int64_t longer = std::max(width, height);
     const int64_t new_short = ResizedShorterSide(config);
     // Python's int(new_short * long / short): exact product, correctly rounded division.
     const auto new_long = static_cast<int64_t>(static_cast<double>(new_short * longer) /
                                                static_cast<double>(shorter));
-    out_w = rgb.width <= rgb.height ? new_short : new_long;
-    out_h = rgb.width <= rgb.height ? new_long : new_short;
-    if (out_w * out_h > config.max_pixels) {
+    g.out_w = width <= height ? new_short : new_long;
+    g.out_h = width <= height ? new_long : new_short;
+    if (g.out_w * g.out_h > config.max_pixels) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "image is ", rgb.width, "x", rgb.height, ", too elongated: resizing its shorter side to ",
-          new_short, " gives ", out_w, "x", out_h, " = ", out_w * out_h,
+          "image is ", width, "x", height, ", too elongated: resizing its shorter side to ",
+          new_short, " gives ", g.out_w, "x", g.out_h, " = ", g.out_w * g.out_h,
           " pixels, more than the limit of ", config.max_pixels));
     }
     // Python's round(), half to even, as std::nearbyint in the default rounding mode.
-    crop.x = static_cast<int64_t>(std::nearbyint((out_w - size) / 2.0));
-    crop.y = static_cast<int64_t>(std::nearbyint((out_h - size) / 2.0));
+    g.crop.x = static_cast<int64_t>(std::nearbyint((g.out_w - size) / 2.0));
+    g.crop.y = static_cast<int64_t>(std::nearbyint((g.out_h - size) / 2.0));
   }
+  return g;
+}
+
+absl::StatusOr<at::Tensor> EvalTransform(const View& rgb, const PreprocessConfig& config) {
+  const int size = config.size;
+  ASSIGN_OR_RETURN(const EvalGeometry g, ComputeEvalGeometry(rgb.width, rgb.height, config));
+  const int64_t out_w = g.out_w, out_h = g.out_h;
+  const Window crop = g.crop;
   const std::vector<uint8_t> pixels = ResizeWindow(rgb, out_w, out_h, crop, config.interpolation);
   ASSIGN_OR_RETURN(at::Tensor out, NewInputTensor(size, size, /*zero=*/false));
   Normalize(View{pixels.data(), static_cast<ptrdiff_t>(size) * 3, size, size}, config, out);
@@ -476,6 +491,23 @@ absl::StatusOr<InputPlan> PlanInput(int64_t width, int64_t height, const Preproc
   }
   plan.bytes += 3 * plan.height * plan.width * static_cast<int64_t>(sizeof(float));  // The tensor.
   return plan;
+}
+
+absl::StatusOr<InputTransform> TransformOf(int64_t width, int64_t height,
+                                           const PreprocessConfig& config, bool keep_size) {
+  RETURN_IF_ERROR(ValidatePreprocessConfig(config));
+  if (width < 1 || height < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("image is ", width, "x", height, ": sides must be >= 1"));
+  }
+  InputTransform t;
+  if (keep_size) return t;
+  ASSIGN_OR_RETURN(const EvalGeometry g, ComputeEvalGeometry(width, height, config));
+  t.scale_x = static_cast<double>(g.out_w) / static_cast<double>(width);
+  t.scale_y = static_cast<double>(g.out_h) / static_cast<double>(height);
+  t.offset_x = static_cast<double>(g.crop.x);
+  t.offset_y = static_cast<double>(g.crop.y);
+  return t;
 }
 
 absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path,

@@ -109,6 +109,21 @@ struct InputPlan {
 absl::StatusOr<InputPlan> PlanInput(int64_t width, int64_t height, const PreprocessConfig& config,
                                     bool keep_size);
 
+// Where the preprocessing puts a point of the source image in the model input: source (x, y), in
+// pixel-edge coordinates ((0, 0) the top-left corner of the top-left pixel), lands at
+// (x * scale_x - offset_x, y * scale_y - offset_y). PIL's resize maps pixel edges by the size
+// ratio exactly; the center crop subtracts its offset; KEEP_SIZE maps every point to itself.
+struct InputTransform {
+  double scale_x = 1, scale_y = 1;
+  double offset_x = 0, offset_y = 0;
+};
+
+// The transform for a decoded (upright) image of `width` x `height` pixels with the
+// CLASSIFICATION transform or, if `keep_size`, the KEEP_SIZE one. INVALID_ARGUMENT as the
+// transform itself would say.
+absl::StatusOr<InputTransform> TransformOf(int64_t width, int64_t height,
+                                           const PreprocessConfig& config, bool keep_size);
+
 // Reads the file at `path` (NOT_FOUND if it cannot be opened; at most max_encoded_bytes) and calls
 // DecodeAndTransform. Errors name the path.
 absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path, const PreprocessConfig& config);

@@ -31,10 +31,15 @@ absl::Status CheckRequest(const ConvNeXt& model, const ImageRequest& r) {
   if (r.embedding && c.stage_norms) {
     return absl::InvalidArgumentError("a detection backbone has no pooled embedding");
   }
-  for (int s : r.stages) {
-    if (s < 1 || s > kNumStages) {
-      return absl::InvalidArgumentError(absl::StrCat("stage ", s, " is not in 1..", kNumStages));
+  for (const std::vector<int>* stages : {&r.stages, &r.region_stages}) {
+    for (int s : *stages) {
+      if (s < 1 || s > kNumStages) {
+        return absl::InvalidArgumentError(absl::StrCat("stage ", s, " is not in 1..", kNumStages));
+      }
     }
+  }
+  if (!r.boxes.empty() && r.region_stages.empty()) {
+    return absl::InvalidArgumentError("boxes need at least one stage to pool regions from");
   }
   return absl::OkStatus();
 }
@@ -50,7 +55,7 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
     RETURN_IF_ERROR(CheckRequest(model, r));
     k = std::max<int64_t>(k, r.top_k);
     what.embedding |= r.embedding;
-    what.stages |= !r.stages.empty();
+    what.stages |= !r.stages.empty() || !r.boxes.empty();
   }
   what.logits = k > 0;
   what.last_stage = 1;
@@ -83,6 +88,14 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
       o.embedding = ToOutput(e, r.dtype);
     }
     for (int s : r.stages) o.stages.push_back(ToOutput(out.stages[s - 1][j], r.dtype));
+    if (!r.boxes.empty()) {
+      for (int s : r.region_stages) {
+        ASSIGN_OR_RETURN(at::Tensor pooled,
+                         RoiAlign(out.stages[s - 1][j], r.boxes, StageStride(s), r.region_pooling));
+        if (r.region_pooling.output_size == 1) pooled = pooled.flatten(1);
+        o.regions.push_back(ToOutput(pooled, r.dtype));
+      }
+    }
   }
   return results;
 }
@@ -141,13 +154,26 @@ int64_t EstimateOutputBytes(const ConvNeXtConfig& config, const ImageRequest& re
   for (int s : request.stages) {
     if (s >= 1 && s <= kNumStages) bytes += StageElements(config, s - 1, height, width) * element;
   }
+  const int64_t bins = int64_t{request.region_pooling.output_size} *
+                       request.region_pooling.output_size *
+                       static_cast<int64_t>(request.boxes.size());
+  for (int s : request.region_stages) {
+    if (s >= 1 && s <= kNumStages) bytes += 16 + bins * config.dims[s - 1] * element;
+  }
   return 2 * bytes;
 }
 
 int DeepestStage(const ImageRequest& request) {
-  if (request.top_k > 0 || request.embedding || request.stages.empty()) return kNumStages;
-  return *std::max_element(request.stages.begin(), request.stages.end());
+  if (request.top_k > 0 || request.embedding) return kNumStages;
+  int deepest = 0;
+  for (int s : request.stages) deepest = std::max(deepest, s);
+  if (!request.boxes.empty()) {
+    for (int s : request.region_stages) deepest = std::max(deepest, s);
+  }
+  return deepest == 0 ? kNumStages : std::min(deepest, kNumStages);
 }
+
+double StageStride(int stage) { return 4.0 * (1 << (stage - 1)); }
 
 std::string BatchShapeKey(const at::Tensor& input) { return absl::StrJoin(input.sizes(), "x"); }
 

@@ -25,6 +25,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/convnext.h"
+#include "model/roi_align.h"
 
 namespace convnext {
 
@@ -40,14 +41,23 @@ struct ImageRequest {
   bool normalize = false;
   // Stage feature maps to return, 1-based, in this order.
   std::vector<int> stages;
-  // Element type of the embedding and stage maps.
+  // Region features (model/roi_align.h): `boxes` in this image's model-input pixels, pooled
+  // from each of `region_stages` (1-based, in this order). None if `boxes` is empty.
+  std::vector<RegionBox> boxes;
+  std::vector<int> region_stages;
+  RoiAlignOptions region_pooling;
+  // Element type of the embedding, stage maps and region features.
   OutputDType dtype = OutputDType::kFloat32;
 };
 
 // The deepest stage (1..4) an image's request needs computed: 4 for the top-k classes or the
-// embedding, else the deepest stage map it asks for. Images needing fewer stages batch apart
-// (model_host's batch key), so that their forward pass stops early (OutputRequest::last_stage).
+// embedding, else the deepest stage map (or stage pooled for regions) it asks for. Images needing
+// fewer stages batch apart (model_host's batch key), so that their forward pass stops early
+// (OutputRequest::last_stage).
 int DeepestStage(const ImageRequest& request);
+
+// Input pixels between two pixels of stage `stage`'s map (1..4): 4, 8, 16, 32.
+double StageStride(int stage);
 
 // A tensor as row-major little-endian bytes of `dtype`.
 struct OutputTensor {
@@ -63,6 +73,9 @@ struct ImageOutputs {
   std::vector<float> class_scores;
   OutputTensor embedding;            // Empty shape unless asked.
   std::vector<OutputTensor> stages;  // One per ImageRequest::stages entry.
+  // One per ImageRequest::region_stages entry (if there are boxes): [R, C_i] for an output_size
+  // of 1, else [R, C_i, output_size, output_size].
+  std::vector<OutputTensor> regions;
 };
 
 // Called with the stacked batch [N, C, H, W] just before the forward pass, as part of it (tests

@@ -50,13 +50,18 @@ absl::StatusOr<InputPlan> PlanImage(const v1::Image& image, const PreprocessConf
   }
 }
 
-absl::StatusOr<at::Tensor> PrepareImage(const v1::Image& image, const PreprocessConfig& config,
-                                        v1::ResizePolicy resize) {
+absl::StatusOr<PreparedImage> PrepareImage(const v1::Image& image, const PreprocessConfig& config,
+                                           v1::ResizePolicy resize) {
   const bool keep_size = resize == v1::KEEP_SIZE;
+  PreparedImage out;
   switch (image.source_case()) {
     case v1::Image::kEncoded: {
       ASSIGN_OR_RETURN(RgbImage rgb, DecodeImage(image.encoded(), config));
-      return keep_size ? TransformImageKeepSize(rgb, config) : TransformImage(rgb, config);
+      ASSIGN_OR_RETURN(
+          out.input, keep_size ? TransformImageKeepSize(rgb, config) : TransformImage(rgb, config));
+      out.width = rgb.width;
+      out.height = rgb.height;
+      break;
     }
     case v1::Image::kRaw: {
       const v1::RawImage& raw = image.raw();
@@ -70,16 +75,27 @@ absl::StatusOr<at::Tensor> PrepareImage(const v1::Image& image, const Preprocess
       }
       const auto* data = reinterpret_cast<const uint8_t*>(raw.pixels().data());
       const bool bgr = raw.order() == v1::BGR;
-      return keep_size ? TransformPixelsKeepSize(data, raw.pixels().size(), raw.width(),
-                                                 raw.height(), raw.channels(), bgr, config)
-                       : TransformPixels(data, raw.pixels().size(), raw.width(), raw.height(),
-                                         raw.channels(), bgr, config);
+      ASSIGN_OR_RETURN(
+          out.input, keep_size ? TransformPixelsKeepSize(data, raw.pixels().size(), raw.width(),
+                                                         raw.height(), raw.channels(), bgr, config)
+                               : TransformPixels(data, raw.pixels().size(), raw.width(),
+                                                 raw.height(), raw.channels(), bgr, config));
+      out.width = raw.width();
+      out.height = raw.height();
+      break;
     }
-    case v1::Image::kTensor:
-      return ImageTensorFromProto(image.tensor(), static_cast<uint64_t>(config.max_pixels));
+    case v1::Image::kTensor: {
+      ASSIGN_OR_RETURN(out.input, ImageTensorFromProto(image.tensor(),
+                                                       static_cast<uint64_t>(config.max_pixels)));
+      out.width = out.input.size(-1);
+      out.height = out.input.size(-2);
+      return out;  // Used as it is: the identity transform.
+    }
     default:
       return absl::InvalidArgumentError("the image has no source (encoded, raw or tensor)");
   }
+  ASSIGN_OR_RETURN(out.transform, TransformOf(out.width, out.height, config, keep_size));
+  return out;
 }
 
 }  // namespace convnext::server

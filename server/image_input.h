@@ -24,9 +24,16 @@ absl::StatusOr<PreprocessConfig> ToPreprocessConfig(const server::PreprocessingC
 absl::StatusOr<InputPlan> PlanImage(const v1::Image& image, const PreprocessConfig& config,
                                     v1::ResizePolicy resize);
 
+// A model input and where it came from.
+struct PreparedImage {
+  at::Tensor input;               // [1, 3, H, W] float32.
+  int64_t width = 0, height = 0;  // The source image as decoded (a tensor: its columns, rows).
+  InputTransform transform;       // Source pixel coordinates to input pixel coordinates.
+};
+
 // INVALID_ARGUMENT for anything that is not a valid image of acceptable size.
-absl::StatusOr<at::Tensor> PrepareImage(const v1::Image& image, const PreprocessConfig& config,
-                                        v1::ResizePolicy resize);
+absl::StatusOr<PreparedImage> PrepareImage(const v1::Image& image, const PreprocessConfig& config,
+                                           v1::ResizePolicy resize);
 
 }  // namespace convnext::server
 

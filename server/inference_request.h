@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "convnext/v1/image_model.pb.h"
+#include "model/roi_align.h"
 
 namespace convnext::server {
 
@@ -43,6 +44,11 @@ class InferenceRequest {
     std::vector<int> stages;  // 1-based.
     v1::DataType dtype = v1::FP32;
     v1::ResizePolicy resize = v1::CLASSIFICATION;
+    // Region features (kEmbed): per image (empty, or one entry per image), boxes in the image's
+    // own pixels, mapped to the model input once the image is decoded.
+    std::vector<std::vector<RegionBox>> boxes;
+    std::vector<int> region_stages;  // 1-based.
+    RoiAlignOptions region_pooling;
   };
 
   // Called once, when every image has ended, with OK or the first error.

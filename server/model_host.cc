@@ -85,7 +85,9 @@ std::string BatchKey(InferenceRequest::Kind kind, int deepest_stage, const at::T
   return absl::StrCat(static_cast<int>(kind), ":", deepest_stage, ":", BatchShapeKey(input));
 }
 
-ImageRequest ToImageRequest(const InferenceRequest::Params& p) {
+// What image `index` of a request asks of the model; its boxes as the client gave them (in the
+// image's own pixels), which is all that estimates need.
+ImageRequest ToImageRequest(const InferenceRequest::Params& p, int index) {
   ImageRequest r;
   if (InferenceRequest::Classifies(p.kind)) r.top_k = p.top_k;
   if (InferenceRequest::Embeds(p.kind)) {
@@ -93,8 +95,43 @@ ImageRequest ToImageRequest(const InferenceRequest::Params& p) {
     r.normalize = p.normalize;
     r.stages = p.stages;
     r.dtype = ToOutputDType(p.dtype);
+    if (!p.boxes.empty()) {
+      r.boxes = p.boxes[index];
+      r.region_stages = p.region_stages;
+      r.region_pooling = p.region_pooling;
+    }
   }
   return r;
+}
+
+// Image `index`'s boxes mapped into its model input: each must lie in the image as decoded, then
+// goes through the preprocessing's scale and crop, and must be one RoIAlign accepts on every
+// stage it is pooled from (checked here, so that no box fails the batch it would join).
+absl::StatusOr<std::vector<RegionBox>> MapBoxes(const InferenceRequest::Params& p, int index,
+                                                const PreparedImage& image) {
+  std::vector<RegionBox> out;
+  if (p.boxes.empty()) return out;
+  const InputTransform& t = image.transform;
+  const std::vector<RegionBox>& boxes = p.boxes[index];
+  for (size_t j = 0; j < boxes.size(); ++j) {
+    const RegionBox& b = boxes[j];
+    if (b.x2 > static_cast<float>(image.width) || b.y2 > static_cast<float>(image.height)) {
+      return absl::InvalidArgumentError(absl::StrCat("box ", j, " (", b.x1, ", ", b.y1, ", ", b.x2,
+                                                     ", ", b.y2, ") is not inside the ",
+                                                     image.width, "x", image.height, " image"));
+    }
+    const RegionBox mapped{static_cast<float>(b.x1 * t.scale_x - t.offset_x),
+                           static_cast<float>(b.y1 * t.scale_y - t.offset_y),
+                           static_cast<float>(b.x2 * t.scale_x - t.offset_x),
+                           static_cast<float>(b.y2 * t.scale_y - t.offset_y)};
+    for (int s : p.region_stages) {
+      if (absl::Status st = CheckRegionBox(mapped, StageStride(s), p.region_pooling); !st.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("box ", j, ": ", st.message()));
+      }
+    }
+    out.push_back(mapped);
+  }
+  return out;
 }
 
 }  // namespace
@@ -254,11 +291,12 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
   }
   // What each image will cost, from headers and shapes only: nothing is decoded yet.
   const InferenceRequest::Params& params = request->params();
-  const ImageRequest outputs = ToImageRequest(params);
-  const int deepest_stage = DeepestStage(outputs);
   std::vector<int64_t> costs(n);
+  std::vector<int> deepest_stage(n);
   int64_t total = 0, answer = 0;
   for (int i = 0; i < n; ++i) {
+    const ImageRequest outputs = ToImageRequest(params, i);
+    deepest_stage[i] = DeepestStage(outputs);
     absl::StatusOr<InputPlan> plan = PlanImage(images.Get(i), preprocess_, params.resize);
     if (!plan.ok()) {
       return absl::Status(plan.status().code(),
@@ -310,7 +348,7 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
     work->index = i;
     work->reserved_bytes = costs[i];
     work->admitted = now;
-    work->deepest_stage = deepest_stage;
+    work->deepest_stage = deepest_stage[i];
     const v1::Image* image = &images.Get(i);
     options_.preprocess_pool->Schedule(
         [this, w = work.release(), image] { Preprocess(WorkPtr(w), image); });
@@ -324,9 +362,14 @@ void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
     return;
   }
   const absl::Time start = absl::Now();
-  absl::StatusOr<at::Tensor> input = absl::InternalError("not prepared");
+  absl::StatusOr<PreparedImage> input = absl::InternalError("not prepared");
+  absl::StatusOr<std::vector<RegionBox>> boxes;
   try {  // OpenCV and LibTorch throw; the image must still end with a status.
     input = PrepareImage(*image, preprocess_, work->request->params().resize);
+    if (input.ok()) {
+      boxes = MapBoxes(work->request->params(), work->index, *input);
+      if (!boxes.ok()) input = boxes.status();
+    }
   } catch (const std::bad_alloc&) {
     input = absl::ResourceExhaustedError("out of memory while preparing the image");
   } catch (const std::exception& e) {
@@ -338,7 +381,8 @@ void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
     return;
   }
   work->preprocess_us = Micros(absl::Now() - start);
-  work->input = *std::move(input);
+  work->input = std::move(input->input);
+  work->boxes = *std::move(boxes);
   const std::string key = BatchKey(work->request->params().kind, work->deepest_stage, work->input);
   const absl::Time deadline = work->request->deadline();
   absl::Status scheduled = batcher_->Schedule(work, key, deadline);
@@ -362,7 +406,8 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
   std::vector<ImageRequest> requests;
   for (const auto& item : batch) {
     inputs.push_back(item.payload->input);
-    requests.push_back(ToImageRequest(item.payload->request->params()));
+    requests.push_back(ToImageRequest(item.payload->request->params(), item.payload->index));
+    requests.back().boxes = item.payload->boxes;
   }
   absl::StatusOr<std::vector<ImageOutputs>> out =
       RunBatch(*loaded_.model, inputs, requests, options_.before_forward_for_testing);
@@ -412,6 +457,7 @@ void ModelHost::WriteResult(const Work& w, ImageOutputs& o) const {
     v1::Embedding result;
     if (!o.embedding.shape.empty()) ToProto(std::move(o.embedding), result.mutable_embedding());
     for (OutputTensor& stage : o.stages) ToProto(std::move(stage), result.add_stages());
+    for (OutputTensor& regions : o.regions) ToProto(std::move(regions), result.add_regions());
     w.request->Fill([&](v1::ClassifyResponse*, v1::EmbedResponse* r) {
       r->mutable_results(w.index)->Swap(&result);
     });
@@ -425,7 +471,7 @@ absl::Status ModelHost::CheckGolden(const server::GoldenCase& golden) const {
   v1::Image image;
   image.set_encoded(
       std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()));
-  absl::StatusOr<at::Tensor> input = PrepareImage(image, preprocess_, v1::CLASSIFICATION);
+  absl::StatusOr<PreparedImage> input = PrepareImage(image, preprocess_, v1::CLASSIFICATION);
   if (!input.ok()) {
     return absl::Status(input.status().code(), absl::StrCat("golden image '", golden.image(),
                                                             "': ", input.status().message()));
@@ -442,7 +488,7 @@ absl::Status ModelHost::CheckGolden(const server::GoldenCase& golden) const {
     request.embedding = true;
   }
   absl::StatusOr<std::vector<ImageOutputs>> out =
-      RunBatch(*loaded_.model, {*input}, {request}, nullptr);
+      RunBatch(*loaded_.model, {input->input}, {request}, nullptr);
   if (!out.ok()) return out.status();
   std::vector<float> actual;
   const ImageOutputs& o = (*out)[0];

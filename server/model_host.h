@@ -125,7 +125,8 @@ class ModelHost {
     at::Tensor input;            // [1, 3, H, W] float32 from image/, handed to model/ untouched.
     absl::Time admitted;
     int64_t preprocess_us = 0;
-    int deepest_stage = 4;  // DeepestStage of its request, computed once at admission.
+    int deepest_stage = 4;         // DeepestStage of its request, computed once at admission.
+    std::vector<RegionBox> boxes;  // Its regions in model-input pixels, once preprocessed.
   };
   using WorkPtr = std::unique_ptr<Work>;
 

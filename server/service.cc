@@ -1,5 +1,7 @@
 #include "server/service.h"
 
+#include <algorithm>
+#include <cmath>
 #include <set>
 
 #include "absl/strings/ascii.h"
@@ -14,6 +16,8 @@ namespace {
 
 // Images per request at most: a request is admitted whole, so it must fit a model's queue.
 constexpr int kMaxImagesPerRequest = 1024;
+// Boxes per image at most (EmbedRequest.regions): pooling each costs up to a pass over a stage map.
+constexpr int kMaxRegionsPerImage = 256;
 
 absl::Status CheckImages(int count) {
   if (count == 0) return absl::InvalidArgumentError("the request has no images");
@@ -21,6 +25,61 @@ absl::Status CheckImages(int count) {
     return absl::InvalidArgumentError(
         absl::StrCat("the request has ", count, " images, more than ", kMaxImagesPerRequest));
   }
+  return absl::OkStatus();
+}
+
+// The request's regions into `params`: boxes checked for what needs no image (finite, ordered,
+// not negative, at most kMaxRegionsPerImage an image) and the pooling options for their ranges.
+// The image's own bounds are checked once it is decoded (ModelHost::Preprocess).
+absl::Status ParseRegions(const v1::EmbedRequest& request, InferenceRequest::Params* params) {
+  if (request.regions().empty()) return absl::OkStatus();
+  if (request.regions_size() != request.images_size()) {
+    return absl::InvalidArgumentError(absl::StrCat("regions has ", request.regions_size(),
+                                                   " entries for ", request.images_size(),
+                                                   " images: give one per image (or none)"));
+  }
+  const v1::RegionPooling& pooling = request.region_pooling();
+  std::set<int> seen;
+  for (int s : pooling.stages()) {
+    if (s < 1 || s > 4 || !seen.insert(s).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("region_pooling.stages must be distinct values in 1..4, got ", s));
+    }
+    params->region_stages.push_back(s);
+  }
+  if (params->region_stages.empty()) params->region_stages.push_back(4);
+  RoiAlignOptions& o = params->region_pooling;
+  o.output_size = pooling.output_size() == 0
+                      ? 1
+                      : static_cast<int>(std::min<uint32_t>(pooling.output_size(), 1u << 20));
+  o.sampling_ratio = static_cast<int>(std::min<uint32_t>(pooling.sampling_ratio(), 1u << 20));
+  o.aligned = pooling.aligned();
+  if (absl::Status s = CheckRoiOptions(o); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("region_pooling: ", s.message()));
+  }
+  bool any = false;
+  params->boxes.resize(request.regions_size());
+  for (int i = 0; i < request.regions_size(); ++i) {
+    const auto& boxes = request.regions(i).boxes();
+    if (boxes.size() > kMaxRegionsPerImage) {
+      return absl::InvalidArgumentError(absl::StrCat("image ", i, " has ", boxes.size(),
+                                                     " boxes, more than the limit of ",
+                                                     kMaxRegionsPerImage));
+    }
+    for (int j = 0; j < boxes.size(); ++j) {
+      const v1::Box& b = boxes.Get(j);
+      if (!std::isfinite(b.x1()) || !std::isfinite(b.y1()) || !std::isfinite(b.x2()) ||
+          !std::isfinite(b.y2()) || b.x1() < 0 || b.y1() < 0 || b.x1() > b.x2() ||
+          b.y1() > b.y2()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "image ", i, " box ", j, " (", b.x1(), ", ", b.y1(), ", ", b.x2(), ", ", b.y2(),
+            ") must have finite coordinates with 0 <= x1 <= x2 and 0 <= y1 <= y2"));
+      }
+      params->boxes[i].push_back(RegionBox{b.x1(), b.y1(), b.x2(), b.y2()});
+    }
+    any |= !boxes.empty();
+  }
+  if (!any) params->boxes.clear();
   return absl::OkStatus();
 }
 
@@ -126,9 +185,10 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerConte
     }
     params.stages.push_back(s);
   }
-  if (!params.include_embedding && params.stages.empty()) {
-    return fail(
-        absl::InvalidArgumentError("nothing to compute: set include_embedding or list stages"));
+  if (absl::Status s = ParseRegions(*request, &params); !s.ok()) return fail(s);
+  if (!params.include_embedding && params.stages.empty() && params.boxes.empty()) {
+    return fail(absl::InvalidArgumentError(
+        "nothing to compute: set include_embedding, list stages or give regions"));
   }
   if (params.include_embedding && (*host)->architecture().stage_norms) {
     return fail(absl::FailedPreconditionError(

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstring>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
@@ -229,6 +230,60 @@ TEST_F(ServerE2eTest, ClientLibraryBlockingAndAsyncCalls) {
     embedded.Notify();
   });
   embedded.WaitForNotification();
+}
+
+// Region features through the C++ client library: an image's boxes pooled from a stage in one
+// backbone pass, against torchvision.ops.roi_align on torchvision's own stage maps
+// (tests/python/convnext_reference.py, save_regions).
+TEST_F(ServerE2eTest, EmbedRegionsMatchTorchvisionRoiAlign) {
+  client::ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", port_);
+  absl::StatusOr<std::unique_ptr<client::Client>> c = client::Client::Create(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const at::Tensor input = testing::ReadReference("custom.features_input.npy")[0];  // 96 x 160
+  const at::Tensor boxes = testing::ReadReference("custom.region_boxes.npy");       // [5, 4]
+  auto decode = [](const v1::Tensor& t) {
+    std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
+    at::Tensor out = at::empty(shape, at::kFloat);
+    EXPECT_EQ(t.data().size(), out.numel() * sizeof(float));
+    if (t.data().size() == out.numel() * sizeof(float)) {
+      std::memcpy(out.data_ptr(), t.data().data(), t.data().size());
+    }
+    return out;
+  };
+  for (const int stage : {2, 4}) {
+    v1::EmbedRequest request;
+    *request.add_images() = TensorImage(input);
+    *request.add_images() = TensorImage(input);  // No boxes: no regions, and the stage map.
+    v1::ImageRegions* regions = request.add_regions();
+    for (int64_t r = 0; r < boxes.size(0); ++r) {
+      v1::Box* b = regions->add_boxes();
+      b->set_x1(boxes[r][0].item<float>());
+      b->set_y1(boxes[r][1].item<float>());
+      b->set_x2(boxes[r][2].item<float>());
+      b->set_y2(boxes[r][3].item<float>());
+    }
+    request.add_regions();
+    request.add_stages(stage);
+    request.mutable_region_pooling()->add_stages(stage);
+    if (stage == 2) {
+      request.mutable_region_pooling()->set_output_size(2);
+      request.mutable_region_pooling()->set_sampling_ratio(2);
+      request.mutable_region_pooling()->set_aligned(true);
+    }
+    absl::StatusOr<v1::EmbedResponse> response = (*c)->Embed(request);
+    ASSERT_TRUE(response.ok()) << response.status();
+    ASSERT_EQ(response->results_size(), 2);
+    ASSERT_EQ(response->results(0).regions_size(), 1);
+    EXPECT_EQ(response->results(1).regions_size(), 0);
+    const at::Tensor want =
+        testing::ReadReference(absl::StrCat("custom.regions.stage", stage, ".npy"));
+    const at::Tensor got = decode(response->results(0).regions(0));
+    ASSERT_EQ(got.sizes(), want.sizes());
+    EXPECT_LE((got - want).abs().max().item<float>(), 1e-4) << "stage " << stage;
+    const at::Tensor map = testing::ReadReference(absl::StrCat("custom.stage", stage, ".npy"))[0];
+    EXPECT_LE((decode(response->results(1).stages(0)) - map).abs().max().item<float>(), 1e-4);
+  }
 }
 
 TEST_F(ServerE2eTest, ClientRetriesThenReportsUnavailable) {

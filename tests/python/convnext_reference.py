@@ -94,6 +94,22 @@ def save_npy(path, t):
     np.save(path, t.detach().numpy().astype(np.float32))
 
 
+def save_regions(out_dir, case, maps):
+    """Region features of image 0 of the features input (160 x 96) by torchvision.ops.roi_align,
+    for the C++ end-to-end test of Embed's regions: the boxes, stage 2 in 2 x 2 bins (2 samples a
+    side, aligned) and stage 4 as vectors (adaptive sampling, not aligned)."""
+    from torchvision.ops import roi_align
+    boxes = torch.tensor([[0, 0, 160, 96], [10.5, 7.25, 90, 60], [100, 40, 101, 41],
+                          [150, 80, 160, 96], [33, 20, 33, 70]])
+    save_npy(os.path.join(out_dir, f"{case}.region_boxes.npy"), boxes)
+    save_npy(os.path.join(out_dir, f"{case}.regions.stage2.npy"),
+             roi_align(maps[1][:1], [boxes], 2, spatial_scale=1 / 8, sampling_ratio=2,
+                       aligned=True))
+    save_npy(os.path.join(out_dir, f"{case}.regions.stage4.npy"),
+             roi_align(maps[3][:1], [boxes], 1, spatial_scale=1 / 32, sampling_ratio=-1,
+                       aligned=False).flatten(1))
+
+
 def generate(out_dir, only):
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     manifest = {"cases": {}}
@@ -112,12 +128,14 @@ def generate(out_dir, only):
                 xf = torch.randn(feat_shape, generator=g)
                 save_npy(os.path.join(out_dir, f"{case}.features_input.npy"), xf)
                 h = xf
-                stage = 0
+                maps = []
                 for i, layer in enumerate(model.features):
                     h = layer(h)
                     if i % 2 == 1:
-                        stage += 1
-                        save_npy(os.path.join(out_dir, f"{case}.stage{stage}.npy"), h)
+                        maps.append(h)
+                        save_npy(os.path.join(out_dir, f"{case}.stage{len(maps)}.npy"), h)
+                if case == "custom":
+                    save_regions(out_dir, case, maps)
                 pooled = model.classifier[1](model.classifier[0](model.avgpool(h)))
                 save_npy(os.path.join(out_dir, f"{case}.embedding.npy"), pooled)
             if case == "custom":
