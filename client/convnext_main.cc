@@ -1,7 +1,8 @@
 // convnext: the command-line client of convnext-serve.
 //
 //   convnext classify IMG... [--model M] [--top_k K] [--json]
-//   convnext embed IMG [--model M] [--stages 1,2,3,4] [--normalize] --out DIR
+//   convnext embed IMG [--model M] [--stages 1,2,3,4] [--normalize] [--keep_size]
+//                  [--boxes x1,y1,x2,y2[;...] [--region_stages 4] [--region_size K]] --out DIR
 //   convnext models [--json]
 //   convnext health
 //   convnext load CONFIG [--make_default]      (CONFIG: ModelConfig text, or a file holding it)
@@ -55,6 +56,11 @@ ABSL_FLAG(bool, json, false, "Print JSON instead of a table.");
 ABSL_FLAG(std::string, stages, "", "embed: stages to return, e.g. 1,2,3,4.");
 ABSL_FLAG(bool, normalize, false, "embed: L2-normalise the embedding.");
 ABSL_FLAG(std::string, out, "", "embed: output directory for .npy files.");
+ABSL_FLAG(bool, keep_size, false, "embed: KEEP_SIZE resize (no resize or crop; pad to 32).");
+ABSL_FLAG(std::string, boxes, "",
+          "embed: regions to pool, in the image's pixels: x1,y1,x2,y2;x1,y1,x2,y2;...");
+ABSL_FLAG(std::string, region_stages, "4", "embed: stages to pool --boxes from, e.g. 3,4.");
+ABSL_FLAG(int, region_size, 1, "embed: RoIAlign bins per side (1: a vector per box).");
 ABSL_FLAG(std::string, images, "", "bench: directory of images to send (cycled).");
 ABSL_FLAG(int, concurrency, 8, "bench: concurrent calls.");
 ABSL_FLAG(double, duration, 0, "bench: seconds to run.");
@@ -152,6 +158,34 @@ int Embed(Client& client, const std::vector<std::string>& files) {
     if (!absl::SimpleAtoi(s, &stage)) return Fail(kExitUsage, absl::StrCat("bad stage '", s, "'"));
     request.add_stages(stage);
   }
+  if (absl::GetFlag(FLAGS_keep_size)) request.set_resize(v1::KEEP_SIZE);
+  if (!absl::GetFlag(FLAGS_boxes).empty()) {
+    v1::ImageRegions* regions = request.add_regions();
+    for (absl::string_view box :
+         absl::StrSplit(absl::GetFlag(FLAGS_boxes), ';', absl::SkipEmpty())) {
+      const std::vector<absl::string_view> v = absl::StrSplit(box, ',');
+      float c[4];
+      if (v.size() != 4 || !absl::SimpleAtof(v[0], &c[0]) || !absl::SimpleAtof(v[1], &c[1]) ||
+          !absl::SimpleAtof(v[2], &c[2]) || !absl::SimpleAtof(v[3], &c[3])) {
+        return Fail(kExitUsage, absl::StrCat("bad box '", box, "': want x1,y1,x2,y2"));
+      }
+      v1::Box* b = regions->add_boxes();
+      b->set_x1(c[0]);
+      b->set_y1(c[1]);
+      b->set_x2(c[2]);
+      b->set_y2(c[3]);
+    }
+    for (absl::string_view s :
+         absl::StrSplit(absl::GetFlag(FLAGS_region_stages), ',', absl::SkipEmpty())) {
+      int stage = 0;
+      if (!absl::SimpleAtoi(s, &stage)) {
+        return Fail(kExitUsage, absl::StrCat("bad region stage '", s, "'"));
+      }
+      request.mutable_region_pooling()->add_stages(stage);
+    }
+    request.mutable_region_pooling()->set_output_size(
+        static_cast<uint32_t>(std::max(0, absl::GetFlag(FLAGS_region_size))));
+  }
   absl::StatusOr<std::string> bytes = ReadFile(files[0]);
   if (!bytes.ok()) return Fail(kExitInput, std::string(bytes.status().message()));
   request.add_images()->set_encoded(*std::move(bytes));
@@ -164,6 +198,10 @@ int Embed(Client& client, const std::vector<std::string>& files) {
   std::vector<std::pair<std::string, const v1::Tensor*>> outputs = {{"embedding", &e.embedding()}};
   for (int i = 0; i < e.stages_size(); ++i) {
     outputs.emplace_back(absl::StrCat("stage", request.stages(i)), &e.stages(i));
+  }
+  for (int i = 0; i < e.regions_size(); ++i) {
+    outputs.emplace_back(absl::StrCat("regions.stage", request.region_pooling().stages(i)),
+                         &e.regions(i));
   }
   for (const auto& [name, tensor] : outputs) {
     const std::string path = absl::StrCat(dir, "/", stem, ".", name, ".npy");

@@ -67,6 +67,29 @@ class CliTest(unittest.TestCase):
             np.testing.assert_array_equal(
                 np.load(os.path.join(out, "digit_7_heldout_44.stage3.npy")), api)
 
+    def test_embed_boxes_writes_region_features(self):
+        with tempfile.TemporaryDirectory() as out:
+            r = self.cli("embed", DIGITS[1], "--keep_size", "--boxes", "0,0,8,8;1.5,0.5,5,7",
+                         "--region_stages", "2,4", "--region_size", "2", "--out", out,
+                         self.target)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            s2 = np.load(os.path.join(out, "digit_7_heldout_44.regions.stage2.npy"))
+            s4 = np.load(os.path.join(out, "digit_7_heldout_44.regions.stage4.npy"))
+            self.assertEqual((s2.shape, s4.shape), ((2, 32, 2, 2), (2, 128, 2, 2)))
+            with open(DIGITS[1], "rb") as f:
+                reply = self.server.stub.Embed(pb.EmbedRequest(
+                    images=[pb.Image(encoded=f.read())], resize=pb.KEEP_SIZE,
+                    regions=[pb.ImageRegions(boxes=[pb.Box(x1=1.5, y1=0.5, x2=5, y2=7)])],
+                    region_pooling=pb.RegionPooling(stages=[2], output_size=2)), timeout=60)
+            api = np.frombuffer(reply.results[0].regions[0].data, "<f4").reshape(1, 32, 2, 2)
+            np.testing.assert_array_equal(s2[1:], api)
+            r = self.cli("embed", DIGITS[1], "--boxes", "0,0,32", "--out", out, self.target)
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("bad box", r.stderr)
+            r = self.cli("embed", DIGITS[1], "--boxes", "0,0,99,32", "--out", out, self.target)
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("not inside", r.stderr)
+
     def test_models_and_health(self):
         r = self.cli("models", self.target)
         self.assertEqual(r.returncode, 0, r.stderr)
