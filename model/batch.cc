@@ -157,7 +157,7 @@ int64_t EstimateOutputBytes(const ConvNeXtConfig& config, const ImageRequest& re
   const int64_t bins = int64_t{request.region_pooling.output_size} *
                        request.region_pooling.output_size *
                        static_cast<int64_t>(request.boxes.size());
-  for (int s : request.region_stages) {
+  for (int s : request.boxes.empty() ? std::vector<int>() : request.region_stages) {
     if (s >= 1 && s <= kNumStages) bytes += 16 + bins * config.dims[s - 1] * element;
   }
   return 2 * bytes;

@@ -211,5 +211,53 @@ TEST(BatchTest, ShapeKeyAndWarmUp) {
   EXPECT_TRUE(WarmUp(*backbone, 2, 64).ok());
 }
 
+// Regions: each image's boxes pooled from the stage maps of the shared pass, as RoiAlign pools the
+// maps of that image alone; an image without boxes gets none; asking only for regions of early
+// stages stops there.
+TEST(BatchTest, RegionsArePooledFromEachImagesOwnStageMaps) {
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  ASSERT_NE(model, nullptr);
+  std::vector<at::Tensor> inputs = {at::randn({1, 3, 64, 96}), at::randn({1, 3, 64, 96})};
+  std::vector<ImageRequest> requests(2);
+  requests[0].boxes = {{0, 0, 96, 64}, {10, 5, 40, 33.5f}};
+  requests[0].region_stages = {3, 1};
+  requests[0].region_pooling = {2, 0, true};
+  requests[1].stages = {2};
+  EXPECT_EQ(DeepestStage(requests[0]), 3);
+  EXPECT_EQ(DeepestStage(requests[1]), 2);
+  absl::StatusOr<std::vector<ImageOutputs>> out = RunBatch(*model, inputs, requests);
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_EQ((*out)[0].regions.size(), 2u);
+  EXPECT_TRUE((*out)[1].regions.empty());
+  OutputRequest what;
+  what.logits = false;
+  what.stages = true;
+  absl::StatusOr<ForwardOutputs> alone = model->Forward(inputs[0], what);
+  ASSERT_TRUE(alone.ok());
+  for (int i = 0; i < 2; ++i) {
+    const int stage = requests[0].region_stages[i];
+    absl::StatusOr<at::Tensor> want = RoiAlign(alone->stages[stage - 1][0], requests[0].boxes,
+                                               StageStride(stage), requests[0].region_pooling);
+    ASSERT_TRUE(want.ok());
+    const at::Tensor got = FloatsOf((*out)[0].regions[i]);
+    ASSERT_EQ(got.sizes(), want->sizes());
+    EXPECT_LE((got - *want).abs().max().item<float>(), 1e-4) << "stage " << stage;
+  }
+  // A vector per box at output_size 1, and its bytes in the estimate.
+  requests[0].region_pooling.output_size = 1;
+  out = RunBatch(*model, {inputs[0]}, {requests[0]});
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ((*out)[0].regions[1].shape, (std::vector<int64_t>{2, 16}));
+  ImageRequest none = requests[0];
+  none.boxes.clear();
+  EXPECT_EQ(EstimateOutputBytes(model->config(), requests[0], 64, 96) -
+                EstimateOutputBytes(model->config(), none, 64, 96),
+            2 * ((16 + 2 * 32 * 4) + (16 + 2 * 16 * 4)));
+  // Boxes with no stage to pool from are a malformed request.
+  requests[0].region_stages.clear();
+  EXPECT_EQ(RunBatch(*model, {inputs[0]}, {requests[0]}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace convnext
