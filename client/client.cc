@@ -3,8 +3,12 @@
 #include <grpcpp/grpcpp.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "health.grpc.pb.h"
 
@@ -91,6 +95,81 @@ bool IsRetryable(absl::StatusCode code) {
   // RESOURCE_EXHAUSTED is not: the server says it for a request that can never fit (over the
   // message size or the memory budget), and a retry would only be refused again.
   return code == absl::StatusCode::kUnavailable;
+}
+
+namespace {
+
+float HalfToFloat(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1f;
+  const uint32_t mantissa = h & 0x3ff;
+  float magnitude;
+  if (exponent == 0) {
+    magnitude = std::ldexp(static_cast<float>(mantissa), -24);  // Zero or subnormal.
+  } else if (exponent == 31) {
+    magnitude = mantissa == 0 ? std::numeric_limits<float>::infinity()
+                              : std::numeric_limits<float>::quiet_NaN();
+  } else {
+    magnitude = std::ldexp(static_cast<float>(mantissa | 0x400), static_cast<int>(exponent) - 25);
+  }
+  return sign != 0 ? -magnitude : magnitude;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<float>> TensorValues(const v1::Tensor& tensor) {
+  int64_t n = 1;
+  for (int64_t d : tensor.shape()) {
+    if (d < 0 || (d > 0 && n > (int64_t{1} << 40) / d)) {
+      return absl::InvalidArgumentError("tensor shape has a negative or huge dimension");
+    }
+    n *= d;
+  }
+  const v1::DataType dtype =
+      tensor.dtype() == v1::DATA_TYPE_UNSPECIFIED ? v1::FP32 : tensor.dtype();
+  const int64_t element = dtype == v1::FP32 ? 4 : (dtype == v1::INT8 ? 1 : 2);
+  if (dtype != v1::FP32 && dtype != v1::FP16 && dtype != v1::BF16 && dtype != v1::INT8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown tensor dtype ", static_cast<int>(tensor.dtype())));
+  }
+  const std::string& data = tensor.data();
+  if (static_cast<int64_t>(data.size()) != n * element) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor data has ", data.size(), " bytes; its shape and dtype need ", n * element));
+  }
+  std::vector<float> out(n);
+  const auto* bytes = reinterpret_cast<const unsigned char*>(data.data());
+  switch (dtype) {
+    case v1::FP32:
+      std::memcpy(out.data(), bytes, data.size());
+      break;
+    case v1::FP16:
+      for (int64_t i = 0; i < n; ++i) out[i] = HalfToFloat(bytes[2 * i] | bytes[2 * i + 1] << 8);
+      break;
+    case v1::BF16:
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t bits = static_cast<uint32_t>(bytes[2 * i] | bytes[2 * i + 1] << 8) << 16;
+        std::memcpy(&out[i], &bits, sizeof(float));
+      }
+      break;
+    default: {  // INT8.
+      const int axis = tensor.scale_axis();
+      const int64_t channels =
+          axis < 0 ? 1 : (axis < tensor.shape_size() ? tensor.shape(axis) : -1);
+      if (channels < 0 || tensor.scales_size() != channels) {
+        return absl::InvalidArgumentError(absl::StrCat("INT8 tensor has ", tensor.scales_size(),
+                                                       " scales for scale_axis ", axis));
+      }
+      // Elements per index of the scale axis, and how many times the axis repeats.
+      int64_t inner = 1;
+      for (int d = axis + 1; axis >= 0 && d < tensor.shape_size(); ++d) inner *= tensor.shape(d);
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t c = axis < 0 ? 0 : (i / inner) % channels;
+        out[i] = static_cast<float>(static_cast<int8_t>(bytes[i])) * tensor.scales(c);
+      }
+    }
+  }
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& options) {

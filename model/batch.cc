@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cmath>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -12,14 +13,78 @@
 namespace convnext {
 namespace {
 
-OutputTensor ToOutput(const at::Tensor& t, OutputDType dtype) {
-  const bool half = dtype == OutputDType::kFloat16;
-  const at::Tensor c = t.to(at::kCPU, half ? at::kHalf : at::kFloat).contiguous();
+// `t` as `dtype`; for kInt8 with a scale per index of `channel_axis` (-1: one scale).
+OutputTensor ToOutput(const at::Tensor& t, OutputDType dtype, int channel_axis = -1) {
   OutputTensor out;
-  out.shape = c.sizes().vec();
   out.dtype = dtype;
+  at::Tensor c;
+  switch (dtype) {
+    case OutputDType::kFloat32:
+      c = t.to(at::kCPU, at::kFloat).contiguous();
+      break;
+    case OutputDType::kFloat16:
+      c = t.to(at::kCPU, at::kHalf).contiguous();
+      break;
+    case OutputDType::kBFloat16:  // Rounded to nearest even, as ATen converts.
+      c = t.to(at::kCPU, at::kBFloat16).contiguous();
+      break;
+    case OutputDType::kInt8: {
+      const at::Tensor f = t.to(at::kCPU, at::kFloat);
+      at::Tensor scale;
+      if (channel_axis < 0) {
+        scale = f.abs().max().reshape({1});
+      } else {
+        scale = f.abs().movedim(channel_axis, 0).reshape({f.size(channel_axis), -1}).amax(1);
+      }
+      // A channel of zeros keeps scale 1 (its values quantise to 0 either way).
+      scale = at::where(scale > 0, scale / 127, at::ones_like(scale)).contiguous();
+      std::vector<int64_t> view(f.dim(), 1);
+      if (channel_axis >= 0) view[channel_axis] = f.size(channel_axis);
+      c = at::round(f / (channel_axis < 0 ? scale : scale.view(view)))
+              .clamp(-127, 127)
+              .to(at::kChar)
+              .contiguous();
+      out.scales.assign(scale.data_ptr<float>(), scale.data_ptr<float>() + scale.numel());
+      out.scale_axis = channel_axis;
+      break;
+    }
+  }
+  out.shape = c.sizes().vec();
   out.bytes.assign(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
   return out;
+}
+
+int64_t ElementBytes(OutputDType dtype) {
+  switch (dtype) {
+    case OutputDType::kFloat32:
+      return 4;
+    case OutputDType::kFloat16:
+    case OutputDType::kBFloat16:
+      return 2;
+    case OutputDType::kInt8:
+      return 1;
+  }
+  return 4;
+}
+
+// A [C, H, W] stage map pooled to [C, grid, grid].
+at::Tensor Pool(const at::Tensor& map, const StagePooling& p) {
+  const at::Tensor x = map.to(at::kFloat).unsqueeze(0);
+  const std::vector<int64_t> size = {p.grid, p.grid};
+  switch (p.kind) {
+    case StagePooling::Kind::kNone:
+      return map;
+    case StagePooling::Kind::kAverage:
+      return at::adaptive_avg_pool2d(x, size)[0];
+    case StagePooling::Kind::kMax:
+      return std::get<0>(at::adaptive_max_pool2d(x, size))[0];
+    case StagePooling::Kind::kGeM:
+      // In float64: x^p overflows float32 for large p.
+      return at::adaptive_avg_pool2d(x.to(at::kDouble).clamp_min(1e-6).pow(p.gem_p), size)
+          .pow(1.0 / p.gem_p)[0]
+          .to(at::kFloat);
+  }
+  return map;
 }
 
 absl::Status CheckRequest(const ConvNeXt& model, const ImageRequest& r) {
@@ -30,6 +95,13 @@ absl::Status CheckRequest(const ConvNeXt& model, const ImageRequest& r) {
   }
   if (r.embedding && c.stage_norms) {
     return absl::InvalidArgumentError("a detection backbone has no pooled embedding");
+  }
+  if (r.stage_pooling.kind != StagePooling::Kind::kNone &&
+      (r.stage_pooling.grid < 1 || r.stage_pooling.grid > kMaxPoolingGrid ||
+       !(r.stage_pooling.gem_p > 0) || !std::isfinite(r.stage_pooling.gem_p))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "stage pooling needs a grid in 1..", kMaxPoolingGrid, " (got ", r.stage_pooling.grid,
+        ") and a GeM exponent > 0 (got ", r.stage_pooling.gem_p, ")"));
   }
   for (const std::vector<int>* stages : {&r.stages, &r.region_stages}) {
     for (int s : *stages) {
@@ -87,13 +159,15 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
       if (r.normalize) e = e / e.norm().clamp_min(1e-12);
       o.embedding = ToOutput(e, r.dtype);
     }
-    for (int s : r.stages) o.stages.push_back(ToOutput(out.stages[s - 1][j], r.dtype));
+    for (int s : r.stages) {
+      o.stages.push_back(ToOutput(Pool(out.stages[s - 1][j], r.stage_pooling), r.dtype, 0));
+    }
     if (!r.boxes.empty()) {
       for (int s : r.region_stages) {
         ASSIGN_OR_RETURN(at::Tensor pooled,
                          RoiAlign(out.stages[s - 1][j], r.boxes, StageStride(s), r.region_pooling));
         if (r.region_pooling.output_size == 1) pooled = pooled.flatten(1);
-        o.regions.push_back(ToOutput(pooled, r.dtype));
+        o.regions.push_back(ToOutput(pooled, r.dtype, 1));
       }
     }
   }
@@ -148,17 +222,26 @@ int64_t EstimateForwardBytes(const ConvNeXtConfig& config, int64_t height, int64
 
 int64_t EstimateOutputBytes(const ConvNeXtConfig& config, const ImageRequest& request,
                             int64_t height, int64_t width) {
-  const int64_t element = request.dtype == OutputDType::kFloat16 ? 2 : 4;
+  const int64_t element = ElementBytes(request.dtype);
+  // An int8 tensor carries a float32 scale per channel.
+  const int64_t per_channel = request.dtype == OutputDType::kInt8 ? 4 : 0;
   int64_t bytes = 64 + int64_t{request.top_k} * 16;  // Message framing; (index, score) pairs.
-  if (request.embedding) bytes += config.dims[kNumStages - 1] * element;
+  if (request.embedding) bytes += config.dims[kNumStages - 1] * element + per_channel;
+  const bool pooled = request.stage_pooling.kind != StagePooling::Kind::kNone;
   for (int s : request.stages) {
-    if (s >= 1 && s <= kNumStages) bytes += StageElements(config, s - 1, height, width) * element;
+    if (s < 1 || s > kNumStages) continue;
+    const int64_t elements = pooled ? config.dims[s - 1] * int64_t{request.stage_pooling.grid} *
+                                          request.stage_pooling.grid
+                                    : StageElements(config, s - 1, height, width);
+    bytes += elements * element + config.dims[s - 1] * per_channel;
   }
   const int64_t bins = int64_t{request.region_pooling.output_size} *
                        request.region_pooling.output_size *
                        static_cast<int64_t>(request.boxes.size());
   for (int s : request.boxes.empty() ? std::vector<int>() : request.region_stages) {
-    if (s >= 1 && s <= kNumStages) bytes += 16 + bins * config.dims[s - 1] * element;
+    if (s >= 1 && s <= kNumStages) {
+      bytes += 16 + bins * config.dims[s - 1] * element + config.dims[s - 1] * per_channel;
+    }
   }
   return 2 * bytes;
 }

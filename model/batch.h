@@ -29,8 +29,21 @@
 
 namespace convnext {
 
-// Element type of an output tensor's bytes.
-enum class OutputDType { kFloat32, kFloat16 };
+// Element type of an output tensor's bytes. kInt8 is symmetric quantisation with a float32 scale
+// per channel (OutputTensor::scales): value = q * scale, q in -127..127, scale = the channel's
+// largest magnitude / 127, so a value is off by at most half its channel's scale.
+enum class OutputDType { kFloat32, kFloat16, kBFloat16, kInt8 };
+
+// Pooling of returned stage maps to a grid x grid map, bins as ATen's adaptive pooling makes
+// them (bin i spans floor(i * H / grid) .. ceil((i + 1) * H / grid)): the mean, the maximum, or
+// generalised mean (GeM: (mean of max(x, 1e-6)^p)^(1/p)).
+struct StagePooling {
+  enum class Kind { kNone, kAverage, kMax, kGeM };
+  Kind kind = Kind::kNone;
+  int grid = 1;       // 1..kMaxPoolingGrid.
+  float gem_p = 3.0;  // GeM's exponent, > 0 (computed in float64).
+};
+inline constexpr int kMaxPoolingGrid = 64;
 
 // What to compute for one image.
 struct ImageRequest {
@@ -39,8 +52,9 @@ struct ImageRequest {
   // The pooled embedding [dims[3]] (not from detection backbones), L2-normalised if `normalize`.
   bool embedding = false;
   bool normalize = false;
-  // Stage feature maps to return, 1-based, in this order.
+  // Stage feature maps to return, 1-based, in this order, pooled as `stage_pooling` says.
   std::vector<int> stages;
+  StagePooling stage_pooling;
   // Region features (model/roi_align.h): `boxes` in this image's model-input pixels, pooled
   // from each of `region_stages` (1-based, in this order). None if `boxes` is empty.
   std::vector<RegionBox> boxes;
@@ -64,6 +78,10 @@ struct OutputTensor {
   std::vector<int64_t> shape;
   OutputDType dtype = OutputDType::kFloat32;
   std::string bytes;
+  // kInt8 only: the scales along `scale_axis` (shape[scale_axis] of them: the channel axis of a
+  // stage map or of region features), or one for the whole tensor (scale_axis -1: the embedding).
+  std::vector<float> scales;
+  int scale_axis = -1;
 };
 
 // What one image's request produced.

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "model/convnext.h"
@@ -257,6 +259,109 @@ TEST(BatchTest, RegionsArePooledFromEachImagesOwnStageMaps) {
   requests[0].region_stages.clear();
   EXPECT_EQ(RunBatch(*model, {inputs[0]}, {requests[0]}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Stage maps pooled to a grid: the mean, the maximum and GeM of each adaptive bin, checked on a
+// map whose bins are known: a 4 x 6 map pooled to 2 x 2 has bins of 2 x 3 pixels.
+TEST(BatchTest, StagePoolingAveragesMaximaAndGeneralisedMeansOfBins) {
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  ASSERT_NE(model, nullptr);
+  const at::Tensor input = at::randn({1, 3, 128, 192});  // Stage 2: 16 x 24; stage 4: 4 x 6.
+  ImageRequest full;
+  full.stages = {4, 2};
+  absl::StatusOr<std::vector<ImageOutputs>> base = RunBatch(*model, {input}, {full});
+  ASSERT_TRUE(base.ok());
+  const at::Tensor map = FloatsOf((*base)[0].stages[0]);  // [48, 4, 6]
+  ASSERT_EQ(map.sizes(), (std::vector<int64_t>{48, 4, 6}));
+  const at::Tensor bins =
+      map.view({48, 2, 2, 2, 3}).permute({0, 1, 3, 2, 4}).reshape({48, 2, 2, 6});
+  const float p = 2.5f;
+  const std::vector<std::pair<StagePooling::Kind, at::Tensor>> cases = {
+      {StagePooling::Kind::kAverage, bins.mean(-1)},
+      {StagePooling::Kind::kMax, std::get<0>(bins.max(-1))},
+      {StagePooling::Kind::kGeM, bins.clamp_min(1e-6).pow(p).mean(-1).pow(1 / p)}};
+  for (const auto& [kind, want] : cases) {
+    ImageRequest r = full;
+    r.stage_pooling = {kind, 2, p};
+    absl::StatusOr<std::vector<ImageOutputs>> out = RunBatch(*model, {input}, {r});
+    ASSERT_TRUE(out.ok()) << out.status();
+    const at::Tensor got = FloatsOf((*out)[0].stages[0]);
+    ASSERT_EQ(got.sizes(), want.sizes());
+    EXPECT_LE((got - want).abs().max().item<float>(),
+              1e-6 * std::max(1.0f, want.abs().max().item<float>()))
+        << static_cast<int>(kind);
+    EXPECT_EQ((*out)[0].stages[1].shape, (std::vector<int64_t>{24, 2, 2}));  // Stage 2 too.
+    EXPECT_LT(EstimateOutputBytes(model->config(), r, 128, 192),
+              EstimateOutputBytes(model->config(), full, 128, 192));
+  }
+  ImageRequest bad = full;
+  bad.stage_pooling = {StagePooling::Kind::kAverage, 0, 3};
+  EXPECT_EQ(RunBatch(*model, {input}, {bad}).status().code(), absl::StatusCode::kInvalidArgument);
+  bad.stage_pooling = {StagePooling::Kind::kGeM, 2, -1};
+  EXPECT_EQ(RunBatch(*model, {input}, {bad}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// The compact dtypes: bfloat16 is float32 rounded to nearest even; int8 has one scale per channel
+// (a stage map's axis 0, region features' axis 1, the embedding's whole vector), each channel's
+// largest magnitude / 127, and every value within half a scale.
+TEST(BatchTest, Bfloat16AndPerChannelInt8Outputs) {
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  ASSERT_NE(model, nullptr);
+  const at::Tensor input = at::randn({1, 3, 64, 64});
+  ImageRequest r;
+  r.embedding = true;
+  r.stages = {3};
+  r.boxes = {{0, 0, 64, 64}, {3, 4, 30, 50}, {10, 10, 11, 11}};
+  r.region_stages = {2};
+  r.region_pooling.output_size = 2;
+  absl::StatusOr<std::vector<ImageOutputs>> f32 = RunBatch(*model, {input}, {r});
+  ASSERT_TRUE(f32.ok());
+  const ImageOutputs& want = (*f32)[0];
+
+  r.dtype = OutputDType::kBFloat16;
+  absl::StatusOr<std::vector<ImageOutputs>> bf16 = RunBatch(*model, {input}, {r});
+  ASSERT_TRUE(bf16.ok());
+  auto widen = [](const OutputTensor& t) {
+    EXPECT_EQ(t.dtype, OutputDType::kBFloat16);
+    at::Tensor out = at::empty(t.shape, at::kBFloat16);
+    EXPECT_EQ(t.bytes.size(), static_cast<size_t>(out.numel()) * 2);
+    std::memcpy(out.data_ptr(), t.bytes.data(), t.bytes.size());
+    return out.to(at::kFloat);
+  };
+  EXPECT_TRUE(at::equal(widen((*bf16)[0].stages[0]),
+                        FloatsOf(want.stages[0]).to(at::kBFloat16).to(at::kFloat)));
+  EXPECT_TRUE(at::equal(widen((*bf16)[0].regions[0]),
+                        FloatsOf(want.regions[0]).to(at::kBFloat16).to(at::kFloat)));
+
+  r.dtype = OutputDType::kInt8;
+  absl::StatusOr<std::vector<ImageOutputs>> int8 = RunBatch(*model, {input}, {r});
+  ASSERT_TRUE(int8.ok());
+  const std::vector<std::tuple<const OutputTensor*, const OutputTensor*, int>> tensors = {
+      {&(*int8)[0].embedding, &want.embedding, -1},
+      {&(*int8)[0].stages[0], &want.stages[0], 0},
+      {&(*int8)[0].regions[0], &want.regions[0], 1}};
+  for (const auto& [q, f, axis] : tensors) {
+    EXPECT_EQ(q->dtype, OutputDType::kInt8);
+    EXPECT_EQ(q->scale_axis, axis);
+    const at::Tensor ref = FloatsOf(*f);
+    ASSERT_EQ(q->shape, f->shape);
+    ASSERT_EQ(q->bytes.size(), static_cast<size_t>(ref.numel()));
+    at::Tensor values = at::empty(q->shape, at::kChar);
+    std::memcpy(values.data_ptr(), q->bytes.data(), q->bytes.size());
+    const int64_t channels = axis < 0 ? 1 : ref.size(axis);
+    ASSERT_EQ(q->scales.size(), static_cast<size_t>(channels));
+    at::Tensor scales = at::tensor(q->scales);
+    std::vector<int64_t> view(ref.dim(), 1);
+    if (axis >= 0) view[axis] = channels;
+    scales = axis < 0 ? scales : scales.view(view);
+    const at::Tensor decoded = values.to(at::kFloat) * scales;
+    EXPECT_LE(((decoded - ref).abs() - scales / 2).max().item<float>(), 1e-6) << "axis " << axis;
+    EXPECT_EQ(values.abs().max().item<int>(), 127);  // The largest magnitude uses the range.
+    const at::Tensor largest = axis < 0
+                                   ? ref.abs().max().reshape({1})
+                                   : ref.abs().movedim(axis, 0).reshape({channels, -1}).amax(1);
+    EXPECT_TRUE(at::allclose(at::tensor(q->scales), largest / 127));
+  }
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "convnext/v1/image_model.pb.h"
+#include "model/batch.h"
 #include "model/roi_align.h"
 
 namespace convnext::server {
@@ -42,6 +43,7 @@ class InferenceRequest {
     bool include_embedding = false;
     bool normalize = false;
     std::vector<int> stages;  // 1-based.
+    StagePooling stage_pooling;
     v1::DataType dtype = v1::FP32;
     v1::ResizePolicy resize = v1::CLASSIFICATION;
     // Region features (kEmbed): per image (empty, or one entry per image), boxes in the image's

@@ -94,6 +94,7 @@ ImageRequest ToImageRequest(const InferenceRequest::Params& p, int index) {
     r.embedding = p.include_embedding;
     r.normalize = p.normalize;
     r.stages = p.stages;
+    r.stage_pooling = p.stage_pooling;
     r.dtype = ToOutputDType(p.dtype);
     if (!p.boxes.empty()) {
       r.boxes = p.boxes[index];

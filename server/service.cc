@@ -83,6 +83,35 @@ absl::Status ParseRegions(const v1::EmbedRequest& request, InferenceRequest::Par
   return absl::OkStatus();
 }
 
+// The request's stage_pooling into `params`: a known kind, a grid in 1..kMaxPoolingGrid, a
+// finite GeM exponent > 0, and stage maps to pool.
+absl::Status ParseStagePooling(const v1::EmbedRequest& request, InferenceRequest::Params* params) {
+  const v1::SpatialPooling& p = request.stage_pooling();
+  if (!v1::SpatialPooling::Kind_IsValid(p.kind())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown stage_pooling kind ", static_cast<int>(p.kind())));
+  }
+  if (p.kind() == v1::SpatialPooling::NONE) return absl::OkStatus();
+  if (request.stages().empty()) {
+    return absl::InvalidArgumentError("stage_pooling needs stages to pool: list them in stages");
+  }
+  StagePooling& out = params->stage_pooling;
+  out.kind = p.kind() == v1::SpatialPooling::AVERAGE ? StagePooling::Kind::kAverage
+             : p.kind() == v1::SpatialPooling::MAX   ? StagePooling::Kind::kMax
+                                                     : StagePooling::Kind::kGeM;
+  if (p.grid() > static_cast<uint32_t>(kMaxPoolingGrid)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stage_pooling.grid must be in 1..", kMaxPoolingGrid, ", got ", p.grid()));
+  }
+  out.grid = p.grid() == 0 ? 1 : static_cast<int>(p.grid());
+  out.gem_p = p.gem_p() == 0 ? 3.0f : p.gem_p();
+  if (!std::isfinite(out.gem_p) || !(out.gem_p > 0) || out.gem_p > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stage_pooling.gem_p must be in (0, 64], got ", p.gem_p()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 ImageModelServiceImpl::ImageModelServiceImpl(const ModelRepository* models, ServiceOptions options)
@@ -200,7 +229,8 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerConte
     return fail(absl::InvalidArgumentError(
         absl::StrCat("unknown dtype ", static_cast<int>(request->dtype()))));
   }
-  params.dtype = request->dtype() == v1::FP16 ? v1::FP16 : v1::FP32;
+  params.dtype = request->dtype() == v1::DATA_TYPE_UNSPECIFIED ? v1::FP32 : request->dtype();
+  if (absl::Status s = ParseStagePooling(*request, &params); !s.ok()) return fail(s);
   if (!v1::ResizePolicy_IsValid(request->resize())) {
     return fail(absl::InvalidArgumentError(
         absl::StrCat("unknown resize policy ", static_cast<int>(request->resize()))));

@@ -6,7 +6,9 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <thread>
 
@@ -284,6 +286,67 @@ TEST_F(ServerE2eTest, EmbedRegionsMatchTorchvisionRoiAlign) {
     const at::Tensor map = testing::ReadReference(absl::StrCat("custom.stage", stage, ".npy"))[0];
     EXPECT_LE((decode(response->results(1).stages(0)) - map).abs().max().item<float>(), 1e-4);
   }
+}
+
+// The compact answer encodings through the C++ client: FP16, BF16 and per-channel INT8 decoded by
+// client::TensorValues agree with the FP32 answer within each encoding's rounding.
+TEST_F(ServerE2eTest, CompactDtypesDecodeToTheFloat32Answer) {
+  client::ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", port_);
+  absl::StatusOr<std::unique_ptr<client::Client>> c = client::Client::Create(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  v1::EmbedRequest request;
+  *request.add_images() = TensorImage(testing::ReadReference("custom.features_input.npy")[1]);
+  request.set_include_embedding(true);
+  request.add_stages(1);
+  request.add_stages(3);
+  v1::Box* box = request.add_regions()->add_boxes();
+  box->set_x2(120);
+  box->set_y2(80);
+  request.mutable_region_pooling()->set_output_size(3);
+  request.mutable_region_pooling()->add_stages(2);
+  absl::StatusOr<v1::EmbedResponse> f32 = (*c)->Embed(request);
+  ASSERT_TRUE(f32.ok()) << f32.status();
+  const v1::Embedding& want = f32->results(0);
+  const std::vector<const v1::Tensor*> want_tensors = {&want.embedding(), &want.stages(0),
+                                                       &want.stages(1), &want.regions(0)};
+  for (const v1::DataType dtype : {v1::FP16, v1::BF16, v1::INT8}) {
+    request.set_dtype(dtype);
+    absl::StatusOr<v1::EmbedResponse> r = (*c)->Embed(request);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const v1::Embedding& got = r->results(0);
+    const std::vector<const v1::Tensor*> got_tensors = {&got.embedding(), &got.stages(0),
+                                                        &got.stages(1), &got.regions(0)};
+    for (size_t t = 0; t < got_tensors.size(); ++t) {
+      const v1::Tensor& g = *got_tensors[t];
+      EXPECT_EQ(g.dtype(), dtype);
+      EXPECT_EQ(g.shape().size(), want_tensors[t]->shape().size());
+      absl::StatusOr<std::vector<float>> values = client::TensorValues(g);
+      absl::StatusOr<std::vector<float>> exact = client::TensorValues(*want_tensors[t]);
+      ASSERT_TRUE(values.ok() && exact.ok()) << values.status();
+      ASSERT_EQ(values->size(), exact->size());
+      const size_t element = dtype == v1::INT8 ? 1 : 2;
+      EXPECT_EQ(g.data().size(), exact->size() * element);
+      float largest = 0;
+      for (float v : *exact) largest = std::max(largest, std::abs(v));
+      for (size_t i = 0; i < exact->size(); ++i) {
+        const float e = (*exact)[i];
+        // FP16: 11 significant bits; BF16: 8; INT8: half the largest scale.
+        const float tolerance = dtype == v1::FP16   ? std::abs(e) / 1024 + 1e-7f
+                                : dtype == v1::BF16 ? std::abs(e) / 128
+                                                    : largest / 254 * 1.0001f;
+        ASSERT_LE(std::abs((*values)[i] - e), tolerance)
+            << v1::DataType_Name(dtype) << " tensor " << t << " element " << i;
+      }
+      if (dtype == v1::INT8) EXPECT_EQ(g.scale_axis(), t == 0 ? -1 : (t == 3 ? 1 : 0));
+    }
+  }
+  // An image tensor in an answer-only dtype is refused.
+  v1::EmbedRequest bf16_input = request;
+  bf16_input.mutable_images(0)->mutable_tensor()->set_dtype(v1::BF16);
+  absl::StatusOr<v1::EmbedResponse> refused = (*c)->Embed(bf16_input);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), ::testing::HasSubstr("must be FP32 or FP16"));
 }
 
 TEST_F(ServerE2eTest, ClientRetriesThenReportsUnavailable) {

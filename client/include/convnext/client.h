@@ -25,6 +25,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -101,6 +102,12 @@ class Client {
 
 // True for the statuses a call is retried on.
 bool IsRetryable(absl::StatusCode code);
+
+// The values of a tensor the server answered with, as float32 in row-major order: FP32 as it is,
+// FP16 and BF16 widened (exactly), INT8 multiplied by its scales (Tensor.scales along
+// scale_axis). INVALID_ARGUMENT if the data does not hold product(shape) elements of its dtype,
+// or an INT8 tensor's scales do not match its scale_axis.
+absl::StatusOr<std::vector<float>> TensorValues(const v1::Tensor& tensor);
 
 }  // namespace convnext::client
 
