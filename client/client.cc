@@ -117,7 +117,10 @@ float HalfToFloat(uint16_t h) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<float>> TensorValues(const v1::Tensor& tensor) {
+namespace {
+
+// The elements a tensor's shape holds and the bytes its dtype gives each.
+absl::Status Layout(const v1::Tensor& tensor, int64_t* elements, int64_t* element_bytes) {
   int64_t n = 1;
   for (int64_t d : tensor.shape()) {
     if (d < 0 || (d > 0 && n > (int64_t{1} << 40) / d)) {
@@ -125,13 +128,33 @@ absl::StatusOr<std::vector<float>> TensorValues(const v1::Tensor& tensor) {
     }
     n *= d;
   }
+  switch (tensor.dtype()) {
+    case v1::DATA_TYPE_UNSPECIFIED:
+    case v1::FP32:
+      *element_bytes = 4;
+      break;
+    case v1::FP16:
+    case v1::BF16:
+      *element_bytes = 2;
+      break;
+    case v1::INT8:
+      *element_bytes = 1;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown tensor dtype ", static_cast<int>(tensor.dtype())));
+  }
+  *elements = n;
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<float>> TensorValues(const v1::Tensor& tensor) {
+  int64_t n = 0, element = 0;
+  if (absl::Status s = Layout(tensor, &n, &element); !s.ok()) return s;
   const v1::DataType dtype =
       tensor.dtype() == v1::DATA_TYPE_UNSPECIFIED ? v1::FP32 : tensor.dtype();
-  const int64_t element = dtype == v1::FP32 ? 4 : (dtype == v1::INT8 ? 1 : 2);
-  if (dtype != v1::FP32 && dtype != v1::FP16 && dtype != v1::BF16 && dtype != v1::INT8) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown tensor dtype ", static_cast<int>(tensor.dtype())));
-  }
   const std::string& data = tensor.data();
   if (static_cast<int64_t>(data.size()) != n * element) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -234,6 +257,68 @@ absl::StatusOr<v1::ClassifyResponse> Client::Classify(const v1::ClassifyRequest&
 
 absl::StatusOr<v1::EmbedResponse> Client::Embed(const v1::EmbedRequest& request) {
   return Unary(options_, stub_.get(), &v1::ImageModelService::Stub::Embed, request);
+}
+
+absl::StatusOr<v1::EmbedResponse> Client::EmbedStreamed(const v1::EmbedRequest& request,
+                                                        uint32_t chunk_bytes) {
+  v1::EmbedStreamRequest stream_request;
+  *stream_request.mutable_request() = request;
+  stream_request.set_chunk_bytes(chunk_bytes);
+  v1::EmbedResponse response;
+  absl::Status protocol;  // A broken stream, which retrying would not mend.
+  const absl::Status s = Call(options_, [&](grpc::ClientContext* ctx) {
+    response.Clear();
+    std::unique_ptr<grpc::ClientReader<v1::EmbedChunk>> reader =
+        stub_->EmbedStream(ctx, stream_request);
+    std::vector<v1::Tensor*> tensors;  // In answer order.
+    bool header = false;
+    v1::EmbedChunk chunk;
+    while (protocol.ok() && reader->Read(&chunk)) {
+      if (!header) {
+        if (!chunk.has_header()) {
+          protocol = absl::InternalError("EmbedStream: the first message has no header");
+          break;
+        }
+        response = std::move(*chunk.mutable_header());
+        header = true;
+        for (v1::Embedding& e : *response.mutable_results()) {
+          if (e.embedding().shape_size() > 0) tensors.push_back(e.mutable_embedding());
+          for (v1::Tensor& t : *e.mutable_stages()) tensors.push_back(&t);
+          for (v1::Tensor& t : *e.mutable_regions()) tensors.push_back(&t);
+        }
+        continue;
+      }
+      if (chunk.tensor() >= tensors.size() ||
+          chunk.offset() != tensors[chunk.tensor()]->data().size()) {
+        protocol =
+            absl::InternalError(absl::StrCat("EmbedStream: a piece of tensor ", chunk.tensor(),
+                                             " at offset ", chunk.offset(), " is out of order"));
+        break;
+      }
+      tensors[chunk.tensor()]->mutable_data()->append(chunk.data());
+    }
+    if (!protocol.ok()) {
+      ctx->TryCancel();
+      reader->Finish();
+      return grpc::Status::OK;  // `protocol` says what went wrong.
+    }
+    const grpc::Status finished = reader->Finish();
+    if (!finished.ok()) return finished;
+    if (!header) protocol = absl::InternalError("EmbedStream: the answer has no header");
+    for (size_t i = 0; i < tensors.size() && protocol.ok(); ++i) {
+      int64_t n = 0, element = 0;
+      protocol = Layout(*tensors[i], &n, &element);
+      if (protocol.ok() && static_cast<int64_t>(tensors[i]->data().size()) != n * element) {
+        protocol =
+            absl::InternalError(absl::StrCat("EmbedStream: tensor ", i, " has ",
+                                             tensors[i]->data().size(), " bytes of ", n * element));
+      }
+    }
+    return grpc::Status::OK;
+  });
+  if (!s.ok()) return s;
+  if (!protocol.ok()) return protocol;
+  return response;
 }
 
 absl::StatusOr<v1::ListModelsResponse> Client::ListModels() {

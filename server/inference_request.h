@@ -51,6 +51,9 @@ class InferenceRequest {
     std::vector<std::vector<RegionBox>> boxes;
     std::vector<int> region_stages;  // 1-based.
     RoiAlignOptions region_pooling;
+    // The answer is streamed in pieces (EmbedStream): bounded by the memory budget, not by
+    // max_message_bytes.
+    bool streamed = false;
   };
 
   // Called once, when every image has ended, with OK or the first error.

@@ -21,8 +21,8 @@
 namespace convnext::server {
 namespace {
 
-constexpr const char* kMethodNames[kNumMethods] = {"Classify", "Embed", "ListModels", "GetModel",
-                                                   "ModelInfer"};
+constexpr const char* kMethodNames[kNumMethods] = {"Classify", "Embed",      "ListModels",
+                                                   "GetModel", "ModelInfer", "EmbedStream"};
 constexpr const char* kCodeNames[kNumStatusCodes] = {
     "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
     "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",

@@ -34,8 +34,15 @@ namespace convnext::server {
 
 // The inference and model-listing calls, of both protocols (ModelInfer: the Open Inference
 // Protocol's).
-enum class Method { kClassify = 0, kEmbed = 1, kListModels = 2, kGetModel = 3, kModelInfer = 4 };
-inline constexpr int kNumMethods = 5;
+enum class Method {
+  kClassify = 0,
+  kEmbed = 1,
+  kListModels = 2,
+  kGetModel = 3,
+  kModelInfer = 4,
+  kEmbedStream = 5
+};
+inline constexpr int kNumMethods = 6;
 // The model label of calls that name no served model: never the requested name, so that hostile
 // names cannot grow the metrics' label set.
 inline constexpr char kUnknownModelLabel[] = "unknown";

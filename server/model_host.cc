@@ -309,7 +309,7 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
     total += costs[i];
     answer += output / 2;  // EstimateOutputBytes counts the serialised copy too.
   }
-  if (answer > options_.max_response_bytes) {
+  if (!params.streamed && answer > options_.max_response_bytes) {
     return absl::ResourceExhaustedError(
         absl::StrCat("the answer would be about ", answer >> 20,
                      " MiB, more than max_message_bytes (", options_.max_response_bytes >> 20,

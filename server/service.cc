@@ -8,6 +8,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "base/status_macros.h"
 #include "server/log.h"
 #include "server/status_util.h"
 
@@ -120,6 +121,12 @@ ImageModelServiceImpl::ImageModelServiceImpl(const ModelRepository* models, Serv
 void ImageModelServiceImpl::Answer(grpc::ServerUnaryReactor* reactor, const std::string& model,
                                    ModelMetrics* metrics, Method method, absl::Time start,
                                    const absl::Status& status) {
+  Record(model, metrics, method, start, status);
+  reactor->Finish(ToGrpcStatus(status));
+}
+
+void ImageModelServiceImpl::Record(const std::string& model, ModelMetrics* metrics, Method method,
+                                   absl::Time start, const absl::Status& status) {
   const grpc::Status grpc_status = ToGrpcStatus(status);
   const int64_t latency_us = absl::ToInt64Microseconds(absl::Now() - start);
   RecordRequest(metrics, method, grpc_status.error_code(), latency_us);
@@ -132,7 +139,6 @@ void ImageModelServiceImpl::Answer(grpc::ServerUnaryReactor* reactor, const std:
          {"latency_us", absl::StrCat(latency_us)},
          {"message", std::string(status.message().substr(0, 200))}});
   }
-  reactor->Finish(grpc_status);
 }
 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::Run(
@@ -191,6 +197,55 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Classify(grpc::CallbackServerCo
   return Run(ctx, host->get(), params, request->images(), response, nullptr, kMethod, start);
 }
 
+absl::Status ImageModelServiceImpl::EmbedParams(const v1::EmbedRequest& request,
+                                                const ModelHost& host,
+                                                InferenceRequest::Params* params) {
+  RETURN_IF_ERROR(CheckImages(request.images_size()));
+  params->kind = InferenceRequest::Kind::kEmbed;
+  params->include_embedding = request.include_embedding();
+  params->normalize = request.normalize();
+  std::set<int> seen;
+  for (int s : request.stages()) {
+    if (s < 1 || s > 4 || !seen.insert(s).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("stages must be distinct values in 1..4, got ", s));
+    }
+    params->stages.push_back(s);
+  }
+  RETURN_IF_ERROR(ParseRegions(request, params));
+  if (!params->include_embedding && params->stages.empty() && params->boxes.empty()) {
+    return absl::InvalidArgumentError(
+        "nothing to compute: set include_embedding, list stages or give regions");
+  }
+  if (params->include_embedding && host.architecture().stage_norms) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model '", host.name(),
+                     "' is a detection backbone without a pooled embedding; ask for stages"));
+  }
+  if (!v1::DataType_IsValid(request.dtype())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown dtype ", static_cast<int>(request.dtype())));
+  }
+  params->dtype = request.dtype() == v1::DATA_TYPE_UNSPECIFIED ? v1::FP32 : request.dtype();
+  RETURN_IF_ERROR(ParseStagePooling(request, params));
+  if (!v1::ResizePolicy_IsValid(request.resize())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown resize policy ", static_cast<int>(request.resize())));
+  }
+  params->resize = request.resize() == v1::KEEP_SIZE ? v1::KEEP_SIZE : v1::CLASSIFICATION;
+  return absl::OkStatus();
+}
+
+void ImageModelServiceImpl::StartEmbedResponse(const v1::EmbedRequest& request,
+                                               const ModelHost& host,
+                                               const InferenceRequest::Params& params,
+                                               v1::EmbedResponse* response) {
+  response->set_model(host.name());
+  response->set_model_version(host.version());
+  response->set_embedding_space(host.embedding_space(params.normalize));
+  for (int i = 0; i < request.images_size(); ++i) response->add_results();
+}
+
 grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerContext* ctx,
                                                        const v1::EmbedRequest* request,
                                                        v1::EmbedResponse* response) {
@@ -199,48 +254,118 @@ grpc::ServerUnaryReactor* ImageModelServiceImpl::Embed(grpc::CallbackServerConte
   absl::StatusOr<std::shared_ptr<ModelHost>> host =
       models_->Find(request->model(), request->model_version());
   if (!host.ok()) return AnswerNow(ctx, nullptr, kMethod, start, host.status());
-  const std::string& model = (*host)->name();
-  auto fail = [&](const absl::Status& s) { return AnswerNow(ctx, host->get(), kMethod, start, s); };
-  if (absl::Status s = CheckImages(request->images_size()); !s.ok()) return fail(s);
   InferenceRequest::Params params;
-  params.kind = InferenceRequest::Kind::kEmbed;
-  params.include_embedding = request->include_embedding();
-  params.normalize = request->normalize();
-  std::set<int> seen;
-  for (int s : request->stages()) {
-    if (s < 1 || s > 4 || !seen.insert(s).second) {
-      return fail(absl::InvalidArgumentError(
-          absl::StrCat("stages must be distinct values in 1..4, got ", s)));
-    }
-    params.stages.push_back(s);
+  if (absl::Status s = EmbedParams(*request, **host, &params); !s.ok()) {
+    return AnswerNow(ctx, host->get(), kMethod, start, s);
   }
-  if (absl::Status s = ParseRegions(*request, &params); !s.ok()) return fail(s);
-  if (!params.include_embedding && params.stages.empty() && params.boxes.empty()) {
-    return fail(absl::InvalidArgumentError(
-        "nothing to compute: set include_embedding, list stages or give regions"));
-  }
-  if (params.include_embedding && (*host)->architecture().stage_norms) {
-    return fail(absl::FailedPreconditionError(
-        absl::StrCat("model '", (*host)->name(),
-                     "' is a detection backbone without a pooled embedding; ask for "
-                     "stages")));
-  }
-  if (!v1::DataType_IsValid(request->dtype())) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("unknown dtype ", static_cast<int>(request->dtype()))));
-  }
-  params.dtype = request->dtype() == v1::DATA_TYPE_UNSPECIFIED ? v1::FP32 : request->dtype();
-  if (absl::Status s = ParseStagePooling(*request, &params); !s.ok()) return fail(s);
-  if (!v1::ResizePolicy_IsValid(request->resize())) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("unknown resize policy ", static_cast<int>(request->resize()))));
-  }
-  params.resize = request->resize() == v1::KEEP_SIZE ? v1::KEEP_SIZE : v1::CLASSIFICATION;
-  response->set_model(model);
-  response->set_model_version((*host)->version());
-  response->set_embedding_space((*host)->embedding_space(params.normalize));
-  for (int i = 0; i < request->images_size(); ++i) response->add_results();
+  StartEmbedResponse(*request, **host, params, response);
   return Run(ctx, host->get(), params, request->images(), nullptr, response, kMethod, start);
+}
+
+// An EmbedStream call: computes the answer as Embed does, then writes it as a header and pieces
+// of at most chunk_bytes, one write at a time (the next from OnWriteDone), so that at most one
+// piece is copied at any time. Deletes itself when gRPC is done with it.
+class ImageModelServiceImpl::EmbedStreamReactor : public grpc::ServerWriteReactor<v1::EmbedChunk> {
+ public:
+  EmbedStreamReactor(ImageModelServiceImpl* service, absl::Time start)
+      : service_(service), start_(start) {}
+
+  // Validates and admits the call, or finishes it with the error.
+  void Start(grpc::CallbackServerContext* ctx, const v1::EmbedStreamRequest& stream_request) {
+    const v1::EmbedRequest& request = stream_request.request();
+    absl::StatusOr<std::shared_ptr<ModelHost>> host =
+        service_->models_->Find(request.model(), request.model_version());
+    if (!host.ok()) {
+      model_ = kUnknownModelLabel;
+      metrics_ = Metrics::ForModel(kUnknownModelLabel, "");
+      return Done(host.status());
+    }
+    model_ = (*host)->name();
+    metrics_ = (*host)->metrics();
+    const uint32_t chunk = stream_request.chunk_bytes();
+    if (chunk != 0 && (chunk < kMinChunkBytes || chunk > kMaxChunkBytes)) {
+      return Done(absl::InvalidArgumentError(absl::StrCat("chunk_bytes must be 0 (1 MiB) or in ",
+                                                          kMinChunkBytes, "..", kMaxChunkBytes,
+                                                          ", got ", chunk)));
+    }
+    chunk_bytes_ = chunk == 0 ? kDefaultChunkBytes : chunk;
+    InferenceRequest::Params params;
+    if (absl::Status s = service_->EmbedParams(request, **host, &params); !s.ok()) return Done(s);
+    params.streamed = true;
+    StartEmbedResponse(request, **host, params, &response_);
+    (*host)->Run(params, request.images(), DeadlineOf(*ctx), ctx, nullptr, &response_,
+                 [this](const absl::Status& s) { Computed(s); });
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) return Done(absl::CancelledError("the client stopped reading the stream"));
+    WriteNext();
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  static constexpr uint32_t kMinChunkBytes = 1 << 10;
+  static constexpr uint32_t kMaxChunkBytes = 16 << 20;
+  static constexpr uint32_t kDefaultChunkBytes = 1 << 20;
+
+  // The answer is complete (or failed): take every tensor's data out of it, send the rest.
+  void Computed(const absl::Status& status) {
+    if (!status.ok()) return Done(status);
+    for (v1::Embedding& e : *response_.mutable_results()) {
+      if (e.embedding().shape_size() > 0) Take(e.mutable_embedding());
+      for (v1::Tensor& t : *e.mutable_stages()) Take(&t);
+      for (v1::Tensor& t : *e.mutable_regions()) Take(&t);
+    }
+    *chunk_.mutable_header() = std::move(response_);
+    StartWrite(&chunk_);
+  }
+
+  void Take(v1::Tensor* t) {
+    data_.push_back(std::move(*t->mutable_data()));
+    t->clear_data();
+  }
+
+  // The next piece, or the end of the stream.
+  void WriteNext() {
+    while (tensor_ < data_.size() && offset_ >= data_[tensor_].size()) {
+      std::string().swap(data_[tensor_]);  // Sent: free it now.
+      ++tensor_;
+      offset_ = 0;
+    }
+    if (tensor_ >= data_.size()) return Done(absl::OkStatus());
+    const std::string& d = data_[tensor_];
+    const size_t n = std::min<size_t>(chunk_bytes_, d.size() - offset_);
+    chunk_.Clear();
+    chunk_.set_tensor(static_cast<uint32_t>(tensor_));
+    chunk_.set_offset(offset_);
+    chunk_.set_data(d.data() + offset_, n);
+    offset_ += n;
+    StartWrite(&chunk_);
+  }
+
+  void Done(const absl::Status& status) {
+    service_->Record(model_, metrics_, Method::kEmbedStream, start_, status);
+    Finish(ToGrpcStatus(status));
+  }
+
+  ImageModelServiceImpl* const service_;
+  const absl::Time start_;
+  std::string model_;
+  ModelMetrics* metrics_ = nullptr;
+  uint32_t chunk_bytes_ = kDefaultChunkBytes;
+  v1::EmbedResponse response_;
+  v1::EmbedChunk chunk_;
+  std::vector<std::string> data_;  // Each tensor's data, in answer order.
+  size_t tensor_ = 0;              // The tensor being sent.
+  size_t offset_ = 0;              // Its bytes sent.
+};
+
+grpc::ServerWriteReactor<v1::EmbedChunk>* ImageModelServiceImpl::EmbedStream(
+    grpc::CallbackServerContext* ctx, const v1::EmbedStreamRequest* request) {
+  auto* reactor = new EmbedStreamReactor(this, absl::Now());
+  reactor->Start(ctx, *request);
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* ImageModelServiceImpl::ListModels(grpc::CallbackServerContext* ctx,

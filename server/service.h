@@ -34,6 +34,8 @@ class ImageModelServiceImpl final : public v1::ImageModelService::CallbackServic
                                      v1::ClassifyResponse* response) override;
   grpc::ServerUnaryReactor* Embed(grpc::CallbackServerContext* ctx, const v1::EmbedRequest* request,
                                   v1::EmbedResponse* response) override;
+  grpc::ServerWriteReactor<v1::EmbedChunk>* EmbedStream(
+      grpc::CallbackServerContext* ctx, const v1::EmbedStreamRequest* request) override;
   grpc::ServerUnaryReactor* ListModels(grpc::CallbackServerContext* ctx,
                                        const v1::ListModelsRequest* request,
                                        v1::ListModelsResponse* response) override;
@@ -42,10 +44,22 @@ class ImageModelServiceImpl final : public v1::ImageModelService::CallbackServic
                                      v1::ModelInfo* response) override;
 
  private:
-  // Answers a call: metrics (of `metrics`, the model version's), access log, then the reactor.
-  // Callable from any thread.
+  class EmbedStreamReactor;
+
+  // Answers a call: Record, then finishes the reactor. Callable from any thread.
   void Answer(grpc::ServerUnaryReactor* reactor, const std::string& model, ModelMetrics* metrics,
               Method method, absl::Time start, const absl::Status& status);
+  // A call's end in the metrics (of `metrics`, the model version's) and the access log.
+  void Record(const std::string& model, ModelMetrics* metrics, Method method, absl::Time start,
+              const absl::Status& status);
+  // Validates an Embed request for the model `host` serves, into `params`.
+  static absl::Status EmbedParams(const v1::EmbedRequest& request, const ModelHost& host,
+                                  InferenceRequest::Params* params);
+  // The parts of an Embed answer known before any image is computed: the model, its version and
+  // embedding space, a result per image.
+  static void StartEmbedResponse(const v1::EmbedRequest& request, const ModelHost& host,
+                                 const InferenceRequest::Params& params,
+                                 v1::EmbedResponse* response);
   // Admits a validated Classify or Embed call (one of classify/embed set) to the model; the
   // answer comes from the completion path.
   grpc::ServerUnaryReactor* Run(grpc::CallbackServerContext* ctx, ModelHost* host,

@@ -6,12 +6,13 @@ Run by ctest, which sets CONVNEXT_BIN, CONVNEXT_TESTDATA and CONVNEXT_PYGEN.
 """
 import os
 import sys
+import tempfile
 import unittest
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server_e2e_test import DATA, Server, pb, read_safetensors  # noqa: E402
+from server_e2e_test import DATA, Server, pb, photo_path, read_safetensors  # noqa: E402
 import grpc  # noqa: E402
 
 
@@ -152,6 +153,100 @@ class EmbedTransportTest(unittest.TestCase):
             self.stub.Embed(pb.EmbedRequest(images=[int8_input], stages=[1]), timeout=60)
         self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         self.assertIn("must be FP32 or FP16", ctx.exception.details())
+
+
+def reassemble(chunks):
+    """An EmbedStream answer as the EmbedResponse Embed would give, checking the protocol."""
+    response, tensors, pieces = None, [], 0
+    for chunk in chunks:
+        if response is None:
+            assert chunk.HasField("header"), "the first message must be the header"
+            response = chunk.header
+            for r in response.results:
+                if r.embedding.shape:
+                    tensors.append(r.embedding)
+                tensors.extend(r.stages)
+                tensors.extend(r.regions)
+            data = [bytearray() for _ in tensors]
+            continue
+        assert chunk.offset == len(data[chunk.tensor]), "pieces come in order"
+        data[chunk.tensor] += chunk.data
+        pieces += 1
+    for t, d in zip(tensors, data):
+        t.data = bytes(d)
+    return response, pieces
+
+
+class EmbedStreamTest(unittest.TestCase):
+    """A server whose max_message_bytes (2 MiB) is smaller than the answers asked for."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.config = tempfile.NamedTemporaryFile("w", suffix=".textproto", delete=False)
+        checkpoint = os.path.abspath(os.path.join(DATA, "tiny.safetensors"))
+        cls.config.write(f'model {{ name: "tiny" checkpoint: "{checkpoint}" }}'
+                         ' max_message_bytes: 2097152')
+        cls.config.close()
+        cls.server = Server("--config", cls.config.name)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.server.stop()
+        os.unlink(cls.config.name)
+
+    def test_stage_maps_larger_than_a_message_arrive_in_pieces(self):
+        import torch
+        from PIL import Image
+        from torchvision.models import convnext_tiny
+        names = ["chelsea.png", "coffee.png"]  # Stage 1 at KEEP_SIZE: 3.7 MB and 6.1 MB.
+        images = []
+        for name in names:
+            with open(photo_path(name), "rb") as f:
+                images.append(pb.Image(encoded=f.read()))
+        request = pb.EmbedRequest(images=images, stages=[1, 4], resize=pb.KEEP_SIZE)
+        with self.assertRaises(grpc.RpcError) as ctx:
+            self.server.stub.Embed(request, timeout=300)
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED)
+        self.assertIn("max_message_bytes", ctx.exception.details())
+
+        reply, pieces = reassemble(self.server.stub.EmbedStream(
+            pb.EmbedStreamRequest(request=request, chunk_bytes=1 << 20), timeout=300))
+        self.assertGreaterEqual(pieces, 10)  # 9.8 MB of stage maps in pieces of 1 MiB at most.
+        model = convnext_tiny()
+        model.load_state_dict(read_safetensors(os.path.join(DATA, "tiny.safetensors")))
+        model.eval()
+        for name, result in zip(names, reply.results):
+            rgb = np.asarray(Image.open(photo_path(name)).convert("RGB"), np.float32)
+            h, w = rgb.shape[:2]
+            x = np.zeros((1, 3, (h + 31) // 32 * 32, (w + 31) // 32 * 32), np.float32)
+            mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+            x[0, :, :h, :w] = ((rgb / 255 - mean) / std).transpose(2, 0, 1)
+            with torch.no_grad():
+                s1 = model.features[:2](torch.from_numpy(x))
+                s4 = model.features[2:](s1)
+            for got, want in zip(result.stages, (s1, s4)):
+                want = want[0].numpy()
+                self.assertLessEqual(float(np.abs(decode(got) - want).max()),
+                                     1e-4 * max(1.0, float(np.abs(want).max())), name)
+        # Bad chunk sizes and requests fail the stream with the status Embed would give.
+        for chunk_bytes, code in ((100, grpc.StatusCode.INVALID_ARGUMENT),
+                                  (17 << 20, grpc.StatusCode.INVALID_ARGUMENT)):
+            with self.assertRaises(grpc.RpcError) as ctx:
+                list(self.server.stub.EmbedStream(pb.EmbedStreamRequest(
+                    request=request, chunk_bytes=chunk_bytes), timeout=60))
+            self.assertEqual(ctx.exception.code(), code)
+        with self.assertRaises(grpc.RpcError) as ctx:
+            list(self.server.stub.EmbedStream(pb.EmbedStreamRequest(
+                request=pb.EmbedRequest(images=images, stages=[7])), timeout=60))
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
+        # A client that stops reading after the header: the server keeps serving.
+        stream = self.server.stub.EmbedStream(pb.EmbedStreamRequest(request=request), timeout=300)
+        next(stream)
+        stream.cancel()
+        self.assertEqual(self.server.health(), "SERVING")
+        small = self.server.stub.Embed(pb.EmbedRequest(images=images[:1], stages=[4],
+                                                       resize=pb.KEEP_SIZE), timeout=120)
+        self.assertEqual(list(small.results[0].stages[0].shape), [768, 10, 15])
 
 
 if __name__ == "__main__":

@@ -349,6 +349,46 @@ TEST_F(ServerE2eTest, CompactDtypesDecodeToTheFloat32Answer) {
   EXPECT_THAT(refused.status().message(), ::testing::HasSubstr("must be FP32 or FP16"));
 }
 
+// EmbedStream through the client library: the answer reassembled from pieces of 1 KiB is the
+// unary answer, byte for byte; errors arrive as statuses.
+TEST_F(ServerE2eTest, StreamedEmbedReassemblesTheUnaryAnswer) {
+  client::ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", port_);
+  absl::StatusOr<std::unique_ptr<client::Client>> c = client::Client::Create(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  const at::Tensor input = testing::ReadReference("custom.features_input.npy");
+  v1::EmbedRequest request;
+  for (int64_t i = 0; i < input.size(0); ++i) *request.add_images() = TensorImage(input[i]);
+  request.set_include_embedding(true);
+  for (int s = 1; s <= 4; ++s) request.add_stages(s);
+  v1::ImageRegions* regions = request.add_regions();
+  regions->add_boxes()->set_x2(50);
+  request.add_regions();  // The second image: no boxes.
+  request.set_dtype(v1::INT8);
+  absl::StatusOr<v1::EmbedResponse> unary = (*c)->Embed(request);
+  ASSERT_TRUE(unary.ok()) << unary.status();
+  for (uint32_t chunk : {1024u, 0u}) {
+    absl::StatusOr<v1::EmbedResponse> streamed = (*c)->EmbedStreamed(request, chunk);
+    ASSERT_TRUE(streamed.ok()) << streamed.status();
+    ASSERT_EQ(streamed->results_size(), unary->results_size());
+    for (int i = 0; i < unary->results_size(); ++i) {
+      EXPECT_EQ(streamed->results(i).SerializeAsString(), unary->results(i).SerializeAsString())
+          << "image " << i << ", chunk_bytes " << chunk;
+    }
+    EXPECT_EQ(streamed->model(), unary->model());
+    EXPECT_EQ(streamed->embedding_space(), unary->embedding_space());
+  }
+  EXPECT_EQ((*c)->EmbedStreamed(request, 100).status().code(), absl::StatusCode::kInvalidArgument);
+  v1::EmbedRequest unknown = request;
+  unknown.set_model("missing");
+  EXPECT_EQ((*c)->EmbedStreamed(unknown).status().code(), absl::StatusCode::kNotFound);
+  v1::EmbedRequest empty = request;
+  empty.clear_stages();
+  empty.clear_regions();
+  empty.set_include_embedding(false);
+  EXPECT_EQ((*c)->EmbedStreamed(empty).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(ServerE2eTest, ClientRetriesThenReportsUnavailable) {
   client::ClientOptions options;
   options.target = "127.0.0.1:1";  // Nothing listens there.

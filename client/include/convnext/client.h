@@ -22,6 +22,7 @@
 #ifndef CONVNEXT_CLIENT_H_
 #define CONVNEXT_CLIENT_H_
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -61,6 +62,12 @@ class Client {
 
   absl::StatusOr<v1::ClassifyResponse> Classify(const v1::ClassifyRequest& request);
   absl::StatusOr<v1::EmbedResponse> Embed(const v1::EmbedRequest& request);
+  // Embed through EmbedStream: the answer arrives in pieces of at most `chunk_bytes` of tensor
+  // data (0: the server's 1 MiB) and is reassembled into the EmbedResponse that Embed would
+  // return, so that no message is larger than a piece however large the answer. INTERNAL if the
+  // stream breaks its protocol (a piece out of order, a tensor left incomplete).
+  absl::StatusOr<v1::EmbedResponse> EmbedStreamed(const v1::EmbedRequest& request,
+                                                  uint32_t chunk_bytes = 0);
   absl::StatusOr<v1::ListModelsResponse> ListModels();
   absl::StatusOr<v1::ModelInfo> GetModel(const std::string& name);
   // ModelControl (the server must run with --enable_model_control): load or reload a version
