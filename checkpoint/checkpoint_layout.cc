@@ -117,6 +117,12 @@ std::optional<std::string> TimmToCanonical(const std::string& key) {
   if (p.size() >= 5 && p[0] == "stages" && Int(p[1], &i) && p[2] == "blocks" && Int(p[3], &j)) {
     const std::string block = absl::StrCat("stages.", i, ".", j, ".");
     if (p.size() == 5 && p[4] == "gamma") return block + "gamma";
+    // ConvNeXt V2's GlobalResponseNorm: mlp.grn.{weight,bias} -> grn.{gamma,beta}.
+    if (p.size() == 7 && p[4] == "mlp" && p[5] == "grn") {
+      if (p[6] == "weight") return block + "grn.gamma";
+      if (p[6] == "bias") return block + "grn.beta";
+      return std::nullopt;
+    }
     const std::string part = p.size() == 7 ? p[4] + "." + p[5] : p[4];
     if (auto ours = Rename(TimmBlock(), part, true)) {
       return absl::StrCat(block, *ours, ".", p.back());
@@ -137,6 +143,9 @@ std::string CanonicalToTimm(const std::string& key) {
   }
   if (p.size() >= 4 && p[0] == "stages") {
     const std::string block = absl::StrCat("stages.", p[1], ".blocks.", p[2], ".");
+    if (p.size() == 5 && p[3] == "grn") {
+      return absl::StrCat(block, "mlp.grn.", p[4] == "gamma" ? "weight" : "bias");
+    }
     if (auto theirs = Rename(TimmBlock(), p[3], false)) {
       return p.size() == 5 ? absl::StrCat(block, *theirs, ".", p[4]) : block + *theirs;
     }
@@ -156,10 +165,19 @@ const PartNames& HfBlock() {
   return *names;
 }
 
+// ConvNextV2Model's keys are ConvNextModel's under "convnextv2." with a block's
+// grn.{weight,bias} ([1, 1, 1, 4C]) in place of layer_scale_parameter.
 std::optional<std::string> HfToCanonical(const std::string& full_key) {
   absl::string_view key = full_key;
-  absl::ConsumePrefix(&key, "convnext.");
+  if (!absl::ConsumePrefix(&key, "convnext.")) absl::ConsumePrefix(&key, "convnextv2.");
   Parts p = absl::StrSplit(key, '.');
+  if (p.size() == 7 && p[0] == "encoder" && p[3] == "layers" && p[5] == "grn") {
+    int i = 0, j = 0;
+    if (!Int(p[2], &i) || !Int(p[4], &j)) return std::nullopt;
+    if (p[6] == "weight") return absl::StrCat("stages.", i, ".", j, ".grn.gamma");
+    if (p[6] == "bias") return absl::StrCat("stages.", i, ".", j, ".grn.beta");
+    return std::nullopt;
+  }
   int i = 0, j = 0;
   if (p.size() == 3 && p[0] == "embeddings") {
     if (p[1] == "patch_embeddings") return "downsample_layers.0.0." + p[2];
@@ -182,26 +200,33 @@ std::optional<std::string> HfToCanonical(const std::string& full_key) {
   return std::nullopt;
 }
 
-std::string CanonicalToHf(const std::string& key) {
+std::string CanonicalToHfIn(const std::string& key, const std::string& model) {
   Parts p = absl::StrSplit(key, '.');
   int i = 0;
+  if (p.size() == 5 && p[0] == "stages" && p[3] == "grn") {
+    return absl::StrCat(model, "encoder.stages.", p[1], ".layers.", p[2], ".grn.",
+                        p[4] == "gamma" ? "weight" : "bias");
+  }
   if (p.size() == 4 && p[0] == "downsample_layers" && Int(p[1], &i)) {
     if (i == 0) {
-      return absl::StrCat("convnext.embeddings.", p[2] == "0" ? "patch_embeddings." : "layernorm.",
+      return absl::StrCat(model, "embeddings.", p[2] == "0" ? "patch_embeddings." : "layernorm.",
                           p[3]);
     }
-    return absl::StrCat("convnext.encoder.stages.", i, ".downsampling_layer.", Tail(p, 2));
+    return absl::StrCat(model, "encoder.stages.", i, ".downsampling_layer.", Tail(p, 2));
   }
   if (p.size() >= 4 && p[0] == "stages") {
     if (auto theirs = Rename(HfBlock(), p[3], false)) {
-      return absl::StrCat("convnext.encoder.stages.", p[1], ".layers.", p[2], ".", *theirs,
+      return absl::StrCat(model, "encoder.stages.", p[1], ".layers.", p[2], ".", *theirs,
                           p.size() == 5 ? "." + p[4] : "");
     }
   }
-  if (p.size() == 2 && p[0] == "norm") return "convnext.layernorm." + p[1];
+  if (p.size() == 2 && p[0] == "norm") return model + "layernorm." + p[1];
   if (p.size() == 2 && p[0] == "head") return "classifier." + p[1];
   return key;
 }
+
+std::string CanonicalToHf(const std::string& key) { return CanonicalToHfIn(key, "convnext."); }
+std::string CanonicalToHfV2(const std::string& key) { return CanonicalToHfIn(key, "convnextv2."); }
 
 // ---- detection ------------------------------------------------------------------------------
 bool IsTorchvision(const std::string& k) { return absl::StartsWith(k, "features."); }
@@ -212,6 +237,7 @@ bool IsHf(const std::string& k) {
   return absl::StartsWith(k, "convnext.") || absl::StartsWith(k, "embeddings.patch_embeddings") ||
          absl::StartsWith(k, "encoder.stages.");
 }
+bool IsHfV2(const std::string& k) { return absl::StartsWith(k, "convnextv2."); }
 bool IsFair(const std::string& k) {
   return absl::StartsWith(k, "downsample_layers.") || absl::StartsWith(k, "stages.");
 }
@@ -221,6 +247,7 @@ std::string SameName(const std::string& k) { return k; }
 // Checked in order: timm's keys also start with "stages.", so timm comes before fair.
 constexpr Layout kLayouts[] = {
     {"torchvision", IsTorchvision, TorchvisionToCanonical, CanonicalToTorchvision},
+    {"huggingface", IsHfV2, HfToCanonical, CanonicalToHfV2},
     {"huggingface", IsHf, HfToCanonical, CanonicalToHf},
     {"timm", IsTimm, TimmToCanonical, CanonicalToTimm},
     {"fair", IsFair, Identity, SameName},
@@ -265,15 +292,20 @@ absl::StatusOr<CanonicalWeights> ToCanonical(StateDict raw) {
     for (auto& [key, tensor] : raw) {
       std::optional<std::string> name = layout.to_canonical(key);
       if (name.has_value()) {
-        // layer_scale [C,1,1] -> gamma [C]; 1x1-conv pointwise weights [O,I,1,1] -> [O,I].
-        const bool gamma = absl::EndsWith(*name, ".gamma") && tensor.dim() == 3;
+        // layer_scale [C,1,1] -> gamma [C]; 1x1-conv pointwise weights [O,I,1,1] -> [O,I];
+        // FAIR's and Hugging Face's GRN parameters [1,1,1,4C] -> [4C].
+        const bool gamma = absl::EndsWith(*name, ".gamma") && !absl::StrContains(*name, ".grn.") &&
+                           tensor.dim() == 3;
         const bool pointwise = absl::StrContains(*name, ".pwconv") && tensor.dim() == 4;
+        const bool grn = absl::StrContains(*name, ".grn.") && tensor.dim() == 4;
         if ((gamma && tensor.size(1) == 1 && tensor.size(2) == 1) ||
             (pointwise && tensor.size(2) == 1 && tensor.size(3) == 1)) {
           const std::vector<int64_t> shape =
               gamma ? std::vector<int64_t>{tensor.size(0)}
                     : std::vector<int64_t>{tensor.size(0), tensor.size(1)};
           tensor = tensor.reshape(shape);
+        } else if (grn && tensor.size(0) == 1 && tensor.size(1) == 1 && tensor.size(2) == 1) {
+          tensor = tensor.reshape({tensor.size(3)});
         }
       }
       out.weights.emplace(name.value_or(key), std::move(tensor));
@@ -286,8 +318,8 @@ absl::StatusOr<CanonicalWeights> ToCanonical(StateDict raw) {
     some.push_back(key);
   }
   return absl::InvalidArgumentError(absl::StrCat(
-      "no ConvNeXt layout recognised (expected official FAIR, timm, torchvision or Hugging Face "
-      "key names); ",
+      "no ConvNeXt layout recognised (expected official FAIR (V1 or V2), timm, torchvision or "
+      "Hugging Face (ConvNext or ConvNextV2) key names); ",
       raw.empty() ? "the checkpoint holds no tensors"
                   : absl::StrCat("first keys: ", absl::StrJoin(some, ", "))));
 }

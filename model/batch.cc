@@ -133,7 +133,25 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
   what.last_stage = 1;
   for (const ImageRequest& r : requests)
     what.last_stage = std::max(what.last_stage, DeepestStage(r));
-  const at::Tensor batch = at::cat(inputs, /*dim=*/0);
+  bool same_shape = true;
+  int64_t height = 0, width = 0;
+  for (const at::Tensor& t : inputs) {
+    same_shape &= t.sizes() == inputs[0].sizes();
+    height = std::max(height, t.size(2));
+    width = std::max(width, t.size(3));
+  }
+  at::Tensor batch;
+  if (same_shape) {
+    batch = at::cat(inputs, /*dim=*/0);
+  } else {
+    // Variable-size batching: zeros beyond each image, its extent in the request.
+    std::vector<at::Tensor> padded;
+    for (const at::Tensor& t : inputs) {
+      padded.push_back(at::constant_pad_nd(t, {0, width - t.size(3), 0, height - t.size(2)}, 0));
+      what.extents.push_back({t.size(2), t.size(3)});
+    }
+    batch = at::cat(padded, /*dim=*/0);
+  }
   if (before_forward) before_forward(batch);
   ASSIGN_OR_RETURN(ForwardOutputs out, model.Forward(batch, what));
 
@@ -148,6 +166,15 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
   for (size_t j = 0; j < requests.size(); ++j) {
     const ImageRequest& r = requests[j];
     ImageOutputs& o = results[j];
+    // Image j's map of stage s: in a padded batch, its own corner.
+    auto stage_map = [&](int s) {
+      at::Tensor map = out.stages[s - 1][j];
+      if (what.extents.empty()) return map;
+      const int64_t stride = static_cast<int64_t>(StageStride(s));
+      return map.slice(1, 0, what.extents[j].height / stride)
+          .slice(2, 0, what.extents[j].width / stride)
+          .contiguous();
+    };
     if (r.top_k > 0) {
       const float* s = top_scores.data_ptr<float>() + j * k;
       const int64_t* idx = top_indices.data_ptr<int64_t>() + j * k;
@@ -160,12 +187,12 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
       o.embedding = ToOutput(e, r.dtype);
     }
     for (int s : r.stages) {
-      o.stages.push_back(ToOutput(Pool(out.stages[s - 1][j], r.stage_pooling), r.dtype, 0));
+      o.stages.push_back(ToOutput(Pool(stage_map(s), r.stage_pooling), r.dtype, 0));
     }
     if (!r.boxes.empty()) {
       for (int s : r.region_stages) {
         ASSIGN_OR_RETURN(at::Tensor pooled,
-                         RoiAlign(out.stages[s - 1][j], r.boxes, StageStride(s), r.region_pooling));
+                         RoiAlign(stage_map(s), r.boxes, StageStride(s), r.region_pooling));
         if (r.region_pooling.output_size == 1) pooled = pooled.flatten(1);
         o.regions.push_back(ToOutput(pooled, r.dtype, 1));
       }
@@ -186,10 +213,16 @@ absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
                                                    " requests) and at least one input"));
   }
   for (const at::Tensor& t : inputs) {
-    if (t.sizes() != inputs[0].sizes()) {
+    if (t.sizes() == inputs[0].sizes()) continue;
+    const bool paddable = t.dim() == 4 && inputs[0].dim() == 4 && t.size(0) == 1 &&
+                          inputs[0].size(0) == 1 && t.size(1) == inputs[0].size(1);
+    const bool whole = paddable && t.size(2) % 32 == 0 && t.size(3) % 32 == 0 &&
+                       inputs[0].size(2) % 32 == 0 && inputs[0].size(3) % 32 == 0;
+    if (!paddable || !whole) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "inputs of one batch must have one shape: [", absl::StrJoin(inputs[0].sizes(), ", "),
-          "] and [", absl::StrJoin(t.sizes(), ", "), "]"));
+          "inputs of one batch must have one shape, or be single images of one channel count "
+          "whose sides are multiples of 32: [",
+          absl::StrJoin(inputs[0].sizes(), ", "), "] and [", absl::StrJoin(t.sizes(), ", "), "]"));
     }
   }
   // LibTorch throws; nothing it throws may leave this layer.

@@ -12,7 +12,8 @@
 // own part.
 //
 // Thread-safe (ConvNeXt::Forward is). Errors: INVALID_ARGUMENT for inputs that cannot form a batch
-// (shapes differ) or requests the model cannot serve, INTERNAL if LibTorch fails.
+// (channels differ, or sizes differ and some side is not a multiple of 32) or requests the model
+// cannot serve, INTERNAL if LibTorch fails.
 #ifndef CONVNEXT_MODEL_BATCH_H_
 #define CONVNEXT_MODEL_BATCH_H_
 
@@ -100,8 +101,12 @@ struct ImageOutputs {
 // inject model faults with it: an exception it throws fails the batch as a failing model would).
 using BeforeForwardFn = std::function<void(const at::Tensor& batch)>;
 
-// Runs one batch: `inputs` are [1, C, H, W] tensors of one shape (as image/ makes them),
-// `requests` one per input.
+// Runs one batch: `inputs` are [1, C, H, W] tensors (as image/ makes them), `requests` one per
+// input. Inputs of one shape are stacked. Inputs of different heights or widths (variable-size
+// batching) must all have sides that are multiples of 32 (as KEEP_SIZE makes them): they are
+// padded with zeros to the largest height and width among them and run as one batch with their
+// extents (OutputRequest::extents), so that each gets what it would get alone: its stage maps
+// cropped to its own size, and pooled features, logits and regions of its own extent.
 absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
                                                    const std::vector<at::Tensor>& inputs,
                                                    const std::vector<ImageRequest>& requests,

@@ -22,16 +22,20 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::unique_ptr<ConvNeXt> SmallModel(bool backbone = false) {
+std::unique_ptr<ConvNeXt> SmallModel(bool backbone = false, bool grn = false,
+                                     bool fast_path = true) {
   ConvNeXtConfig config;
   config.depths = {1, 1, 2, 1};
   config.dims = {16, 24, 32, 48};
   config.num_classes = backbone ? 0 : 10;
   config.stage_norms = backbone;
+  config.grn = grn;
   StateDict weights;
   for (const auto& [name, shape] : ExpectedParameters(config)) weights[name] = at::randn(shape);
+  ModelOptions options;
+  options.cpu_fast_path = fast_path;
   absl::StatusOr<std::unique_ptr<ConvNeXt>> model =
-      ConvNeXt::Create(config, std::move(weights), ModelOptions());
+      ConvNeXt::Create(config, std::move(weights), options);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? *std::move(model) : nullptr;
 }
@@ -90,7 +94,8 @@ TEST(BatchTest, EachImageGetsWhatItAskedForAsIfAlone) {
   ASSERT_EQ(e.stages.size(), 2u);  // In the order asked: stage 4, then stage 2.
   EXPECT_EQ(e.stages[0].shape, (std::vector<int64_t>{48, 2, 2}));
   EXPECT_EQ(e.stages[1].shape, (std::vector<int64_t>{24, 8, 8}));
-  EXPECT_LT((FloatsOf(e.stages[1]) - alone->stages[1][0]).abs().max().item<double>(), 1e-4);
+  const double scale = std::max(1.0, alone->stages[1][0].abs().max().item<double>());
+  EXPECT_LT((FloatsOf(e.stages[1]) - alone->stages[1][0]).abs().max().item<double>() / scale, 1e-5);
 }
 
 TEST(BatchTest, EarlyStagesOnlyStopThereWithTheSameValues) {
@@ -177,7 +182,7 @@ TEST(BatchTest, BadBatchesAndRequestsAreStatusesNotExceptions) {
   std::unique_ptr<ConvNeXt> backbone = SmallModel(/*backbone=*/true);
   ASSERT_NE(model, nullptr);
   ASSERT_NE(backbone, nullptr);
-  const at::Tensor a = at::randn({1, 3, 64, 64}), b = at::randn({1, 3, 96, 64});
+  const at::Tensor a = at::randn({1, 3, 64, 64}), b = at::randn({1, 3, 96, 80});
   std::vector<ImageRequest> two(2);
   two[0].top_k = two[1].top_k = 1;
   absl::StatusOr<std::vector<ImageOutputs>> out = RunBatch(*model, {a, b}, two);
@@ -200,6 +205,83 @@ TEST(BatchTest, BadBatchesAndRequestsAreStatusesNotExceptions) {
   out = RunBatch(*model, {a}, one, [](const at::Tensor&) { throw std::runtime_error("boom"); });
   EXPECT_EQ(out.status().code(), absl::StatusCode::kInternal);
   EXPECT_THAT(std::string(out.status().message()), HasSubstr("boom"));
+}
+
+// Max |a - b| relative to b's scale (SmallModel's unit-variance weights make values large).
+double RelativeDiff(const at::Tensor& a, const at::Tensor& b) {
+  EXPECT_EQ(a.sizes(), b.sizes());
+  if (a.sizes() != b.sizes()) return 1;
+  return (a - b).abs().max().item<double>() / std::max(1.0, b.abs().max().item<double>());
+}
+
+// Variable-size batching: images of different sizes padded into one batch each get what they
+// get alone, on the fast path and the ATen path, for V1 and V2 (GRN) blocks: classes, the
+// embedding, every stage map (cropped to the image's own size) and region features. Equal up to
+// rounding, as any two batch shapes are (kernels block differently).
+TEST(BatchTest, ImagesOfDifferentSizesGetWhatTheyWouldGetAlone) {
+  struct Case {
+    const char* name;
+    bool grn, fast_path;
+  };
+  for (const Case& c : {Case{"V1 fast path", false, true}, Case{"V1 ATen", false, false},
+                        Case{"V2 (GRN, ATen)", true, true}}) {
+    SCOPED_TRACE(c.name);
+    std::unique_ptr<ConvNeXt> model = SmallModel(false, c.grn, c.fast_path);
+    ASSERT_NE(model, nullptr);
+    std::vector<at::Tensor> inputs = {at::randn({1, 3, 64, 96}), at::randn({1, 3, 128, 32}),
+                                      at::randn({1, 3, 32, 32}), at::randn({1, 3, 96, 128})};
+    std::vector<ImageRequest> requests(inputs.size());
+    for (ImageRequest& r : requests) {
+      r.top_k = 3;
+      r.embedding = true;
+      r.stages = {1, 2, 3, 4};
+    }
+    requests[3].boxes = {{0, 0, 128, 96}, {40, 8, 100, 60}};
+    requests[3].region_stages = {2, 4};
+    requests[3].region_pooling = {2, 0, true};
+    absl::StatusOr<std::vector<ImageOutputs>> mixed = RunBatch(*model, inputs, requests);
+    ASSERT_TRUE(mixed.ok()) << mixed.status();
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      SCOPED_TRACE(::testing::Message() << "image " << i);
+      absl::StatusOr<std::vector<ImageOutputs>> alone =
+          RunBatch(*model, {inputs[i]}, {requests[i]});
+      ASSERT_TRUE(alone.ok()) << alone.status();
+      const ImageOutputs& got = (*mixed)[i];
+      const ImageOutputs& want = (*alone)[0];
+      EXPECT_EQ(got.class_indices, want.class_indices);
+      for (size_t k = 0; k < want.class_scores.size(); ++k) {
+        EXPECT_NEAR(got.class_scores[k], want.class_scores[k], 1e-5);
+      }
+      EXPECT_LE(RelativeDiff(FloatsOf(got.embedding), FloatsOf(want.embedding)), 1e-5);
+      ASSERT_EQ(got.stages.size(), want.stages.size());
+      for (size_t s = 0; s < want.stages.size(); ++s) {
+        EXPECT_EQ(got.stages[s].shape, want.stages[s].shape) << "stage " << s + 1;
+        EXPECT_LE(RelativeDiff(FloatsOf(got.stages[s]), FloatsOf(want.stages[s])), 1e-5)
+            << "stage " << s + 1;
+      }
+      ASSERT_EQ(got.regions.size(), want.regions.size());
+      for (size_t s = 0; s < want.regions.size(); ++s) {
+        EXPECT_LE(RelativeDiff(FloatsOf(got.regions[s]), FloatsOf(want.regions[s])), 1e-5);
+      }
+    }
+    // Without the masking, the padding would change the answer: the largest image's batch
+    // neighbours are padded, and their stage 4 maps computed on the padded input differ.
+    OutputRequest what;
+    what.logits = false;
+    what.stages = true;
+    absl::StatusOr<ForwardOutputs> unmasked =
+        model->Forward(at::constant_pad_nd(inputs[2], {0, 96, 0, 64}, 0), what);
+    ASSERT_TRUE(unmasked.ok());
+    EXPECT_GT(RelativeDiff(unmasked->stages[3][0].slice(1, 0, 1).slice(2, 0, 1),
+                           FloatsOf((*mixed)[2].stages[3])),
+              1e-3);
+  }
+  // Sizes that are not multiples of 32 do not mix.
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  absl::StatusOr<std::vector<ImageOutputs>> bad = RunBatch(
+      *model, {at::randn({1, 3, 64, 64}), at::randn({1, 3, 64, 80})}, std::vector<ImageRequest>(2));
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("multiples of 32"));
 }
 
 TEST(BatchTest, ShapeKeyAndWarmUp) {
@@ -243,7 +325,10 @@ TEST(BatchTest, RegionsArePooledFromEachImagesOwnStageMaps) {
     ASSERT_TRUE(want.ok());
     const at::Tensor got = FloatsOf((*out)[0].regions[i]);
     ASSERT_EQ(got.sizes(), want->sizes());
-    EXPECT_LE((got - *want).abs().max().item<float>(), 1e-4) << "stage " << stage;
+    // Relative to the maps' scale, as above: the shared batch and the image alone take different
+    // kernel blockings (on AMD EPYC stage 3's absolute difference reached 1.07e-4).
+    const double scale = std::max(1.0, want->abs().max().item<double>());
+    EXPECT_LE((got - *want).abs().max().item<double>() / scale, 1e-5) << "stage " << stage;
   }
   // A vector per box at output_size 1, and its bytes in the estimate.
   requests[0].region_pooling.output_size = 1;

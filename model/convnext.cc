@@ -20,6 +20,8 @@ bool FastPathApplies(const ModelOptions& options) {
          options.dtype == c10::ScalarType::Float;
 }
 
+bool FastPathCovers(const ConvNeXtConfig& config) { return !config.grn; }
+
 absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
   try {
     return c10::Device(name);
@@ -36,6 +38,34 @@ std::vector<int64_t> ShapeOf(const at::Tensor& t) { return t.sizes().vec(); }
 at::Tensor Take(StateDict& weights, const std::string& name, const ModelOptions& options) {
   auto node = weights.extract(name);
   return node.mapped().to(options.device, options.dtype).contiguous();
+}
+
+// The mask of a padded batch at a map of `rows` x `cols` with `stride` input pixels per cell:
+// [N, 1, rows, cols], 1 inside each image's extent, 0 beyond.
+at::Tensor ExtentMask(const std::vector<ImageExtent>& extents, int64_t rows, int64_t cols,
+                      int64_t stride, const at::TensorOptions& options) {
+  at::Tensor mask = at::zeros({static_cast<int64_t>(extents.size()), 1, rows, cols}, options);
+  for (size_t i = 0; i < extents.size(); ++i) {
+    mask[static_cast<int64_t>(i)]
+        .slice(1, 0, extents[i].height / stride)
+        .slice(2, 0, extents[i].width / stride)
+        .fill_(1);
+  }
+  return mask;
+}
+
+// Each image's share of `x` ([N, C, H, W] or, with `nhwc`, [N, H, W, C]) averaged over its own
+// extent; `x` is zero beyond it. [N, C].
+at::Tensor PoolExtents(const at::Tensor& x, const std::vector<ImageExtent>& extents, int64_t stride,
+                       bool nhwc) {
+  std::vector<double> cells;
+  cells.reserve(extents.size());
+  for (const ImageExtent& e : extents) {
+    cells.push_back(static_cast<double>((e.height / stride) * (e.width / stride)));
+  }
+  const at::Tensor count =
+      at::tensor(cells, x.options().dtype(at::kDouble)).to(x.scalar_type()).unsqueeze(1);
+  return (nhwc ? x.sum({1, 2}) : x.sum({2, 3})) / count;
 }
 
 }  // namespace
@@ -117,25 +147,42 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         block.norm_bias = Take(weights, p + "norm.bias", options);
         block.fc1_weight = Take(weights, p + "pwconv1.weight", options);
         block.fc1_bias = Take(weights, p + "pwconv1.bias", options);
-        const at::Tensor gamma = Take(weights, p + "gamma", options);
-        block.fc2_weight = (Take(weights, p + "pwconv2.weight", options) * gamma.unsqueeze(1));
-        block.fc2_bias = Take(weights, p + "pwconv2.bias", options) * gamma;
+        block.fc2_weight = Take(weights, p + "pwconv2.weight", options);
+        block.fc2_bias = Take(weights, p + "pwconv2.bias", options);
+        if (config.grn) {
+          block.grn_gamma = Take(weights, p + "grn.gamma", options);
+          block.grn_beta = Take(weights, p + "grn.beta", options);
+        } else {
+          const at::Tensor gamma = Take(weights, p + "gamma", options);
+          block.fc2_weight = block.fc2_weight * gamma.unsqueeze(1);
+          block.fc2_bias = block.fc2_bias * gamma;
+        }
         stage.blocks.push_back(std::move(block));
       }
     }
-    const bool fast = FastPathApplies(options);
-    if (!fast && options.cpu_precision != BlockPrecision::kFloat32) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          BlockPrecisionName(options.cpu_precision),
-          " blocks run on the CPU fast path only (device cpu, dtype float32, fast path enabled)",
-          kHaveOneDnnFastPath ? "" : "; this build has none (CONVNEXT_ONEDNN=OFF)"));
+    const bool fast = FastPathApplies(options) && FastPathCovers(config);
+    BlockPrecision precision = options.cpu_precision;
+    if (!fast && precision != BlockPrecision::kFloat32) {
+      if (options.cpu_precision_preferred) {
+        precision = BlockPrecision::kFloat32;
+      } else if (FastPathApplies(options)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(BlockPrecisionName(precision),
+                         " blocks run on the CPU fast path only, which covers "
+                         "ConvNeXt V1 blocks: ",
+                         who, "'s V2 blocks (GRN) run the ATen path, in float32"));
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(
+            BlockPrecisionName(precision),
+            " blocks run on the CPU fast path only (device cpu, dtype float32, fast path enabled)",
+            kHaveOneDnnFastPath ? "" : "; this build has none (CONVNEXT_ONEDNN=OFF)"));
+      }
     }
     for (Stage& stage : model->stages_) {
       if (!fast) break;
       // The fast path keeps its own copy of the blocks' weights, in oneDNN's layouts.
-      ASSIGN_OR_RETURN(stage.fast,
-                       OneDnnStage::Create(std::move(stage.blocks), config.layer_norm_eps,
-                                           options.cpu_precision));
+      ASSIGN_OR_RETURN(stage.fast, OneDnnStage::Create(std::move(stage.blocks),
+                                                       config.layer_norm_eps, precision));
       stage.blocks.clear();
     }
     if (config.stage_norms) {
@@ -166,7 +213,8 @@ at::Tensor ConvNeXt::LayerNormChannelsFirst(const at::Tensor& x, const at::Tenso
       .permute({0, 3, 1, 2});
 }
 
-at::Tensor ConvNeXt::RunBlock(const Block& block, const at::Tensor& x) const {
+at::Tensor ConvNeXt::RunBlock(const Block& block, const at::Tensor& x,
+                              const at::Tensor& mask) const {
   const int64_t channels = x.size(1);
   at::Tensor y = at::conv2d(x, block.dw_weight, block.dw_bias, /*stride=*/{1, 1},
                             /*padding=*/{3, 3}, /*dilation=*/{1, 1}, /*groups=*/channels);
@@ -174,22 +222,42 @@ at::Tensor ConvNeXt::RunBlock(const Block& block, const at::Tensor& x) const {
                      config_.layer_norm_eps);
   y = at::linear(y, block.fc1_weight, block.fc1_bias);
   y = at::gelu(y);  // Exact (erf) form, as in every reference implementation.
+  if (block.grn_gamma.defined()) {
+    // Global Response Normalization (ConvNeXt V2) of the NHWC hidden layer: each channel's L2
+    // norm over the image, divided by the channels' mean norm; computed as FAIR's and timm's.
+    // In a padded batch, over the image's own extent only.
+    const at::Tensor g = at::norm(mask.defined() ? y * mask : y, 2, {1, 2}, /*keepdim=*/true);
+    const at::Tensor n = g / (g.mean({-1}, /*keepdim=*/true) + 1e-6);
+    y = at::addcmul(block.grn_beta, block.grn_gamma, y * n) + y;
+  }
   y = at::linear(y, block.fc2_weight, block.fc2_bias);
   return x + y.permute({0, 3, 1, 2});
 }
 
-at::Tensor ConvNeXt::RunStagesAten(at::Tensor x, int last_stage,
-                                   std::vector<at::Tensor>* stages) const {
+at::Tensor ConvNeXt::RunStagesAten(at::Tensor x, int last_stage, std::vector<at::Tensor>* stages,
+                                   const std::vector<ImageExtent>& extents) const {
+  int64_t stride = 1;
   for (int i = 0; i < last_stage; ++i) {
     const Stage& stage = stages_[i];
     if (i == 0) {
       x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4});
       x = LayerNormChannelsFirst(x, stage.ds_norm_weight, stage.ds_norm_bias);
+      stride = 4;
     } else {
       x = LayerNormChannelsFirst(x, stage.ds_norm_weight, stage.ds_norm_bias);
       x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{2, 2});
+      stride *= 2;
     }
-    for (const Block& block : stage.blocks) x = RunBlock(block, x);
+    at::Tensor mask, mask_nhwc;
+    if (!extents.empty()) {
+      mask = ExtentMask(extents, x.size(2), x.size(3), stride, x.options());
+      mask_nhwc = mask.permute({0, 2, 3, 1});
+      x = x * mask;
+    }
+    for (const Block& block : stage.blocks) {
+      x = RunBlock(block, x, mask_nhwc);
+      if (mask.defined()) x = x * mask;
+    }
     if (stages != nullptr) {
       stages->push_back(
           config_.stage_norms
@@ -197,11 +265,12 @@ at::Tensor ConvNeXt::RunStagesAten(at::Tensor x, int last_stage,
               : x.contiguous());
     }
   }
-  return x.mean({-2, -1});
+  return extents.empty() ? x.mean({-2, -1}) : PoolExtents(x, extents, stride, /*nhwc=*/false);
 }
 
 absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x, int last_stage,
-                                                   std::vector<at::Tensor>* stages) const {
+                                                   std::vector<at::Tensor>* stages,
+                                                   const std::vector<ImageExtent>& extents) const {
   // Between stages x is a contiguous NHWC tensor [N, H, W, C]: the LayerNorms normalise its last
   // dimension with no permute copy, and the strided convolutions read it as a channels-last NCHW
   // view.
@@ -210,17 +279,25 @@ absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x, int last_stage,
   };
   auto to_nhwc = [](const at::Tensor& nchw) { return nchw.permute({0, 2, 3, 1}).contiguous(); };
   auto to_nchw = [](const at::Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}); };
+  int64_t stride = 1;
   for (int i = 0; i < last_stage; ++i) {
     const Stage& stage = stages_[i];
     if (i == 0) {
       x = to_nhwc(at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4}));
       x = norm_last(x, stage.ds_norm_weight, stage.ds_norm_bias);
+      stride = 4;
     } else {
       x = norm_last(x, stage.ds_norm_weight, stage.ds_norm_bias);
       x = to_nhwc(
           at::conv2d(to_nchw(x), stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{2, 2}));
+      stride *= 2;
     }
-    RETURN_IF_ERROR(stage.fast->Run(x));
+    at::Tensor mask;
+    if (!extents.empty()) {
+      mask = ExtentMask(extents, x.size(1), x.size(2), stride, x.options()).permute({0, 2, 3, 1});
+      x.mul_(mask);
+    }
+    RETURN_IF_ERROR(stage.fast->Run(x, mask));
     if (stages != nullptr) {
       stages->push_back(to_nchw(config_.stage_norms
                                     ? norm_last(x, stage.out_norm_weight, stage.out_norm_bias)
@@ -228,7 +305,7 @@ absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x, int last_stage,
                             .contiguous());
     }
   }
-  return x.mean({1, 2});
+  return extents.empty() ? x.mean({1, 2}) : PoolExtents(x, extents, stride, /*nhwc=*/true);
 }
 
 absl::Status ConvNeXt::Prepare(int64_t batch, int64_t height, int64_t width) const {
@@ -282,6 +359,23 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
         "logits and the embedding need every stage: last_stage must be the last one");
   }
 
+  if (!request.extents.empty()) {
+    if (static_cast<int64_t>(request.extents.size()) != images.size(0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(request.extents.size(), " extents for ", images.size(0), " images"));
+    }
+    for (size_t i = 0; i < request.extents.size(); ++i) {
+      const ImageExtent& e = request.extents[i];
+      if (e.height < 32 || e.width < 32 || e.height % 32 != 0 || e.width % 32 != 0 ||
+          e.height > images.size(2) || e.width > images.size(3)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "image ", i, "'s extent ", e.height, "x", e.width,
+            " must have sides that are multiples of 32, at least 32 and within the batch's ",
+            images.size(2), "x", images.size(3)));
+      }
+    }
+  }
+
   ForwardOutputs out;
   std::vector<at::Tensor>* stages = request.stages ? &out.stages : nullptr;
   at::Tensor pooled;
@@ -289,9 +383,10 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
     c10::InferenceMode guard;
     at::Tensor x = images.to(options_.device, options_.dtype);
     if (uses_fast_path()) {
-      ASSIGN_OR_RETURN(pooled, RunStagesFast(std::move(x), request.last_stage, stages));
+      ASSIGN_OR_RETURN(pooled,
+                       RunStagesFast(std::move(x), request.last_stage, stages, request.extents));
     } else {
-      pooled = RunStagesAten(std::move(x), request.last_stage, stages);
+      pooled = RunStagesAten(std::move(x), request.last_stage, stages, request.extents);
     }
     if (request.logits || request.embedding) {
       pooled =

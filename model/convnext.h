@@ -44,14 +44,26 @@ struct ModelOptions {
   // float32 dtype): Create fails with INVALID_ARGUMENT otherwise, and with FAILED_PRECONDITION on
   // a CPU without native bfloat16.
   BlockPrecision cpu_precision = BlockPrecision::kFloat32;
+  // cpu_precision is a preference (compute_dtype AUTO), not a demand: a model whose blocks the
+  // fast path does not cover (ConvNeXt V2) then runs in float32 instead of failing.
+  bool cpu_precision_preferred = false;
 };
 
 // Whether a model with these options runs its blocks on the CPU fast path: a build that has it
-// (kHaveOneDnnFastPath), cpu_fast_path set, the CPU, float32.
+// (kHaveOneDnnFastPath), cpu_fast_path set, the CPU, float32. The fast path covers ConvNeXt V1
+// blocks only: a V2 model (ConvNeXtConfig::grn) runs the ATen path whatever the options
+// (FastPathCovers).
 bool FastPathApplies(const ModelOptions& options);
+bool FastPathCovers(const ConvNeXtConfig& config);
 
 // A LibTorch device from its name ("cpu", "cuda", "cuda:1"); INVALID_ARGUMENT for anything else.
 absl::StatusOr<c10::Device> ParseDevice(const std::string& name);
+
+// Where one image of a padded batch lies: rows [0, height) and columns [0, width) of its input.
+struct ImageExtent {
+  int64_t height = 0;
+  int64_t width = 0;
+};
 
 // Which outputs Forward() computes. Logits need a head (num_classes > 0).
 struct OutputRequest {
@@ -65,6 +77,15 @@ struct OutputRequest {
   // Compute the stages up to this one only (1..kNumStages); below kNumStages the pass stops
   // there, which needs neither logits nor embedding, and `stages` then holds that many outputs.
   int last_stage = kNumStages;
+  // Images of different sizes in one batch (variable-size batching): image i's own input lies in
+  // extents[i] of the batch, whose sides are multiples of 32 (the rest of the batch is padding).
+  // Each image is then computed as it would be alone at its own size: beyond it, every
+  // depthwise convolution sees zeros, as its own zero padding gives; GRN's norms and the pooled
+  // features cover the image only; its stage-i outputs are zero beyond its own
+  // (height / stride_i) x (width / stride_i) corner, which is what the caller keeps. Strided
+  // convolutions read whole patches of the image only, since its sides divide by every stride.
+  // Empty: every image fills the batch.
+  std::vector<ImageExtent> extents;
 };
 
 struct ForwardOutputs {
@@ -130,15 +151,20 @@ class ConvNeXt {
   };
 
   ConvNeXt(ConvNeXtConfig config, ModelOptions options);
-  at::Tensor RunBlock(const Block& block, const at::Tensor& x) const;
+  // `mask`, if defined, is the NHWC mask of a padded batch (OutputRequest::extents), [N, H, W, 1].
+  at::Tensor RunBlock(const Block& block, const at::Tensor& x, const at::Tensor& mask) const;
   // The forward pass through the stages, on NCHW tensors (ATen path) or on contiguous NHWC
   // tensors (fast path); appends each stage's output, NCHW, to `stages` if it is not null.
   // Returns the last stage's output pooled over space: [N, dims[3]].
   // Both stop after `last_stage` (1-based); they return the last stage's output pooled over
   // space.
-  at::Tensor RunStagesAten(at::Tensor x, int last_stage, std::vector<at::Tensor>* stages) const;
+  // With `extents` (OutputRequest::extents), every stage's activations are masked to the
+  // images' own extents and the pooling averages over them only.
+  at::Tensor RunStagesAten(at::Tensor x, int last_stage, std::vector<at::Tensor>* stages,
+                           const std::vector<ImageExtent>& extents) const;
   absl::StatusOr<at::Tensor> RunStagesFast(at::Tensor x, int last_stage,
-                                           std::vector<at::Tensor>* stages) const;
+                                           std::vector<at::Tensor>* stages,
+                                           const std::vector<ImageExtent>& extents) const;
   at::Tensor LayerNormChannelsFirst(const at::Tensor& x, const at::Tensor& weight,
                                     const at::Tensor& bias) const;
 

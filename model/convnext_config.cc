@@ -15,6 +15,7 @@ struct NamedVariant {
   const char* name;
   std::vector<int64_t> depths;
   std::vector<int64_t> dims;
+  bool grn = false;
 };
 
 const std::vector<NamedVariant>& NamedVariants() {
@@ -24,6 +25,20 @@ const std::vector<NamedVariant>& NamedVariants() {
       {"convnext_base", {3, 3, 27, 3}, {128, 256, 512, 1024}},
       {"convnext_large", {3, 3, 27, 3}, {192, 384, 768, 1536}},
       {"convnext_xlarge", {3, 3, 27, 3}, {256, 512, 1024, 2048}},
+      // timm's small V1 variants.
+      {"convnext_atto", {2, 2, 6, 2}, {40, 80, 160, 320}},
+      {"convnext_femto", {2, 2, 6, 2}, {48, 96, 192, 384}},
+      {"convnext_pico", {2, 2, 6, 2}, {64, 128, 256, 512}},
+      {"convnext_nano", {2, 2, 8, 2}, {80, 160, 320, 640}},
+      // ConvNeXt V2.
+      {"convnextv2_atto", {2, 2, 6, 2}, {40, 80, 160, 320}, true},
+      {"convnextv2_femto", {2, 2, 6, 2}, {48, 96, 192, 384}, true},
+      {"convnextv2_pico", {2, 2, 6, 2}, {64, 128, 256, 512}, true},
+      {"convnextv2_nano", {2, 2, 8, 2}, {80, 160, 320, 640}, true},
+      {"convnextv2_tiny", {3, 3, 9, 3}, {96, 192, 384, 768}, true},
+      {"convnextv2_base", {3, 3, 27, 3}, {128, 256, 512, 1024}, true},
+      {"convnextv2_large", {3, 3, 27, 3}, {192, 384, 768, 1536}, true},
+      {"convnextv2_huge", {3, 3, 27, 3}, {352, 704, 1408, 2816}, true},
   };
   return *variants;
 }
@@ -54,6 +69,7 @@ absl::StatusOr<ConvNeXtConfig> ConfigForVariant(const std::string& name) {
       config.variant = v.name;
       config.depths = v.depths;
       config.dims = v.dims;
+      config.grn = v.grn;
       return config;
     }
   }
@@ -69,7 +85,7 @@ std::vector<std::string> VariantNames() {
 
 std::string VariantNameFor(const ConvNeXtConfig& config) {
   for (const NamedVariant& v : NamedVariants()) {
-    if (config.depths == v.depths && config.dims == v.dims) return v.name;
+    if (config.depths == v.depths && config.dims == v.dims && config.grn == v.grn) return v.name;
   }
   return "custom";
 }
@@ -138,9 +154,13 @@ ParameterShapes ExpectedParameters(const ConvNeXtConfig& config) {
       add(p + "norm.bias", {c});
       add(p + "pwconv1.weight", {4 * c, c});
       add(p + "pwconv1.bias", {4 * c});
+      if (config.grn) {
+        add(p + "grn.gamma", {4 * c});
+        add(p + "grn.beta", {4 * c});
+      }
       add(p + "pwconv2.weight", {c, 4 * c});
       add(p + "pwconv2.bias", {c});
-      add(p + "gamma", {c});
+      if (!config.grn) add(p + "gamma", {c});
     }
   }
   if (config.stage_norms) {
@@ -233,6 +253,7 @@ absl::StatusOr<ConvNeXtConfig> InferConfig(
 
   config.num_classes = 0;
   config.stage_norms = Find(shapes, "norm0.weight") != nullptr;
+  config.grn = Find(shapes, "stages.0.0.grn.gamma") != nullptr;
   if ((s = Find(shapes, "head.weight")) != nullptr) {
     if (s->size() != 2) return BadShape("head.weight", *s, "[num_classes, dims[3]]");
     config.num_classes = (*s)[0];

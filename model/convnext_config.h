@@ -7,6 +7,7 @@
 //   downsample_layers.0.{0,1}   stem 4x4/4 conv, channels-first LayerNorm
 //   downsample_layers.i.{0,1}   (i = 1..3) channels-first LayerNorm, 2x2/2 conv
 //   stages.i.j.{dwconv,norm,pwconv1,pwconv2}.{weight,bias}, stages.i.j.gamma
+//   stages.i.j.grn.{gamma,beta}  ConvNeXt V2 blocks only (grn), [4C] each, in place of gamma
 //   norm.{weight,bias}          LayerNorm on the pooled features
 //   head.{weight,bias}          classifier (absent when num_classes == 0)
 //   norm0..norm3.{weight,bias}  detection backbones only (stage_norms): channels-first LayerNorms
@@ -50,10 +51,15 @@ struct ConvNeXtConfig {
   // through its own LayerNorm (norm0..norm3) and there is no pooled-feature norm and no head, so
   // such a model gives stage outputs only. Requires num_classes == 0.
   bool stage_norms = false;
+  // ConvNeXt V2 blocks ("ConvNeXt V2", Woo et al. 2023): Global Response Normalization of the
+  // hidden layer after the GELU, x + gamma * (x * N(x)) + beta with N(x) = ||x||_HW /
+  // (mean over channels of ||x||_HW + 1e-6), and no layer scale.
+  bool grn = false;
 };
 
-// The named variants of the paper: convnext_tiny, _small, _base, _large, _xlarge, with a
-// 1000-class head.
+// The named variants, with a 1000-class head: the paper's convnext_tiny, _small, _base, _large,
+// _xlarge; timm's smaller V1 convnext_atto, _femto, _pico, _nano; and ConvNeXt V2's
+// convnextv2_atto, _femto, _pico, _nano, _tiny, _base, _large, _huge.
 absl::StatusOr<ConvNeXtConfig> ConfigForVariant(const std::string& name);
 
 // Names accepted by ConfigForVariant, in size order.

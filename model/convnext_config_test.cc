@@ -3,6 +3,10 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
+#include "absl/strings/match.h"
+
 namespace convnext {
 namespace {
 
@@ -21,6 +25,36 @@ TEST(ConvNeXtConfigTest, NamedVariantsHaveThePapersParameterCounts) {
     EXPECT_EQ(ParameterCount(*config), count) << name;
     EXPECT_TRUE(ValidateArchitecture(*config).ok());
     EXPECT_EQ(VariantNameFor(*config), name);
+    EXPECT_FALSE(config->grn) << name;
+  }
+}
+
+TEST(ConvNeXtConfigTest, SmallAndV2VariantsHaveTimmsParameterCounts) {
+  // The counts timm 1.0.31 reports for its 1000-class models (tests/family_test.py checks them
+  // against timm itself). A V2 block trades its layer scale [C] for GRN's gamma and beta [4C].
+  const std::pair<const char*, int64_t> expected[] = {
+      {"convnext_atto", 3695520},      {"convnext_femto", 5217784},
+      {"convnext_pico", 9045672},      {"convnext_nano", 15593560},
+      {"convnextv2_atto", 3708400},    {"convnextv2_femto", 5233240},
+      {"convnextv2_pico", 9066280},    {"convnextv2_nano", 15623800},
+      {"convnextv2_tiny", 28635496},   {"convnextv2_base", 88717800},
+      {"convnextv2_large", 197956840}, {"convnextv2_huge", 660289640},
+  };
+  for (const auto& [name, count] : expected) {
+    absl::StatusOr<ConvNeXtConfig> config = ConfigForVariant(name);
+    ASSERT_TRUE(config.ok()) << config.status();
+    EXPECT_EQ(ParameterCount(*config), count) << name;
+    EXPECT_EQ(VariantNameFor(*config), name);
+    EXPECT_EQ(config->grn, absl::StartsWith(name, "convnextv2_")) << name;
+    const ParameterShapes shapes = ExpectedParameters(*config);
+    const bool has_grn = std::any_of(shapes.begin(), shapes.end(), [](const auto& entry) {
+      return absl::StrContains(entry.first, ".grn.gamma");
+    });
+    const bool has_gamma = std::any_of(shapes.begin(), shapes.end(), [](const auto& entry) {
+      return absl::EndsWith(entry.first, ".gamma") && !absl::StrContains(entry.first, ".grn.");
+    });
+    EXPECT_EQ(has_grn, config->grn) << name;
+    EXPECT_NE(has_gamma, config->grn) << name;
   }
 }
 
@@ -84,6 +118,7 @@ TEST(ConvNeXtConfigTest, InferRecoversEveryVariantAndCustomConfigs) {
     EXPECT_EQ(inferred->variant, name);
     EXPECT_EQ(inferred->depths, config.depths);
     EXPECT_EQ(inferred->dims, config.dims);
+    EXPECT_EQ(inferred->grn, config.grn);
     EXPECT_EQ(inferred->num_classes, 21841);
   }
   ConvNeXtConfig custom;

@@ -279,7 +279,7 @@ absl::Status OneDnnStage::Prepare(int64_t n, int64_t h, int64_t w) const {
   return absl::OkStatus();
 }
 
-absl::Status OneDnnStage::Run(at::Tensor& x) const {
+absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
   const int64_t c = impl_->channels;
   if (!x.defined() || x.dim() != 4 || x.size(3) != c || x.scalar_type() != at::kFloat ||
       !x.is_contiguous() || !x.device().is_cpu()) {
@@ -329,6 +329,10 @@ absl::Status OneDnnStage::Run(at::Tensor& x) const {
                                   {DNNL_ARG_WEIGHTS, b.fc2_weight},
                                   {DNNL_ARG_BIAS, b.fc2_bias},
                                   {DNNL_ARG_DST, x_rows}});
+      if (mask.defined()) {
+        stream.wait();
+        x.mul_(mask);
+      }
     }
     stream.wait();
   } catch (const std::exception& e) {

@@ -56,6 +56,9 @@ struct BlockWeights {
   at::Tensor fc1_weight, fc1_bias;    // [4C,C], [4C]
   // fc2 with the layer scale folded in: gamma * (W2 h + b2) = (gamma W2) h + gamma b2.
   at::Tensor fc2_weight, fc2_bias;  // [C,4C], [C]
+  // ConvNeXt V2 only (GRN between GELU and fc2; no layer scale, so fc2 is as loaded): [4C] each.
+  // The fast path takes no V2 blocks (FastPathCovers in model/convnext.h).
+  at::Tensor grn_gamma, grn_beta;
 };
 
 // Whether this build has the fast path (CMake CONVNEXT_ONEDNN; off in the LibTorch 2.x builds).
@@ -99,8 +102,11 @@ class OneDnnStage {
   OneDnnStage& operator=(const OneDnnStage&) = delete;
 
   // Runs every block of the stage on x, a contiguous float32 CPU tensor [N, H, W, C], which is
-  // updated in place (each block adds its residual to it). INTERNAL if oneDNN fails.
-  absl::Status Run(at::Tensor& x) const;
+  // updated in place (each block adds its residual to it). With a `mask` (float32 [N, H, W, 1]
+  // or a view broadcasting as one: 1 inside each image of a padded batch, 0 beyond), x is
+  // multiplied by it after every block, so that the next block's depthwise convolution sees
+  // zeros beyond each image as its own zero padding would give. INTERNAL if oneDNN fails.
+  absl::Status Run(at::Tensor& x, const at::Tensor& mask = at::Tensor()) const;
 
   // Creates (and caches) the primitives for activations [n, h, w, C] without running them, so
   // that the first batch of that shape does not pay for it. INTERNAL if oneDNN fails.

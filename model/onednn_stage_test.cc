@@ -299,6 +299,38 @@ TEST(Bf16Test, RefusedOffTheFastPath) {
   EXPECT_NE(model.status().message().find("fast path"), std::string::npos) << model.status();
 }
 
+// ConvNeXt V2 blocks (GRN) are not the fast path's: such a model takes the ATen path whatever
+// the options say, bfloat16 blocks are refused with that reason, and a preference for them
+// (compute_dtype AUTO) falls back to float32.
+TEST(Bf16Test, V2BlocksTakeTheAtenPathInFloat32) {
+  SKIP_WITHOUT_FAST_PATH();
+  ConvNeXtConfig config = SmallConfig();
+  config.grn = true;
+  at::manual_seed(5);
+  const StateDict weights = RandomWeights(config);
+  std::unique_ptr<ConvNeXt> asked_fast = Make(config, weights, /*fast=*/true);
+  std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
+  ASSERT_NE(asked_fast, nullptr);
+  ASSERT_NE(aten, nullptr);
+  EXPECT_FALSE(asked_fast->uses_fast_path());
+  const at::Tensor input = at::randn({2, 3, 64, 96});
+  ExpectSameOutputs(*asked_fast, *aten, input);
+
+  ModelOptions options;
+  options.cpu_precision = BlockPrecision::kBFloat16;
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> refused = ConvNeXt::Create(config, weights, options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("V2 blocks (GRN) run the ATen path"), std::string::npos)
+      << refused.status();
+  options.cpu_precision_preferred = true;
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> fallen_back =
+      ConvNeXt::Create(config, weights, options);
+  ASSERT_TRUE(fallen_back.ok()) << fallen_back.status();
+  EXPECT_EQ((*fallen_back)->block_precision(), BlockPrecision::kFloat32);
+  EXPECT_FALSE((*fallen_back)->uses_fast_path());
+}
+
 TEST(Bf16Test, RefusedWithoutNativeBf16) {
   SKIP_WITHOUT_FAST_PATH();
   if (CpuHasNativeBf16()) {

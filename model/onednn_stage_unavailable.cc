@@ -33,7 +33,7 @@ absl::Status OneDnnStage::Prepare(int64_t, int64_t, int64_t) const {
   return absl::FailedPreconditionError("no oneDNN CPU fast path in this build");
 }
 
-absl::Status OneDnnStage::Run(at::Tensor&) const {
+absl::Status OneDnnStage::Run(at::Tensor&, const at::Tensor&) const {
   return absl::FailedPreconditionError("no oneDNN CPU fast path in this build");
 }
 

@@ -33,7 +33,7 @@ test_pkgs=(
   python3-grpcio python3-protobuf  # a second-language gRPC client for end-to-end tests
   prometheus python3-yaml  # a real Prometheus scrapes the server in the metrics test
   openssl  # certificates for the TLS tests
-  python3-venv  # a virtual environment for the PyPI peers (tritonclient) of tests/oip_test.py
+  python3-venv  # virtual environments for the PyPI peers: tritonclient (oip_test), timm (family_test)
   curl  # the README's HTTP examples, run by tests/oip_test.py
 )
 

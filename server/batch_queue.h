@@ -8,7 +8,8 @@
 //    shape, so Embed requests at their own image size batch only with equal shapes).
 //  - A batch closes when max_batch_size items of one key are queued, or when the oldest item has
 //    waited max_queue_delay (it then takes up to max_batch_size items of the oldest item's key,
-//    oldest first), or when the caller flushes (shutdown).
+//    oldest first), or when the caller flushes (shutdown). An item may lower its key's limit
+//    (Item::max_batch: the server's variable-size batching fits a pixel budget with it).
 //  - An item whose deadline has passed, or that its owner reports cancelled, is removed and
 //    returned as dropped before batches form: it is never computed.
 //  - Push fails when max_queue_size items are queued: the caller answers at once (load shedding)
@@ -18,6 +19,7 @@
 #ifndef CONVNEXT_SERVER_BATCH_QUEUE_H_
 #define CONVNEXT_SERVER_BATCH_QUEUE_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <deque>
 #include <functional>
@@ -56,6 +58,9 @@ class BatchQueue {
     std::string key;
     absl::Time enqueued;
     absl::Time deadline = absl::InfiniteFuture();
+    // Items per batch at most for this item's key, if lower than max_batch_size (0: no lower
+    // limit). Items of one key carry one value.
+    size_t max_batch = 0;
   };
   struct Dropped {
     T payload;
@@ -92,9 +97,11 @@ class BatchQueue {
     }
     if (items_.empty()) return std::nullopt;
     const Item& oldest = items_.front();
-    if (flush || now - oldest.enqueued >= options_.max_queue_delay) return Take(oldest.key);
+    if (flush || now - oldest.enqueued >= options_.max_queue_delay) {
+      return Take(oldest.key, LimitOf(oldest));
+    }
     for (const Item& item : items_) {  // A full batch of any key, oldest key first.
-      if (key_counts_[item.key] >= options_.max_batch_size) return Take(item.key);
+      if (key_counts_[item.key] >= LimitOf(item)) return Take(item.key, LimitOf(item));
     }
     return std::nullopt;
   }
@@ -112,14 +119,19 @@ class BatchQueue {
   bool empty() const { return items_.empty(); }
 
  private:
+  size_t LimitOf(const Item& item) const {
+    return item.max_batch > 0 ? std::min(item.max_batch, options_.max_batch_size)
+                              : options_.max_batch_size;
+  }
+
   void Forget(const std::string& key) {
     auto it = key_counts_.find(key);
     if (--it->second == 0) key_counts_.erase(it);
   }
 
-  std::vector<Item> Take(std::string key) {
+  std::vector<Item> Take(std::string key, size_t limit) {
     std::vector<Item> batch;
-    for (auto it = items_.begin(); it != items_.end() && batch.size() < options_.max_batch_size;) {
+    for (auto it = items_.begin(); it != items_.end() && batch.size() < limit;) {
       if (it->key == key) {
         batch.push_back(std::move(*it));
         Forget(key);

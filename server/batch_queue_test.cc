@@ -114,6 +114,40 @@ TEST(BatchQueueTest, KeysNeverMixAndAFullKeyGoesFirst) {
   EXPECT_EQ(Payloads(*batch), (std::vector<int>{1}));
 }
 
+// A key's own lower limit (variable-size batching's pixel budget): its batch is full at that
+// many items, and a timed-out batch takes no more; other keys keep max_batch_size.
+TEST(BatchQueueTest, AKeysOwnLimitClosesItsBatchesSooner) {
+  Queue q(Options(4, absl::Milliseconds(10), 100));
+  std::vector<Queue::Dropped> dropped;
+  auto push = [&](int v, const std::string& key, size_t max_batch) {
+    Queue::Item item{v, key, kT0, absl::InfiniteFuture(), max_batch};
+    return q.Push(item);
+  };
+  ASSERT_TRUE(push(1, "big", 2));
+  ASSERT_TRUE(push(2, "small", 0));
+  ASSERT_TRUE(push(3, "small", 0));
+  ASSERT_TRUE(push(4, "small", 0));
+  EXPECT_FALSE(q.PopReady(kT0, false, nullptr, &dropped).has_value());
+  ASSERT_TRUE(push(5, "big", 2));
+  auto batch = q.PopReady(kT0, false, nullptr, &dropped);
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(Payloads(*batch), (std::vector<int>{1, 5}));
+  ASSERT_TRUE(push(6, "big", 2));
+  ASSERT_TRUE(push(7, "big", 2));
+  ASSERT_TRUE(push(8, "big", 2));
+  batch = q.PopReady(kT0, false, nullptr, &dropped);
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(Payloads(*batch), (std::vector<int>{6, 7}));
+  // Timed out: the oldest ("small") takes up to 4, then the last "big" leaves alone.
+  batch = q.PopReady(kT0 + absl::Milliseconds(10), false, nullptr, &dropped);
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(Payloads(*batch), (std::vector<int>{2, 3, 4}));
+  batch = q.PopReady(kT0 + absl::Milliseconds(10), false, nullptr, &dropped);
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(Payloads(*batch), (std::vector<int>{8}));
+  EXPECT_TRUE(q.empty());
+}
+
 TEST(BatchQueueTest, FlushEmptiesTheQueueInBatchesForShutdown) {
   Queue q(Options(2, absl::Hours(1), 100));
   std::vector<Queue::Dropped> dropped;

@@ -75,9 +75,10 @@ class Batcher {
   ~Batcher() { Shutdown(); }
 
   // Queues `payload` (moved from only on OK). UNAVAILABLE if the queue is full or the batcher is
-  // shutting down: both are retryable, possibly on another replica.
-  absl::Status Schedule(T& payload, std::string key, absl::Time deadline) {
-    Item item{std::move(payload), std::move(key), absl::Now(), deadline};
+  // shutting down: both are retryable, possibly on another replica. `max_batch`: the key's own
+  // lower batch limit, if any (BatchQueue::Item::max_batch).
+  absl::Status Schedule(T& payload, std::string key, absl::Time deadline, size_t max_batch = 0) {
+    Item item{std::move(payload), std::move(key), absl::Now(), deadline, max_batch};
     {
       absl::MutexLock lock(&mu_);
       if (!shutting_down_ && queue_.Push(item)) {

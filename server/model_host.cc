@@ -85,6 +85,45 @@ std::string BatchKey(InferenceRequest::Kind kind, int deepest_stage, const at::T
   return absl::StrCat(static_cast<int>(kind), ":", deepest_stage, ":", BatchShapeKey(input));
 }
 
+// Variable-size batching (BatchingConfig.max_batch_pixels): a side that is a multiple of 32
+// rounded up to its resolution bucket, a multiple of max(32, a quarter of the largest power of
+// two not above it): 32s up to 256, then 64s up to 512, 128s up to 1024, ...
+int64_t BucketSide(int64_t side) {
+  int64_t power = 1;
+  while (power * 2 <= side) power *= 2;
+  const int64_t step = std::max<int64_t>(32, power / 4);
+  return (side + step - 1) / step * step;
+}
+
+// Where an input of height x width batches: its own shape, or, with variable-size batching and
+// sides that are multiples of 32, its bucket, whose batches hold max_batch_pixels of bucket.
+struct BatchPlace {
+  int64_t height = 0, width = 0;  // The batch's input size (the bucket, or the input's own).
+  size_t max_batch = 0;           // 0: batching.max_batch_size.
+  bool bucketed = false;
+};
+
+BatchPlace PlaceInBatch(const server::BatchingConfig& batching, int64_t height, int64_t width) {
+  BatchPlace place{height, width, 0, false};
+  if (batching.max_batch_pixels() == 0 || height % 32 != 0 || width % 32 != 0) return place;
+  place.height = BucketSide(height);
+  place.width = BucketSide(width);
+  place.bucketed = true;
+  const uint64_t fit =
+      batching.max_batch_pixels() / static_cast<uint64_t>(place.height * place.width);
+  place.max_batch = static_cast<size_t>(
+      std::clamp<uint64_t>(fit, 1, std::max<uint32_t>(1, batching.max_batch_size())));
+  return place;
+}
+
+// The batch key of an input: BatchKey for its own shape, or its bucket's.
+std::string BatchKeyAt(InferenceRequest::Kind kind, int deepest_stage, const at::Tensor& input,
+                       const BatchPlace& place) {
+  if (!place.bucketed) return BatchKey(kind, deepest_stage, input);
+  return absl::StrCat(static_cast<int>(kind), ":", deepest_stage, ":bucket:", input.size(1), "x",
+                      place.height, "x", place.width);
+}
+
 // What image `index` of a request asks of the model; its boxes as the client gave them (in the
 // image's own pixels), which is all that estimates need.
 ImageRequest ToImageRequest(const InferenceRequest::Params& p, int index) {
@@ -160,6 +199,7 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
     const bool fast_path = FastPathApplies(load.model);
     if (fast_path && CpuHasAmx()) {
       load.model.cpu_precision = BlockPrecision::kBFloat16;
+      load.model.cpu_precision_preferred = true;  // A V2 model runs float32 (below).
       host->compute_dtype_reason_ =
           absl::StrCat("AUTO: AMX on this CPU (oneDNN ISA ", OneDnnIsaName(), ")");
     } else if (!fast_path) {
@@ -181,6 +221,17 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   }
   absl::StatusOr<LoadedModel> loaded = LoadModel(load);
   if (!loaded.ok()) return annotate(loaded.status());
+  if (load.model.cpu_precision_preferred &&
+      loaded->model->block_precision() != load.model.cpu_precision) {
+    host->compute_dtype_reason_ =
+        "AUTO: ConvNeXt V2 blocks (GRN) run the ATen path, in float32; bfloat16 blocks need the "
+        "CPU fast path";
+    Log("info", "compute_dtype_chosen",
+        {{"model", config.name()},
+         {"version", config.version()},
+         {"compute_dtype", BlockPrecisionName(loaded->model->block_precision())},
+         {"reason", host->compute_dtype_reason_}});
+  }
   host->loaded_ = *std::move(loaded);
   host->labels_ = host->loaded_.labels;
   if (!config.labels_file().empty()) {
@@ -304,8 +355,10 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
                           absl::StrCat("image ", i, ": ", plan.status().message()));
     }
     const int64_t output = EstimateOutputBytes(architecture(), outputs, plan->height, plan->width);
+    // In a bucket's batch, the image's activations take the bucket's size.
+    const BatchPlace place = PlaceInBatch(options_.config.batching(), plan->height, plan->width);
     costs[i] =
-        plan->bytes + EstimateForwardBytes(architecture(), plan->height, plan->width) + output;
+        plan->bytes + EstimateForwardBytes(architecture(), place.height, place.width) + output;
     total += costs[i];
     answer += output / 2;  // EstimateOutputBytes counts the serialised copy too.
   }
@@ -384,9 +437,14 @@ void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
   work->preprocess_us = Micros(absl::Now() - start);
   work->input = std::move(input->input);
   work->boxes = *std::move(boxes);
-  const std::string key = BatchKey(work->request->params().kind, work->deepest_stage, work->input);
+  const BatchPlace place =
+      work->input.dim() == 4
+          ? PlaceInBatch(options_.config.batching(), work->input.size(2), work->input.size(3))
+          : BatchPlace();
+  const std::string key =
+      BatchKeyAt(work->request->params().kind, work->deepest_stage, work->input, place);
   const absl::Time deadline = work->request->deadline();
-  absl::Status scheduled = batcher_->Schedule(work, key, deadline);
+  absl::Status scheduled = batcher_->Schedule(work, key, deadline, place.max_batch);
   if (!scheduled.ok()) End(*work, scheduled);  // Schedule left `work` with us.
 }
 

@@ -77,6 +77,9 @@ ABSL_FLAG(double, watch_config_interval_s, 2,
 ABSL_FLAG(int, grace_period_s, 30,
           "On SIGTERM, how long admitted calls may take to finish before being cancelled.");
 ABSL_FLAG(int, max_batch_size, 0, "Override every model's max_batch_size (0: config/default).");
+ABSL_FLAG(int64_t, max_batch_pixels, -1,
+          "Override every model's batching.max_batch_pixels (variable-size batching; 0: off; "
+          "-1: config/default).");
 ABSL_FLAG(int, max_queue_delay_us, -1,
           "Override every model's max_queue_delay_us (-1: config/default).");
 
@@ -146,6 +149,10 @@ absl::StatusOr<ServerConfig> BuildConfig(const std::vector<std::string>& model_f
   for (server::ModelConfig& m : *config.mutable_model()) {
     if (absl::GetFlag(FLAGS_max_batch_size) > 0) {
       m.mutable_batching()->set_max_batch_size(absl::GetFlag(FLAGS_max_batch_size));
+    }
+    if (absl::GetFlag(FLAGS_max_batch_pixels) >= 0) {
+      m.mutable_batching()->set_max_batch_pixels(
+          static_cast<uint64_t>(absl::GetFlag(FLAGS_max_batch_pixels)));
     }
     if (absl::GetFlag(FLAGS_max_queue_delay_us) >= 0) {
       // Zero means "unset" in the config, so an explicit 0 becomes 1 microsecond.

@@ -17,6 +17,7 @@
 #include "convnext/v1/image_model.grpc.pb.h"
 #include "image/preprocess.h"
 #include "model/batch.h"
+#include "model/load_model.h"
 #include "server/memory_budget.h"
 #include "server/model_repository.h"
 #include "server/server.h"
@@ -568,6 +569,85 @@ TEST(MemoryBudgetE2eTest, NotNowIsUnavailableNeverIsResourceExhausted) {
   EXPECT_TRUE(first.ok()) << first.error_message();
   const grpc::Status later = classify(1);  // The first call's memory came back.
   EXPECT_TRUE(later.ok()) << later.error_message();
+}
+
+// Variable-size batching (batching.max_batch_pixels) through the C++ client: concurrent Embed
+// calls of different sizes in one resolution bucket share batches of at most the pixel budget,
+// and each gets what the model computes for its image alone (in-process, the same checkpoint).
+TEST(VariableBatchingE2eTest, MixedSizesShareBatchesAndGetTheirOwnAnswers) {
+  ServerConfig config;
+  ModelConfig* m = config.add_model();
+  m->set_name("custom");
+  m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
+  m->mutable_batching()->set_max_batch_size(8);
+  m->mutable_batching()->set_max_queue_delay_us(300'000);
+  m->mutable_batching()->set_max_batch_pixels(3 * 320 * 320);  // Bucket 320x320: 3 a batch.
+  std::unique_ptr<Server> server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+  LoadOptions load;
+  load.path = testing::TestdataPath("custom.safetensors");
+  absl::StatusOr<LoadedModel> reference = LoadModel(load);
+  ASSERT_TRUE(reference.ok()) << reference.status();
+
+  // Sides 288 and 320 share the 320 bucket; 64 x 64 has a bucket of its own.
+  const std::vector<std::pair<int64_t, int64_t>> sizes = {
+      {288, 320}, {320, 288}, {320, 320}, {288, 288}, {64, 64}, {320, 288}, {288, 320}, {64, 64}};
+  at::manual_seed(11);
+  std::vector<at::Tensor> inputs;
+  for (const auto& [h, w] : sizes) inputs.push_back(at::randn({3, h, w}));
+  auto request_for = [&](size_t i) {
+    v1::EmbedRequest r;
+    *r.add_images() = ServerE2eTest::TensorImageFor(inputs[i]);
+    r.set_include_embedding(true);
+    r.add_stages(1);
+    r.add_stages(4);
+    return r;
+  };
+  std::vector<absl::StatusOr<v1::EmbedResponse>> responses(sizes.size(),
+                                                           absl::UnknownError("not run"));
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    clients.emplace_back([&, i] {
+      client::ClientOptions options;
+      options.target = absl::StrCat("127.0.0.1:", server->port());
+      absl::StatusOr<std::unique_ptr<client::Client>> c = client::Client::Create(options);
+      responses[i] = c.ok() ? (*c)->Embed(request_for(i)) : c.status();
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  const v1::ModelInfo info = server->model("custom")->Info();
+  uint64_t largest = 0;
+  for (const auto& [size, count] : info.stats().batch_sizes()) {
+    largest = std::max<uint64_t>(largest, size);
+  }
+  EXPECT_GT(largest, 1u);  // Different sizes did share a batch ...
+  EXPECT_LE(largest, 3u);  // ... within the pixel budget.
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    ASSERT_TRUE(responses[i].ok()) << responses[i].status();
+    OutputRequest what;
+    what.logits = false;
+    what.embedding = true;
+    what.stages = true;
+    absl::StatusOr<ForwardOutputs> alone = reference->model->Forward(inputs[i].unsqueeze(0), what);
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    const v1::Embedding& e = responses[i]->results(0);
+    auto values = [](const v1::Tensor& t) {
+      absl::StatusOr<std::vector<float>> v = client::TensorValues(t);
+      EXPECT_TRUE(v.ok()) << v.status();
+      return v.ok() ? at::tensor(*v) : at::zeros({0});
+    };
+    auto close = [](const at::Tensor& got, const at::Tensor& want) {
+      if (got.numel() != want.numel()) return false;
+      const double scale = std::max(1.0, want.abs().max().item<double>());
+      return (got - want.flatten()).abs().max().item<double>() <= 1e-5 * scale;
+    };
+    EXPECT_TRUE(close(values(e.embedding()), alone->embedding[0])) << "image " << i;
+    ASSERT_EQ(e.stages_size(), 2);
+    EXPECT_EQ(e.stages(0).shape(1), sizes[i].first / 4);
+    EXPECT_EQ(e.stages(0).shape(2), sizes[i].second / 4);
+    EXPECT_TRUE(close(values(e.stages(0)), alone->stages[0][0])) << "image " << i;
+    EXPECT_TRUE(close(values(e.stages(1)), alone->stages[3][0])) << "image " << i;
+  }
 }
 
 // The repository on its own: lookup by version, label and "name:version"; a version released
