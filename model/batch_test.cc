@@ -223,8 +223,9 @@ TEST(BatchTest, ImagesOfDifferentSizesGetWhatTheyWouldGetAlone) {
     const char* name;
     bool grn, fast_path;
   };
-  for (const Case& c : {Case{"V1 fast path", false, true}, Case{"V1 ATen", false, false},
-                        Case{"V2 (GRN, ATen)", true, true}}) {
+  for (const Case& c :
+       {Case{"V1 fast path", false, true}, Case{"V1 ATen", false, false},
+        Case{"V2 (GRN) fast path", true, true}, Case{"V2 (GRN) ATen", true, false}}) {
     SCOPED_TRACE(c.name);
     std::unique_ptr<ConvNeXt> model = SmallModel(false, c.grn, c.fast_path);
     ASSERT_NE(model, nullptr);

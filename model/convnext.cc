@@ -20,8 +20,6 @@ bool FastPathApplies(const ModelOptions& options) {
          options.dtype == c10::ScalarType::Float;
 }
 
-bool FastPathCovers(const ConvNeXtConfig& config) { return !config.grn; }
-
 absl::StatusOr<c10::Device> ParseDevice(const std::string& name) {
   try {
     return c10::Device(name);
@@ -160,23 +158,13 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         stage.blocks.push_back(std::move(block));
       }
     }
-    const bool fast = FastPathApplies(options) && FastPathCovers(config);
-    BlockPrecision precision = options.cpu_precision;
+    const bool fast = FastPathApplies(options);
+    const BlockPrecision precision = options.cpu_precision;
     if (!fast && precision != BlockPrecision::kFloat32) {
-      if (options.cpu_precision_preferred) {
-        precision = BlockPrecision::kFloat32;
-      } else if (FastPathApplies(options)) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(BlockPrecisionName(precision),
-                         " blocks run on the CPU fast path only, which covers "
-                         "ConvNeXt V1 blocks: ",
-                         who, "'s V2 blocks (GRN) run the ATen path, in float32"));
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat(
-            BlockPrecisionName(precision),
-            " blocks run on the CPU fast path only (device cpu, dtype float32, fast path enabled)",
-            kHaveOneDnnFastPath ? "" : "; this build has none (CONVNEXT_ONEDNN=OFF)"));
-      }
+      return absl::InvalidArgumentError(absl::StrCat(
+          BlockPrecisionName(precision),
+          " blocks run on the CPU fast path only (device cpu, dtype float32, fast path enabled)",
+          kHaveOneDnnFastPath ? "" : "; this build has none (CONVNEXT_ONEDNN=OFF)"));
     }
     for (Stage& stage : model->stages_) {
       if (!fast) break;

@@ -44,17 +44,11 @@ struct ModelOptions {
   // float32 dtype): Create fails with INVALID_ARGUMENT otherwise, and with FAILED_PRECONDITION on
   // a CPU without native bfloat16.
   BlockPrecision cpu_precision = BlockPrecision::kFloat32;
-  // cpu_precision is a preference (compute_dtype AUTO), not a demand: a model whose blocks the
-  // fast path does not cover (ConvNeXt V2) then runs in float32 instead of failing.
-  bool cpu_precision_preferred = false;
 };
 
 // Whether a model with these options runs its blocks on the CPU fast path: a build that has it
-// (kHaveOneDnnFastPath), cpu_fast_path set, the CPU, float32. The fast path covers ConvNeXt V1
-// blocks only: a V2 model (ConvNeXtConfig::grn) runs the ATen path whatever the options
-// (FastPathCovers).
+// (kHaveOneDnnFastPath), cpu_fast_path set, the CPU, float32. It covers V1 and V2 blocks.
 bool FastPathApplies(const ModelOptions& options);
-bool FastPathCovers(const ConvNeXtConfig& config);
 
 // A LibTorch device from its name ("cpu", "cuda", "cuda:1"); INVALID_ARGUMENT for anything else.
 absl::StatusOr<c10::Device> ParseDevice(const std::string& name);

@@ -11,6 +11,11 @@
 //   fc2 + bias (layer scale folded) + x       h -> x       (matmul, sum post-op: the residual
 //                                                           is accumulated into x in place)
 //
+// ConvNeXt V2 blocks have Global Response Normalization between fc1 and fc2: a reduction over
+// the whole image, so not a post-op: its per-image, per-channel norms (float32) and the scale
+// and shift they give are applied to h in place with ATen between the two matrix products
+// (ApplyGrn), two passes over h.
+//
 // The depthwise weights are reordered once, at load, into the blocked layout oneDNN's kernel
 // wants; the pointwise layers' weights are used in place (repacking them measured no faster). The
 // primitives depend on the activation shape (N, H, W): each is created on the first batch of a
@@ -57,7 +62,6 @@ struct BlockWeights {
   // fc2 with the layer scale folded in: gamma * (W2 h + b2) = (gamma W2) h + gamma b2.
   at::Tensor fc2_weight, fc2_bias;  // [C,4C], [C]
   // ConvNeXt V2 only (GRN between GELU and fc2; no layer scale, so fc2 is as loaded): [4C] each.
-  // The fast path takes no V2 blocks (FastPathCovers in model/convnext.h).
   at::Tensor grn_gamma, grn_beta;
 };
 

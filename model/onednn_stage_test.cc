@@ -121,6 +121,22 @@ TEST(FastPathTest, MatchesTheAtenPathOnManyShapes) {
   for (const auto& shape : shapes) ExpectSameOutputs(fast, aten, at::randn(shape));
 }
 
+// ConvNeXt V2 blocks: GRN between the matrix products, on the fast path as on the ATen path,
+// over many shapes (its norms per image: batches of several images included).
+TEST(FastPathTest, V2BlocksMatchTheAtenPath) {
+  SKIP_WITHOUT_FAST_PATH();
+  ConvNeXtConfig config = SmallConfig();
+  config.grn = true;
+  const ModelPair m = MakePair(config, 5);
+  ASSERT_NE(m.fast, nullptr);
+  ASSERT_NE(m.aten, nullptr);
+  EXPECT_TRUE(m.fast->uses_fast_path());
+  for (const auto& shape : std::vector<std::vector<int64_t>>{
+           {1, 3, 64, 64}, {3, 3, 96, 64}, {2, 3, 65, 97}, {1, 3, 224, 32}}) {
+    ExpectSameOutputs(*m.fast, *m.aten, at::randn(shape));
+  }
+}
+
 TEST(FastPathTest, EvictsCachedShapesAndStaysCorrect) {
   SKIP_WITHOUT_FAST_PATH();
   ConvNeXtConfig config = SmallConfig();
@@ -216,8 +232,11 @@ constexpr double kBf16MaxRelativeError = 0.02;
 
 TEST(Bf16Test, AgreesWithFloat32OnManyShapes) {
   SKIP_WITHOUT_NATIVE_BF16();
-  for (const bool stage_norms : {false, true}) {
-    const ConvNeXtConfig config = SmallConfig(stage_norms);
+  for (const auto& [stage_norms, grn] :
+       {std::pair{false, false}, std::pair{true, false}, std::pair{false, true}}) {
+    SCOPED_TRACE(grn ? "V2 (GRN)" : stage_norms ? "stage norms" : "V1");
+    ConvNeXtConfig config = SmallConfig(stage_norms);
+    config.grn = grn;
     at::manual_seed(11);
     const StateDict weights = RandomWeights(config);
     const std::unique_ptr<ConvNeXt> f32 = Make(config, weights, true);
@@ -297,38 +316,6 @@ TEST(Bf16Test, RefusedOffTheFastPath) {
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(model.status().message().find("fast path"), std::string::npos) << model.status();
-}
-
-// ConvNeXt V2 blocks (GRN) are not the fast path's: such a model takes the ATen path whatever
-// the options say, bfloat16 blocks are refused with that reason, and a preference for them
-// (compute_dtype AUTO) falls back to float32.
-TEST(Bf16Test, V2BlocksTakeTheAtenPathInFloat32) {
-  SKIP_WITHOUT_FAST_PATH();
-  ConvNeXtConfig config = SmallConfig();
-  config.grn = true;
-  at::manual_seed(5);
-  const StateDict weights = RandomWeights(config);
-  std::unique_ptr<ConvNeXt> asked_fast = Make(config, weights, /*fast=*/true);
-  std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
-  ASSERT_NE(asked_fast, nullptr);
-  ASSERT_NE(aten, nullptr);
-  EXPECT_FALSE(asked_fast->uses_fast_path());
-  const at::Tensor input = at::randn({2, 3, 64, 96});
-  ExpectSameOutputs(*asked_fast, *aten, input);
-
-  ModelOptions options;
-  options.cpu_precision = BlockPrecision::kBFloat16;
-  absl::StatusOr<std::unique_ptr<ConvNeXt>> refused = ConvNeXt::Create(config, weights, options);
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(refused.status().message().find("V2 blocks (GRN) run the ATen path"), std::string::npos)
-      << refused.status();
-  options.cpu_precision_preferred = true;
-  absl::StatusOr<std::unique_ptr<ConvNeXt>> fallen_back =
-      ConvNeXt::Create(config, weights, options);
-  ASSERT_TRUE(fallen_back.ok()) << fallen_back.status();
-  EXPECT_EQ((*fallen_back)->block_precision(), BlockPrecision::kFloat32);
-  EXPECT_FALSE((*fallen_back)->uses_fast_path());
 }
 
 TEST(Bf16Test, RefusedWithoutNativeBf16) {

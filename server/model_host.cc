@@ -199,7 +199,6 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
     const bool fast_path = FastPathApplies(load.model);
     if (fast_path && CpuHasAmx()) {
       load.model.cpu_precision = BlockPrecision::kBFloat16;
-      load.model.cpu_precision_preferred = true;  // A V2 model runs float32 (below).
       host->compute_dtype_reason_ =
           absl::StrCat("AUTO: AMX on this CPU (oneDNN ISA ", OneDnnIsaName(), ")");
     } else if (!fast_path) {
@@ -221,17 +220,6 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   }
   absl::StatusOr<LoadedModel> loaded = LoadModel(load);
   if (!loaded.ok()) return annotate(loaded.status());
-  if (load.model.cpu_precision_preferred &&
-      loaded->model->block_precision() != load.model.cpu_precision) {
-    host->compute_dtype_reason_ =
-        "AUTO: ConvNeXt V2 blocks (GRN) run the ATen path, in float32; bfloat16 blocks need the "
-        "CPU fast path";
-    Log("info", "compute_dtype_chosen",
-        {{"model", config.name()},
-         {"version", config.version()},
-         {"compute_dtype", BlockPrecisionName(loaded->model->block_precision())},
-         {"reason", host->compute_dtype_reason_}});
-  }
   host->loaded_ = *std::move(loaded);
   host->labels_ = host->loaded_.labels;
   if (!config.labels_file().empty()) {
@@ -626,6 +614,7 @@ v1::ModelInfo ModelHost::Info() const {
   b->set_max_queue_delay_us(config.batching().max_queue_delay_us());
   b->set_max_queue_size(config.batching().max_queue_size());
   b->set_instances(config.batching().instances());
+  b->set_max_batch_pixels(config.batching().max_batch_pixels());
   b->set_intra_op_threads(IntraOpThreads());
   info.set_ready(ready_);
   absl::MutexLock lock(&stats_mu_);

@@ -6,7 +6,9 @@ same answers; and a V2 model served over gRPC answers the Python client and the 
 timm comes from PyPI (pinned in tests/requirements-timm.txt, in build/venv-timm made by
 scripts/timm-venv.sh) and runs on Debian's torch. Weights are random: timm's own initialisation,
 then layer scales, GRN parameters, biases and norm weights drawn away from their neutral values,
-so that a block that is skipped or a GRN computed wrongly changes the answer.
+so that a block that is skipped or a GRN computed wrongly changes the answer. convnext-run takes
+the CPU fast path (oneDNN, GRN between its matrix products); the ATen path's GRN is held to it by
+model/onednn_stage_test.cc.
 
 Run by ctest, which sets CONVNEXT_BIN, CONVNEXT_TESTDATA and CONVNEXT_PYGEN.
 """
@@ -190,14 +192,24 @@ class FamilyTest(unittest.TestCase):
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("grn", r.stderr)
 
-    def test_bfloat16_blocks_are_refused_with_the_reason(self):
+    def test_bfloat16_v2_blocks_agree_with_float32_or_are_refused(self):
+        """V2 blocks run on the fast path, GRN included: in bfloat16 too where the CPU has native
+        bfloat16 (close to float32, not equal), else refused with the reason."""
         model = timm_model("convnextv2_atto", seed=3)
         write_safetensors(self.path("v2.safetensors"), model.state_dict())
-        np.save(self.path("x.npy"), torch.zeros(1, 3, 32, 32).numpy())
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+        np.save(self.path("x.npy"), x.numpy())
         r = run("--checkpoint", self.path("v2.safetensors"), "--input", self.path("x.npy"),
-                "--output", self.path("out.npy"), "--bf16")
-        self.assertNotEqual(r.returncode, 0)
-        self.assertIn("V2 blocks (GRN) run the ATen path", r.stderr)
+                "--output", self.path("bf16.npy"), "--bf16")
+        if r.returncode != 0:
+            self.assertIn("native bfloat16", r.stderr)
+            return
+        with torch.no_grad():
+            want = model(x).numpy()
+        got = np.load(self.path("bf16.npy"))
+        cosine = float((got * want).sum() / np.linalg.norm(got) / np.linalg.norm(want))
+        self.assertGreater(cosine, 0.999)
+        self.assertGreater(float(np.abs(got - want).max()), 1e-6)  # Really bfloat16.
 
 
 class FamilyServedTest(unittest.TestCase):

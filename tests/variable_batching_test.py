@@ -104,6 +104,8 @@ class VariableBatchingTest(unittest.TestCase):
             inputs.append(x)
             requests.append(pb.EmbedRequest(images=[image], include_embedding=True,
                                             stages=[2, 4], resize=pb.KEEP_SIZE))
+        info = self.stub.GetModel(pb.GetModelRequest(name="tiny"), timeout=60)
+        self.assertEqual(info.batching.max_batch_pixels, BUDGET)
         before = self.batch_sizes()
         with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
             replies = list(pool.map(lambda r: self.stub.Embed(r, timeout=300), requests))
