@@ -134,17 +134,18 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
   for (const ImageRequest& r : requests)
     what.last_stage = std::max(what.last_stage, DeepestStage(r));
   bool same_shape = true;
-  int64_t height = 0, width = 0;
-  for (const at::Tensor& t : inputs) {
-    same_shape &= t.sizes() == inputs[0].sizes();
-    height = std::max(height, t.size(2));
-    width = std::max(width, t.size(3));
-  }
+  for (const at::Tensor& t : inputs) same_shape &= t.sizes() == inputs[0].sizes();
   at::Tensor batch;
   if (same_shape) {
     batch = at::cat(inputs, /*dim=*/0);
   } else {
-    // Variable-size batching: zeros beyond each image, its extent in the request.
+    // Variable-size batching (RunBatch checked: single 4-d images, sides multiples of 32):
+    // zeros beyond each image, its extent in the request.
+    int64_t height = 0, width = 0;
+    for (const at::Tensor& t : inputs) {
+      height = std::max(height, t.size(2));
+      width = std::max(width, t.size(3));
+    }
     std::vector<at::Tensor> padded;
     for (const at::Tensor& t : inputs) {
       padded.push_back(at::constant_pad_nd(t, {0, width - t.size(3), 0, height - t.size(2)}, 0));
@@ -249,6 +250,9 @@ int64_t EstimateForwardBytes(const ConvNeXtConfig& config, int64_t height, int64
   constexpr int64_t kFloat = sizeof(float);
   int64_t elements = int64_t{config.in_channels} * height * width;
   elements += 7 * StageElements(config, 0, height, width);
+  // V2's GRN on the fast path: float32 copies of the 4x-wide hidden layer (bfloat16 activations
+  // widened, a padded batch's masked) for its norms.
+  if (config.grn) elements += 8 * StageElements(config, 0, height, width);
   for (int i = 0; i < kNumStages; ++i) elements += StageElements(config, i, height, width);
   return elements * kFloat;
 }

@@ -118,7 +118,8 @@ absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
 //
 // The forward pass at an input of height x width: the input, stage 1's activations (the
 // residual stream, the depthwise output and the 4x-wide hidden layer: 7 x dims[0] channels at a
-// quarter of the resolution; every later stage needs less), and the stage maps kept for output.
+// quarter of the resolution, 15 x with V2's GRN and its float32 copies of the hidden layer;
+// every later stage needs less), and the stage maps kept for output.
 int64_t EstimateForwardBytes(const ConvNeXtConfig& config, int64_t height, int64_t width);
 // The answer `request` produces at an input of height x width: its tensors' bytes, twice (the
 // result, then its serialised message).

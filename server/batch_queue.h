@@ -129,10 +129,12 @@ class BatchQueue {
     if (--it->second == 0) key_counts_.erase(it);
   }
 
+  // Up to `limit` items of `key`, oldest first; none joins a batch larger than its own limit.
   std::vector<Item> Take(std::string key, size_t limit) {
     std::vector<Item> batch;
     for (auto it = items_.begin(); it != items_.end() && batch.size() < limit;) {
-      if (it->key == key) {
+      if (it->key == key && batch.size() < LimitOf(*it)) {
+        limit = std::min(limit, LimitOf(*it));
         batch.push_back(std::move(*it));
         Forget(key);
         it = items_.erase(it);

@@ -146,6 +146,17 @@ TEST(BatchQueueTest, AKeysOwnLimitClosesItsBatchesSooner) {
   ASSERT_TRUE(batch.has_value());
   EXPECT_EQ(Payloads(*batch), (std::vector<int>{8}));
   EXPECT_TRUE(q.empty());
+  // Should items of one key carry different limits, none joins a batch larger than its own.
+  ASSERT_TRUE(push(9, "mixed", 4));
+  ASSERT_TRUE(push(10, "mixed", 4));
+  ASSERT_TRUE(push(11, "mixed", 1));
+  ASSERT_TRUE(push(12, "mixed", 3));
+  batch = q.PopReady(kT0 + absl::Milliseconds(10), false, nullptr, &dropped);
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(Payloads(*batch), (std::vector<int>{9, 10, 12}));
+  batch = q.PopReady(kT0 + absl::Milliseconds(10), false, nullptr, &dropped);
+  ASSERT_TRUE(batch.has_value());
+  EXPECT_EQ(Payloads(*batch), (std::vector<int>{11}));
 }
 
 TEST(BatchQueueTest, FlushEmptiesTheQueueInBatchesForShutdown) {

@@ -12,7 +12,7 @@ import unittest
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server_e2e_test import DATA, Server, pb, photo_path, read_safetensors  # noqa: E402
+from server_e2e_test import DATA, Server, pb, photo_path, tiny_reference  # noqa: E402
 import grpc  # noqa: E402
 
 
@@ -41,11 +41,8 @@ class EmbedTransportTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         import torch
-        from torchvision.models import convnext_tiny
         torch.set_num_threads(2)
-        model = convnext_tiny()
-        model.load_state_dict(read_safetensors(os.path.join(DATA, "tiny.safetensors")))
-        model.eval()
+        model = tiny_reference()
         cls.x = np.load(os.path.join(DATA, "tiny.features_input.npy"))  # [1, 3, 256, 320]
         cls.maps = []
         with torch.no_grad():
@@ -197,7 +194,6 @@ class EmbedStreamTest(unittest.TestCase):
     def test_stage_maps_larger_than_a_message_arrive_in_pieces(self):
         import torch
         from PIL import Image
-        from torchvision.models import convnext_tiny
         names = ["chelsea.png", "coffee.png"]  # Stage 1 at KEEP_SIZE: 3.7 MB and 6.1 MB.
         images = []
         for name in names:
@@ -212,9 +208,7 @@ class EmbedStreamTest(unittest.TestCase):
         reply, pieces = reassemble(self.server.stub.EmbedStream(
             pb.EmbedStreamRequest(request=request, chunk_bytes=1 << 20), timeout=300))
         self.assertGreaterEqual(pieces, 10)  # 9.8 MB of stage maps in pieces of 1 MiB at most.
-        model = convnext_tiny()
-        model.load_state_dict(read_safetensors(os.path.join(DATA, "tiny.safetensors")))
-        model.eval()
+        model = tiny_reference()
         for name, result in zip(names, reply.results):
             rgb = np.asarray(Image.open(photo_path(name)).convert("RGB"), np.float32)
             h, w = rgb.shape[:2]

@@ -15,7 +15,7 @@ import unittest
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server_e2e_test import DATA, Server, pb, photo_path, read_safetensors  # noqa: E402
+from server_e2e_test import DATA, Server, pb, photo_path, tiny_reference  # noqa: E402
 import grpc  # noqa: E402
 
 STRIDES = {1: 4, 2: 8, 3: 16, 4: 32}
@@ -53,11 +53,8 @@ class RegionsTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         import torch
-        from torchvision.models import convnext_tiny
         torch.set_num_threads(2)
-        cls.model = convnext_tiny()
-        cls.model.load_state_dict(read_safetensors(os.path.join(DATA, "tiny.safetensors")))
-        cls.model.eval()
+        cls.model = tiny_reference()
         cls.server = Server("--model", f"tiny={os.path.join(DATA, 'tiny.safetensors')}",
                             "--max_queue_delay_us", "20000")
         cls.stub = cls.server.stub

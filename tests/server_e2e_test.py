@@ -108,6 +108,15 @@ class Server:
         return self.proc.returncode
 
 
+def tiny_reference():
+    """torchvision's convnext_tiny with the test data's random weights (tiny.safetensors), in
+    eval mode: the reference for the served "tiny" model."""
+    from torchvision.models import convnext_tiny
+    model = convnext_tiny()
+    model.load_state_dict(read_safetensors(os.path.join(DATA, "tiny.safetensors")))
+    return model.eval()
+
+
 def read_safetensors(path):
     import torch
     with open(path, "rb") as f:
@@ -184,10 +193,7 @@ class ServerTest(unittest.TestCase):
         import torch
         from PIL import Image
         from torchvision import transforms
-        from torchvision.models import convnext_tiny
-        model = convnext_tiny()
-        model.load_state_dict(read_safetensors(os.path.join(DATA, "tiny.safetensors")))
-        model.eval()
+        model = tiny_reference()
         tf = transforms.Compose([
             transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC),
             transforms.CenterCrop(224), transforms.ToTensor(),
