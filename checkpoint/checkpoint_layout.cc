@@ -294,8 +294,7 @@ absl::StatusOr<CanonicalWeights> ToCanonical(StateDict raw) {
       if (name.has_value()) {
         // layer_scale [C,1,1] -> gamma [C]; 1x1-conv pointwise weights [O,I,1,1] -> [O,I];
         // FAIR's and Hugging Face's GRN parameters [1,1,1,4C] -> [4C].
-        const bool gamma = absl::EndsWith(*name, ".gamma") && !absl::StrContains(*name, ".grn.") &&
-                           tensor.dim() == 3;
+        const bool gamma = absl::EndsWith(*name, ".gamma") && tensor.dim() == 3;
         const bool pointwise = absl::StrContains(*name, ".pwconv") && tensor.dim() == 4;
         const bool grn = absl::StrContains(*name, ".grn.") && tensor.dim() == 4;
         if ((gamma && tensor.size(1) == 1 && tensor.size(2) == 1) ||

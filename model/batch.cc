@@ -146,12 +146,13 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
       height = std::max(height, t.size(2));
       width = std::max(width, t.size(3));
     }
-    std::vector<at::Tensor> padded;
-    for (const at::Tensor& t : inputs) {
-      padded.push_back(at::constant_pad_nd(t, {0, width - t.size(3), 0, height - t.size(2)}, 0));
+    batch = at::zeros({static_cast<int64_t>(inputs.size()), inputs[0].size(1), height, width},
+                      inputs[0].options());
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      const at::Tensor& t = inputs[i];
+      batch[static_cast<int64_t>(i)].slice(1, 0, t.size(2)).slice(2, 0, t.size(3)).copy_(t[0]);
       what.extents.push_back({t.size(2), t.size(3)});
     }
-    batch = at::cat(padded, /*dim=*/0);
   }
   if (before_forward) before_forward(batch);
   ASSIGN_OR_RETURN(ForwardOutputs out, model.Forward(batch, what));

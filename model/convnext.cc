@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "model/grn.h"
 
 namespace convnext {
 
@@ -37,6 +38,9 @@ at::Tensor Take(StateDict& weights, const std::string& name, const ModelOptions&
   auto node = weights.extract(name);
   return node.mapped().to(options.device, options.dtype).contiguous();
 }
+
+// Input pixels per cell of stage `i`'s maps (0-based): 4, 8, 16, 32.
+int64_t CellSide(int i) { return int64_t{4} << i; }
 
 // The mask of a padded batch at a map of `rows` x `cols` with `stride` input pixels per cell:
 // [N, 1, rows, cols], 1 inside each image's extent, 0 beyond.
@@ -159,18 +163,18 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
       }
     }
     const bool fast = FastPathApplies(options);
-    const BlockPrecision precision = options.cpu_precision;
-    if (!fast && precision != BlockPrecision::kFloat32) {
+    if (!fast && options.cpu_precision != BlockPrecision::kFloat32) {
       return absl::InvalidArgumentError(absl::StrCat(
-          BlockPrecisionName(precision),
+          BlockPrecisionName(options.cpu_precision),
           " blocks run on the CPU fast path only (device cpu, dtype float32, fast path enabled)",
           kHaveOneDnnFastPath ? "" : "; this build has none (CONVNEXT_ONEDNN=OFF)"));
     }
     for (Stage& stage : model->stages_) {
       if (!fast) break;
       // The fast path keeps its own copy of the blocks' weights, in oneDNN's layouts.
-      ASSIGN_OR_RETURN(stage.fast, OneDnnStage::Create(std::move(stage.blocks),
-                                                       config.layer_norm_eps, precision));
+      ASSIGN_OR_RETURN(stage.fast,
+                       OneDnnStage::Create(std::move(stage.blocks), config.layer_norm_eps,
+                                           options.cpu_precision));
       stage.blocks.clear();
     }
     if (config.stage_norms) {
@@ -211,12 +215,8 @@ at::Tensor ConvNeXt::RunBlock(const Block& block, const at::Tensor& x,
   y = at::linear(y, block.fc1_weight, block.fc1_bias);
   y = at::gelu(y);  // Exact (erf) form, as in every reference implementation.
   if (block.grn_gamma.defined()) {
-    // Global Response Normalization (ConvNeXt V2) of the NHWC hidden layer: each channel's L2
-    // norm over the image, divided by the channels' mean norm; computed as FAIR's and timm's.
-    // In a padded batch, over the image's own extent only.
-    const at::Tensor g = at::norm(mask.defined() ? y * mask : y, 2, {1, 2}, /*keepdim=*/true);
-    const at::Tensor n = g / (g.mean({-1}, /*keepdim=*/true) + 1e-6);
-    y = at::addcmul(block.grn_beta, block.grn_gamma, y * n) + y;
+    // ConvNeXt V2: GRN of the NHWC hidden layer (over each image's own extent in a padded batch).
+    ApplyGrn(y.view({y.size(0), -1, y.size(3)}), mask, block.grn_gamma, block.grn_beta);
   }
   y = at::linear(y, block.fc2_weight, block.fc2_bias);
   return x + y.permute({0, 3, 1, 2});
@@ -224,27 +224,25 @@ at::Tensor ConvNeXt::RunBlock(const Block& block, const at::Tensor& x,
 
 at::Tensor ConvNeXt::RunStagesAten(at::Tensor x, int last_stage, std::vector<at::Tensor>* stages,
                                    const std::vector<ImageExtent>& extents) const {
-  int64_t stride = 1;
   for (int i = 0; i < last_stage; ++i) {
     const Stage& stage = stages_[i];
     if (i == 0) {
       x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4});
       x = LayerNormChannelsFirst(x, stage.ds_norm_weight, stage.ds_norm_bias);
-      stride = 4;
     } else {
       x = LayerNormChannelsFirst(x, stage.ds_norm_weight, stage.ds_norm_bias);
       x = at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{2, 2});
-      stride *= 2;
     }
+    // x is each step's own new tensor here, so the masking may write into it.
     at::Tensor mask, mask_nhwc;
     if (!extents.empty()) {
-      mask = ExtentMask(extents, x.size(2), x.size(3), stride, x.options());
+      mask = ExtentMask(extents, x.size(2), x.size(3), CellSide(i), x.options());
       mask_nhwc = mask.permute({0, 2, 3, 1});
-      x = x * mask;
+      x.mul_(mask);
     }
     for (const Block& block : stage.blocks) {
       x = RunBlock(block, x, mask_nhwc);
-      if (mask.defined()) x = x * mask;
+      if (mask.defined()) x.mul_(mask);
     }
     if (stages != nullptr) {
       stages->push_back(
@@ -253,7 +251,8 @@ at::Tensor ConvNeXt::RunStagesAten(at::Tensor x, int last_stage, std::vector<at:
               : x.contiguous());
     }
   }
-  return extents.empty() ? x.mean({-2, -1}) : PoolExtents(x, extents, stride, /*nhwc=*/false);
+  return extents.empty() ? x.mean({-2, -1})
+                         : PoolExtents(x, extents, CellSide(last_stage - 1), /*nhwc=*/false);
 }
 
 absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x, int last_stage,
@@ -267,22 +266,20 @@ absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x, int last_stage,
   };
   auto to_nhwc = [](const at::Tensor& nchw) { return nchw.permute({0, 2, 3, 1}).contiguous(); };
   auto to_nchw = [](const at::Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}); };
-  int64_t stride = 1;
   for (int i = 0; i < last_stage; ++i) {
     const Stage& stage = stages_[i];
     if (i == 0) {
       x = to_nhwc(at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4}));
       x = norm_last(x, stage.ds_norm_weight, stage.ds_norm_bias);
-      stride = 4;
     } else {
       x = norm_last(x, stage.ds_norm_weight, stage.ds_norm_bias);
       x = to_nhwc(
           at::conv2d(to_nchw(x), stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{2, 2}));
-      stride *= 2;
     }
     at::Tensor mask;
     if (!extents.empty()) {
-      mask = ExtentMask(extents, x.size(1), x.size(2), stride, x.options()).permute({0, 2, 3, 1});
+      mask =
+          ExtentMask(extents, x.size(1), x.size(2), CellSide(i), x.options()).permute({0, 2, 3, 1});
       x.mul_(mask);
     }
     RETURN_IF_ERROR(stage.fast->Run(x, mask));
@@ -293,7 +290,8 @@ absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x, int last_stage,
                             .contiguous());
     }
   }
-  return extents.empty() ? x.mean({1, 2}) : PoolExtents(x, extents, stride, /*nhwc=*/true);
+  return extents.empty() ? x.mean({1, 2})
+                         : PoolExtents(x, extents, CellSide(last_stage - 1), /*nhwc=*/true);
 }
 
 absl::Status ConvNeXt::Prepare(int64_t batch, int64_t height, int64_t width) const {

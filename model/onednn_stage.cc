@@ -12,6 +12,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "model/grn.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 namespace convnext {
@@ -122,24 +123,9 @@ Descriptors MakeDescriptors(int64_t n, int64_t h, int64_t w, int64_t c, float ep
 struct PackedBlock {
   memory dw_weight, dw_bias, norm_weight, norm_bias, fc1_weight, fc1_bias, fc2_weight, fc2_bias;
   std::vector<at::Tensor> owners;
-  // ConvNeXt V2's GRN, float32 [1, 1, 4C] each; undefined for V1 blocks.
+  // ConvNeXt V2's GRN, float32 [4C] each; undefined for V1 blocks.
   at::Tensor grn_gamma, grn_beta;
 };
-
-// Global Response Normalization (ConvNeXt V2) of the hidden layer, in place: `hidden` holds n
-// images' h*w rows of 4C channels. Each channel's L2 norm over the image (over its extent only,
-// if `mask` is given) in float32, divided by the channels' mean norm plus 1e-6, gives
-// y <- y * (1 + gamma * N) + beta, which is FAIR's gamma * (y * N) + beta + y.
-void ApplyGrn(at::Tensor& hidden, int64_t n, const at::Tensor& mask, const PackedBlock& b) {
-  at::Tensor rows = hidden.view({n, -1, hidden.size(1)});
-  at::Tensor f = rows.to(at::kFloat);
-  if (mask.defined()) f = f * mask.reshape({n, -1, 1});
-  const at::Tensor g = at::norm(f, 2, {1}, /*keepdim=*/true);
-  const at::Tensor scale =
-      at::addcmul(at::ones_like(g), b.grn_gamma, g / (g.mean({-1}, /*keepdim=*/true) + 1e-6));
-  // One pass: rows <- beta + rows * scale.
-  at::addcmul_out(rows, b.grn_beta.to(rows.scalar_type()), rows, scale.to(rows.scalar_type()));
-}
 
 struct Primitives {
   dnnl::reorder to_act;  // bfloat16 only.
@@ -273,8 +259,8 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
       p.fc1_bias = keep(b.fc1_bias, memory::desc({1, 4 * c}, kF32, Tag::ab));
       p.fc2_bias = keep(b.fc2_bias, memory::desc({1, c}, kF32, Tag::ab));
       if (b.grn_gamma.defined()) {
-        p.grn_gamma = f32(b.grn_gamma).reshape({1, 1, 4 * c});
-        p.grn_beta = f32(b.grn_beta).reshape({1, 1, 4 * c});
+        p.grn_gamma = f32(b.grn_gamma);
+        p.grn_beta = f32(b.grn_beta);
       }
       impl->blocks.push_back(std::move(p));
       b = BlockWeights();
@@ -348,7 +334,7 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
                                   {DNNL_ARG_DST, h_rows}});
       if (b.grn_gamma.defined()) {
         stream.wait();
-        ApplyGrn(hidden, n, mask, b);
+        ApplyGrn(hidden.view({n, h * w, 4 * c}), mask, b.grn_gamma, b.grn_beta);
       }
       prims->fc2.execute(stream, {{DNNL_ARG_SRC, h_rows},
                                   {DNNL_ARG_WEIGHTS, b.fc2_weight},

@@ -14,8 +14,8 @@
 // ConvNeXt V2 blocks have Global Response Normalization between fc1 and fc2: a reduction over
 // the whole image, so not a post-op: its per-image, per-channel norms (float32) and the scale
 // and shift they give are applied to h in place with ATen between the two matrix products
-// (ApplyGrn): a pass for the norms and one for the scale and shift (plus a float32 copy of h
-// for the norms when h is bfloat16 or a padded batch's mask applies).
+// (ApplyGrn, model/grn.h): a pass for the norms and one for the scale and shift (plus a float32
+// copy of h for the norms when h is bfloat16 or a padded batch's mask applies).
 //
 // The depthwise weights are reordered once, at load, into the blocked layout oneDNN's kernel
 // wants; the pointwise layers' weights are used in place (repacking them measured no faster). The

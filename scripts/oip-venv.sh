@@ -6,12 +6,4 @@
 #   scripts/oip-venv.sh [DIR]     (default build/venv-oip)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${1:-build/venv-oip}"
-requirements=tests/requirements-oip.txt
-if [[ -x "$venv/bin/python" ]] && cmp -s "$requirements" "$venv/requirements.txt"; then
-  exit 0
-fi
-rm -rf "$venv"
-/usr/bin/python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-cp "$requirements" "$venv/requirements.txt"
+exec scripts/pinned-venv.sh "${1:-build/venv-oip}" tests/requirements-oip.txt

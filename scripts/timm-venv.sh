@@ -9,13 +9,5 @@
 #   scripts/timm-venv.sh [DIR]     (default build/venv-timm)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${1:-build/venv-timm}"
-requirements=tests/requirements-timm.txt
-if [[ -x "$venv/bin/python" ]] && cmp -s "$requirements" "$venv/requirements.txt"; then
-  exit 0
-fi
-rm -rf "$venv"
-/usr/bin/python3 -m venv --system-site-packages "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$requirements"
-"$venv/bin/python" -c "import timm, torch; print('timm', timm.__version__, 'on torch', torch.__version__)"
-cp "$requirements" "$venv/requirements.txt"
+exec scripts/pinned-venv.sh "${1:-build/venv-timm}" tests/requirements-timm.txt \
+  --system-site-packages -- --no-deps

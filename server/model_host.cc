@@ -78,13 +78,6 @@ std::string EmbeddingSpace(const std::string& checkpoint_sha256,
                   ";pool=global_average+layernorm;l2=", normalized ? "1" : "0")));
 }
 
-// Images of different kinds batch apart (they ask for different outputs), as do images that
-// need a different number of stages computed (an Embed of stages 1-2 stops after stage 2), and
-// only images of one input shape share a batch.
-std::string BatchKey(InferenceRequest::Kind kind, int deepest_stage, const at::Tensor& input) {
-  return absl::StrCat(static_cast<int>(kind), ":", deepest_stage, ":", BatchShapeKey(input));
-}
-
 // Variable-size batching (BatchingConfig.max_batch_pixels): a side that is a multiple of 32
 // rounded up to its resolution bucket, a multiple of max(32, a quarter of the largest power of
 // two not above it): 32s up to 256, then 64s up to 512, 128s up to 1024, ...
@@ -99,16 +92,14 @@ int64_t BucketSide(int64_t side) {
 // sides that are multiples of 32, its bucket, whose batches hold max_batch_pixels of bucket.
 struct BatchPlace {
   int64_t height = 0, width = 0;  // The batch's input size (the bucket, or the input's own).
-  size_t max_batch = 0;           // 0: batching.max_batch_size.
-  bool bucketed = false;
+  size_t max_batch = 0;           // The bucket's batch limit; 0: not bucketed (max_batch_size).
 };
 
 BatchPlace PlaceInBatch(const server::BatchingConfig& batching, int64_t height, int64_t width) {
-  BatchPlace place{height, width, 0, false};
+  BatchPlace place{height, width, 0};
   if (batching.max_batch_pixels() == 0 || height % 32 != 0 || width % 32 != 0) return place;
   place.height = BucketSide(height);
   place.width = BucketSide(width);
-  place.bucketed = true;
   const uint64_t fit =
       batching.max_batch_pixels() / static_cast<uint64_t>(place.height * place.width);
   place.max_batch = static_cast<size_t>(
@@ -116,12 +107,15 @@ BatchPlace PlaceInBatch(const server::BatchingConfig& batching, int64_t height, 
   return place;
 }
 
-// The batch key of an input: BatchKey for its own shape, or its bucket's.
-std::string BatchKeyAt(InferenceRequest::Kind kind, int deepest_stage, const at::Tensor& input,
-                       const BatchPlace& place) {
-  if (!place.bucketed) return BatchKey(kind, deepest_stage, input);
-  return absl::StrCat(static_cast<int>(kind), ":", deepest_stage, ":bucket:", input.size(1), "x",
-                      place.height, "x", place.width);
+// Images of different kinds batch apart (they ask for different outputs), as do images that
+// need a different number of stages computed (an Embed of stages 1-2 stops after stage 2), and
+// only images of one input shape share a batch, or, bucketed, of one bucket.
+std::string BatchKey(InferenceRequest::Kind kind, int deepest_stage, const at::Tensor& input,
+                     const BatchPlace& place) {
+  return absl::StrCat(static_cast<int>(kind), ":", deepest_stage, ":",
+                      place.max_batch == 0 ? BatchShapeKey(input)
+                                           : absl::StrCat("bucket:", input.size(1), "x",
+                                                          place.height, "x", place.width));
 }
 
 // What image `index` of a request asks of the model; its boxes as the client gave them (in the
@@ -430,7 +424,7 @@ void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
           ? PlaceInBatch(options_.config.batching(), work->input.size(2), work->input.size(3))
           : BatchPlace();
   const std::string key =
-      BatchKeyAt(work->request->params().kind, work->deepest_stage, work->input, place);
+      BatchKey(work->request->params().kind, work->deepest_stage, work->input, place);
   const absl::Time deadline = work->request->deadline();
   absl::Status scheduled = batcher_->Schedule(work, key, deadline, place.max_batch);
   if (!scheduled.ok()) End(*work, scheduled);  // Schedule left `work` with us.

@@ -15,7 +15,8 @@ import unittest
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server_e2e_test import DATA, Server, pb, photo_path, tiny_reference  # noqa: E402
+from server_e2e_test import (DATA, Server, keep_size_input, pb, photo_path,  # noqa: E402
+                             tiny_reference)
 import grpc  # noqa: E402
 
 STRIDES = {1: 4, 2: 8, 3: 16, 4: 32}
@@ -127,10 +128,8 @@ class RegionsTest(unittest.TestCase):
 
     def test_keep_size_bins_aligned_sampling_and_fp16(self):
         from PIL import Image
-        image = np.asarray(Image.open(photo_path("chelsea.png")).convert("RGB"), np.float32)
-        h, w = image.shape[:2]  # 300 x 451: padded to 320 x 480.
-        x = np.zeros((1, 3, 320, 480), np.float32)
-        x[0, :, :h, :w] = ((image / 255 - MEAN) / STD).transpose(2, 0, 1)
+        w, h = Image.open(photo_path("chelsea.png")).size  # 451 x 300: padded to 480 x 320.
+        x = keep_size_input("chelsea.png")
         maps = self.stage_maps(x)
         boxes = random_boxes(np.random.default_rng(2), w, h, 12)
         with open(photo_path("chelsea.png"), "rb") as f:

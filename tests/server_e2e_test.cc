@@ -339,7 +339,9 @@ TEST_F(ServerE2eTest, CompactDtypesDecodeToTheFloat32Answer) {
         ASSERT_LE(std::abs((*values)[i] - e), tolerance)
             << v1::DataType_Name(dtype) << " tensor " << t << " element " << i;
       }
-      if (dtype == v1::INT8) EXPECT_EQ(g.scale_axis(), t == 0 ? -1 : (t == 3 ? 1 : 0));
+      if (dtype == v1::INT8) {
+        EXPECT_EQ(g.scale_axis(), t == 0 ? -1 : (t == 3 ? 1 : 0));
+      }
     }
   }
   // An image tensor in an answer-only dtype is refused.

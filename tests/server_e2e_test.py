@@ -108,6 +108,19 @@ class Server:
         return self.proc.returncode
 
 
+def keep_size_input(name):
+    """The photo `name` as KEEP_SIZE gives it to the model: [1, 3, H, W] normalised with
+    ImageNet's mean and std, zero-padded at the bottom and right to multiples of 32."""
+    from PIL import Image
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    image = np.asarray(Image.open(photo_path(name)).convert("RGB"), np.float32)
+    h, w = image.shape[:2]
+    x = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
+    x[0, :, :h, :w] = ((image / 255 - mean) / std).transpose(2, 0, 1)
+    return x
+
+
 def tiny_reference():
     """torchvision's convnext_tiny with the test data's random weights (tiny.safetensors), in
     eval mode: the reference for the served "tiny" model."""

@@ -15,25 +15,14 @@ import unittest
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from server_e2e_test import DATA, Server, pb, photo_path, tiny_reference  # noqa: E402
+from server_e2e_test import (DATA, Server, keep_size_input, pb, photo_path,  # noqa: E402
+                             tiny_reference)
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
 BUDGET = 3 * 512 * 512  # Three images of the 512 x 512 bucket a batch.
 
 
 def decode(t):
     return np.frombuffer(t.data, "<f4").reshape(list(t.shape))
-
-
-def keep_size_input(name):
-    """The photo as KEEP_SIZE gives it to the model: normalised, zero-padded to multiples of 32."""
-    from PIL import Image
-    image = np.asarray(Image.open(photo_path(name)).convert("RGB"), np.float32)
-    h, w = image.shape[:2]
-    x = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), np.float32)
-    x[0, :, :h, :w] = ((image / 255 - MEAN) / STD).transpose(2, 0, 1)
-    return x
 
 
 class VariableBatchingTest(unittest.TestCase):
