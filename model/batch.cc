@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -89,9 +90,10 @@ at::Tensor Pool(const at::Tensor& map, const StagePooling& p) {
 
 absl::Status CheckRequest(const ConvNeXt& model, const ImageRequest& r) {
   const ConvNeXtConfig& c = model.config();
-  if (r.top_k < 0 || r.top_k > c.num_classes) {
+  const int64_t classes = r.head != nullptr ? r.head->num_classes : c.num_classes;
+  if (r.top_k < 0 || r.top_k > classes) {
     return absl::InvalidArgumentError(
-        absl::StrCat("top_k = ", r.top_k, " is not in [0, ", c.num_classes, "]"));
+        absl::StrCat("top_k = ", r.top_k, " is not in [0, ", classes, "]"));
   }
   if (r.embedding && c.stage_norms) {
     return absl::InvalidArgumentError("a detection backbone has no pooled embedding");
@@ -122,14 +124,29 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
                                               const BeforeForwardFn& before_forward) {
   OutputRequest what;
   what.logits = false;
-  int64_t k = 0;
-  for (const ImageRequest& r : requests) {
+  // The heads asked for, each with its images and the largest k asked of it.
+  struct HeadWork {
+    std::vector<int64_t> rows;
+    int64_t k = 0;
+    bool embedding = false;
+    at::Tensor top_scores, top_indices;  // [rows, k], in the order of `rows`.
+    at::Tensor embeddings;               // [rows, dims[3]], if any of them asks.
+  };
+  std::map<const ConvNeXtHead*, HeadWork> heads;
+  std::vector<std::pair<const ConvNeXtHead*, int64_t>> head_row(requests.size());  // Per image.
+  for (size_t j = 0; j < requests.size(); ++j) {
+    const ImageRequest& r = requests[j];
     RETURN_IF_ERROR(CheckRequest(model, r));
-    k = std::max<int64_t>(k, r.top_k);
-    what.embedding |= r.embedding;
     what.stages |= !r.stages.empty() || !r.boxes.empty();
+    if (r.top_k == 0 && !r.embedding) continue;
+    const ConvNeXtHead* head = r.head != nullptr ? r.head : &model.head();
+    HeadWork& h = heads[head];
+    head_row[j] = {head, static_cast<int64_t>(h.rows.size())};
+    h.rows.push_back(static_cast<int64_t>(j));
+    h.k = std::max<int64_t>(h.k, r.top_k);
+    h.embedding |= r.embedding;
   }
-  what.logits = k > 0;
+  what.pooled = !heads.empty();
   what.last_stage = 1;
   for (const ImageRequest& r : requests)
     what.last_stage = std::max(what.last_stage, DeepestStage(r));
@@ -157,12 +174,20 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
   if (before_forward) before_forward(batch);
   ASSIGN_OR_RETURN(ForwardOutputs out, model.Forward(batch, what));
 
-  at::Tensor top_scores, top_indices;
-  if (k > 0) {
-    const at::Tensor probs = at::softmax(out.logits.to(at::kCPU, at::kFloat), 1);
-    std::tie(top_scores, top_indices) = at::topk(probs, k, /*dim=*/1);
-    top_scores = top_scores.contiguous();
-    top_indices = top_indices.contiguous();
+  for (auto& [head, h] : heads) {
+    c10::InferenceMode guard;
+    const at::Tensor pooled =
+        h.rows.size() == requests.size()
+            ? out.pooled
+            : out.pooled.index_select(0, at::tensor(h.rows, at::kLong).to(out.pooled.device()));
+    const at::Tensor embeddings = head->Embed(pooled);
+    if (h.embedding) h.embeddings = embeddings;
+    if (h.k > 0) {
+      const at::Tensor probs = at::softmax(head->Classify(embeddings).to(at::kCPU, at::kFloat), 1);
+      std::tie(h.top_scores, h.top_indices) = at::topk(probs, h.k, /*dim=*/1);
+      h.top_scores = h.top_scores.contiguous();
+      h.top_indices = h.top_indices.contiguous();
+    }
   }
   std::vector<ImageOutputs> results(requests.size());
   for (size_t j = 0; j < requests.size(); ++j) {
@@ -177,14 +202,16 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
           .slice(2, 0, what.extents[j].width / stride)
           .contiguous();
     };
+    const auto [head, row] = head_row[j];
     if (r.top_k > 0) {
-      const float* s = top_scores.data_ptr<float>() + j * k;
-      const int64_t* idx = top_indices.data_ptr<int64_t>() + j * k;
+      const HeadWork& h = heads.at(head);
+      const float* s = h.top_scores.data_ptr<float>() + row * h.k;
+      const int64_t* idx = h.top_indices.data_ptr<int64_t>() + row * h.k;
       o.class_scores.assign(s, s + r.top_k);
       o.class_indices.assign(idx, idx + r.top_k);
     }
     if (r.embedding) {
-      at::Tensor e = out.embedding[j];
+      at::Tensor e = heads.at(head).embeddings[row];
       if (r.normalize) e = e / e.norm().clamp_min(1e-12);
       o.embedding = ToOutput(e, r.dtype);
     }

@@ -7,9 +7,9 @@
 //   ASSIGN_OR_RETURN(std::vector<ImageOutputs> out, RunBatch(model, inputs, what));
 //
 // One forward pass serves the whole batch: it computes the union of what the images ask for
-// (logits if any asks for classes, pooled features if any asks for them, stage maps if any does),
-// and softmax + top-k run once for the batch with the largest k asked; each image then reads its
-// own part.
+// (pooled features if any asks for classes or the embedding, stage maps if any does); each head
+// asked for (ImageRequest::head) then runs once on its images' pooled features, and softmax +
+// top-k once per head with the largest k asked of it; each image then reads its own part.
 //
 // Thread-safe (ConvNeXt::Forward is). Errors: INVALID_ARGUMENT for inputs that cannot form a batch
 // (channels differ, or sizes differ and some side is not a multiple of 32) or requests the model
@@ -48,6 +48,11 @@ inline constexpr int kMaxPoolingGrid = 64;
 
 // What to compute for one image.
 struct ImageRequest {
+  // The head its classes and embedding come from: null for the model's own, else another head
+  // of the same trunk (LoadHead), with the model's device and dtype. Images of different heads
+  // share one forward pass through the trunk; each head then runs on its own images' pooled
+  // features.
+  const ConvNeXtHead* head = nullptr;
   // > 0: the top_k classes by softmax probability (needs a head; at most num_classes).
   int top_k = 0;
   // The pooled embedding [dims[3]] (not from detection backbones), L2-normalised if `normalize`.

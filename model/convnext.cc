@@ -184,18 +184,28 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         model->stages_[i].out_norm_bias = Take(weights, absl::StrCat("norm", i, ".bias"), options);
       }
     } else {
-      model->norm_weight_ = Take(weights, "norm.weight", options);
-      model->norm_bias_ = Take(weights, "norm.bias", options);
+      model->head_.norm_weight = Take(weights, "norm.weight", options);
+      model->head_.norm_bias = Take(weights, "norm.bias", options);
+      model->head_.norm_eps = config.head_norm_eps;
     }
     if (config.num_classes > 0) {
-      model->head_weight_ = Take(weights, "head.weight", options);
-      model->head_bias_ = Take(weights, "head.bias", options);
+      model->head_.fc_weight = Take(weights, "head.weight", options);
+      model->head_.fc_bias = Take(weights, "head.bias", options);
+      model->head_.num_classes = config.num_classes;
     }
   } catch (const std::exception& e) {
     return absl::InternalError(
         absl::StrCat("moving weights to ", options.device.str(), ": ", e.what()));
   }
   return model;
+}
+
+at::Tensor ConvNeXtHead::Embed(const at::Tensor& pooled) const {
+  return at::layer_norm(pooled, {pooled.size(1)}, norm_weight, norm_bias, norm_eps);
+}
+
+at::Tensor ConvNeXtHead::Classify(const at::Tensor& embedding) const {
+  return at::linear(embedding, fc_weight, fc_bias);
 }
 
 at::Tensor ConvNeXt::LayerNormChannelsFirst(const at::Tensor& x, const at::Tensor& weight,
@@ -330,7 +340,7 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
         "and stage outputs only");
   }
 
-  if (request.embedding && config_.stage_norms) {
+  if ((request.embedding || request.pooled) && config_.stage_norms) {
     return absl::FailedPreconditionError(
         "this model is a detection backbone (per-stage norms, no final norm): it returns stage "
         "outputs only");
@@ -340,9 +350,10 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
     return absl::InvalidArgumentError(
         absl::StrCat("last_stage = ", request.last_stage, " is not in 1..", kNumStages));
   }
-  if (request.last_stage < kNumStages && (request.logits || request.embedding)) {
+  if (request.last_stage < kNumStages && (request.logits || request.embedding || request.pooled)) {
     return absl::InvalidArgumentError(
-        "logits and the embedding need every stage: last_stage must be the last one");
+        "logits, the embedding and pooled features need every stage: last_stage must be the last "
+        "one");
   }
 
   if (!request.extents.empty()) {
@@ -375,11 +386,11 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
       pooled = RunStagesAten(std::move(x), request.last_stage, stages, request.extents);
     }
     if (request.logits || request.embedding) {
-      pooled =
-          at::layer_norm(pooled, {pooled.size(1)}, norm_weight_, norm_bias_, config_.head_norm_eps);
-      if (request.logits) out.logits = at::linear(pooled, head_weight_, head_bias_);
-      if (request.embedding) out.embedding = std::move(pooled);
+      at::Tensor embedding = head_.Embed(pooled);
+      if (request.logits) out.logits = head_.Classify(embedding);
+      if (request.embedding) out.embedding = std::move(embedding);
     }
+    if (request.pooled) out.pooled = std::move(pooled);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("ConvNeXt forward failed: ", e.what()));
   }

@@ -59,6 +59,23 @@ struct ImageExtent {
   int64_t width = 0;
 };
 
+// What a classifier computes after its trunk (the stem and the four stages): the final LayerNorm
+// over the pooled features (the embedding), then the linear classifier (the logits). Heads
+// trained on one frozen trunk (linear probes, fine-tuned classifiers) share the trunk's forward
+// pass: model/batch.h, ImageRequest::head; model/load_model.h, LoadHead.
+struct ConvNeXtHead {
+  at::Tensor norm_weight, norm_bias;  // [dims[3]].
+  double norm_eps = 1e-6;
+  at::Tensor fc_weight, fc_bias;  // [num_classes, dims[3]], [num_classes]; undefined for 0 classes.
+  int64_t num_classes = 0;
+
+  // The embedding of pooled features [N, dims[3]] (OutputRequest::pooled). Throws what LibTorch
+  // throws.
+  at::Tensor Embed(const at::Tensor& pooled) const;
+  // The logits [N, num_classes] of embeddings [N, dims[3]]. Throws what LibTorch throws.
+  at::Tensor Classify(const at::Tensor& embedding) const;
+};
+
 // Which outputs Forward() computes. Logits need a head (num_classes > 0).
 struct OutputRequest {
   bool logits = true;
@@ -68,6 +85,9 @@ struct OutputRequest {
   // The four stage outputs, [N, dims[i], H_i, W_i] with strides 4, 8, 16, 32 (for detection
   // backbones, after their per-stage LayerNorm).
   bool stages = false;
+  // The last stage's output averaged over space, before the final LayerNorm: [N, dims[3]], what a
+  // ConvNeXtHead takes (classifiers only, as `embedding`).
+  bool pooled = false;
   // Compute the stages up to this one only (1..kNumStages); below kNumStages the pass stops
   // there, which needs neither logits nor embedding, and `stages` then holds that many outputs.
   int last_stage = kNumStages;
@@ -85,6 +105,7 @@ struct OutputRequest {
 struct ForwardOutputs {
   at::Tensor logits;               // [N, num_classes], if requested.
   at::Tensor embedding;            // [N, dims[3]], if requested.
+  at::Tensor pooled;               // [N, dims[3]], if requested.
   std::vector<at::Tensor> stages;  // last_stage tensors, if requested; else empty.
 };
 
@@ -126,6 +147,8 @@ class ConvNeXt {
   }
 
   const ConvNeXtConfig& config() const { return config_; }
+  // The final LayerNorm and classifier (no tensors for detection backbones).
+  const ConvNeXtHead& head() const { return head_; }
   const ModelOptions& options() const { return options_; }
   // Scalar parameters, counted as the reference implementations count them.
   int64_t parameter_count() const { return ParameterCount(config_); }
@@ -165,8 +188,7 @@ class ConvNeXt {
   const ConvNeXtConfig config_;
   const ModelOptions options_;
   std::vector<Stage> stages_;
-  at::Tensor norm_weight_, norm_bias_;
-  at::Tensor head_weight_, head_bias_;  // Undefined when num_classes == 0.
+  ConvNeXtHead head_;
 };
 
 }  // namespace convnext

@@ -10,6 +10,8 @@
 #ifndef CONVNEXT_MODEL_LOAD_MODEL_H_
 #define CONVNEXT_MODEL_LOAD_MODEL_H_
 
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,7 +32,13 @@ struct LoadOptions {
   // The most bytes the checkpoint's tensors may hold (checkpoint/state_dict.h), checked before
   // any tensor is read.
   uint64_t max_checkpoint_bytes = kDefaultMaxCheckpointBytes;
+  // Fill LoadedModel::trunk (for LoadHead), at the cost of one pass over the weights.
+  bool fingerprint_trunk = false;
 };
+
+// What identifies a trunk's weights: each trunk tensor's canonical name (everything but the final
+// norm and the classifier) with a 64-bit hash of its shape and float32 values.
+using TrunkFingerprint = std::map<std::string, uint64_t>;
 
 struct LoadedModel {
   std::unique_ptr<ConvNeXt> model;
@@ -41,9 +49,27 @@ struct LoadedModel {
   std::vector<std::string> labels;
   // Tensors outside `backbone.` that were dropped from a detector checkpoint.
   int dropped_non_backbone = 0;
+  // With LoadOptions::fingerprint_trunk.
+  TrunkFingerprint trunk;
 };
 
 absl::StatusOr<LoadedModel> LoadModel(const LoadOptions& options);
+
+struct LoadedHead {
+  ConvNeXtHead head;
+  std::string format;
+  std::string layout;
+  std::vector<std::string> labels;  // As LoadedModel::labels.
+};
+
+// Loads only the head (final LayerNorm and classifier, model/convnext.h) of a checkpoint whose
+// trunk is `trunk`'s: a classifier trained on the same frozen trunk, saved whole in any supported
+// format and layout. Its trunk must equal `fingerprint` (`trunk`'s LoadedModel::trunk) tensor for
+// tensor: FAILED_PRECONDITION naming the first tensor that differs, is missing or is extra.
+// INVALID_ARGUMENT for a detection backbone (no final norm). The head is converted to `trunk`'s
+// device and dtype; options.model and options.variant are not used.
+absl::StatusOr<LoadedHead> LoadHead(const LoadOptions& options, const ConvNeXt& trunk,
+                                    const TrunkFingerprint& fingerprint);
 
 }  // namespace convnext
 
