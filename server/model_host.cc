@@ -184,6 +184,7 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   load.variant = config.variant();
   load.model.cpu_fast_path = !config.disable_cpu_fast_path();
   load.max_checkpoint_bytes = config.max_checkpoint_bytes();
+  load.fingerprint_trunk = !config.head().empty();
   absl::StatusOr<c10::Device> device = ParseDevice(config.device());
   if (!device.ok()) return annotate(device.status());
   load.model.device = *device;
@@ -244,6 +245,10 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   for (const server::GoldenCase& golden : config.golden()) {
     if (absl::Status s = host->CheckGolden(golden); !s.ok()) return annotate(s);
   }
+  for (int i = 0; i < config.head_size(); ++i) {
+    if (absl::Status s = host->AddHead(i); !s.ok()) return annotate(s);
+  }
+  host->loaded_.trunk.clear();
 
   BatcherOptions batcher;
   batcher.queue.max_batch_size = config.batching().max_batch_size();
@@ -267,11 +272,72 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   return host;
 }
 
+absl::Status ModelHost::AddHead(int index) {
+  const server::HeadConfig& h = options_.config.head(index);
+  auto annotate = [&h](const absl::Status& s) {
+    return absl::Status(s.code(), absl::StrCat("head '", h.name(), "': ", s.message()));
+  };
+  LoadOptions load;
+  load.path = h.checkpoint();
+  load.max_checkpoint_bytes = options_.config.max_checkpoint_bytes();
+  absl::StatusOr<LoadedHead> loaded = LoadHead(load, *loaded_.model, loaded_.trunk);
+  if (!loaded.ok()) return annotate(loaded.status());
+
+  ModelHostOptions options = options_;
+  server::ModelConfig& config = options.config;
+  config.set_name(h.name());
+  config.set_checkpoint(h.checkpoint());
+  config.set_labels_file(h.labels_file());
+  config.clear_head();
+  config.clear_golden();
+  std::unique_ptr<ModelHost> view(new ModelHost(options));
+  view->trunk_ = this;
+  view->head_ = std::move(loaded->head);
+  view->head_architecture_ = architecture();
+  view->head_architecture_.num_classes = view->head_.num_classes;
+  view->loaded_.format = loaded->format;
+  view->loaded_.layout = loaded->layout;
+  view->labels_ = std::move(loaded->labels);
+  if (!h.labels_file().empty()) {
+    absl::StatusOr<std::vector<std::string>> labels =
+        ReadLabels(h.labels_file(), view->head_.num_classes);
+    if (!labels.ok()) return annotate(labels.status());
+    view->labels_ = *std::move(labels);
+  }
+  absl::StatusOr<std::string> sha = Sha256File(h.checkpoint());
+  if (!sha.ok()) return annotate(sha.status());
+  view->checkpoint_sha256_ = *sha;
+  view->preprocess_ = preprocess_;
+  view->compute_dtype_reason_ = compute_dtype_reason_;
+  for (int normalized = 0; normalized < 2; ++normalized) {
+    view->embedding_space_[normalized] =
+        EmbeddingSpace(view->checkpoint_sha256_, config.preprocessing(), normalized != 0);
+  }
+  view->metrics_ = Metrics::ForModel(h.name(), config.version());
+  view->ready_ = true;
+  heads_.push_back(std::move(view));
+  return absl::OkStatus();
+}
+
+ModelHost* ModelHost::head(absl::string_view name) const {
+  for (const auto& h : heads_) {
+    if (h->name() == name) return h.get();
+  }
+  return nullptr;
+}
+
+std::vector<ModelHost*> ModelHost::heads() const {
+  std::vector<ModelHost*> out;
+  for (const auto& h : heads_) out.push_back(h.get());
+  return out;
+}
+
 ModelHost::~ModelHost() { Shutdown(); }
 
 void ModelHost::StopAdmitting() {
   stopping_ = true;
   ready_ = false;
+  for (const auto& h : heads_) h->StopAdmitting();
 }
 
 void ModelHost::Shutdown() {
@@ -280,11 +346,13 @@ void ModelHost::Shutdown() {
 }
 
 int64_t ModelHost::pending_images() const {
+  if (trunk_ != nullptr) return trunk_->pending_images();
   absl::MutexLock lock(&pending_mu_);
   return pending_images_;
 }
 
 bool ModelHost::WaitUntilIdle(absl::Time deadline) const {
+  if (trunk_ != nullptr) return trunk_->WaitUntilIdle(deadline);
   absl::MutexLock lock(&pending_mu_);
   const int64_t* pending = &pending_images_;
   return pending_mu_.AwaitWithDeadline(absl::Condition(
@@ -311,15 +379,24 @@ void ModelHost::Run(const InferenceRequest::Params& params,
 
 absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
                                const google::protobuf::RepeatedPtrField<v1::Image>& images) {
+  return trunk_ != nullptr ? trunk_->Admit(request, images, *this) : Admit(request, images, *this);
+}
+
+absl::Status ModelHost::Admit(const std::shared_ptr<InferenceRequest>& request,
+                              const google::protobuf::RepeatedPtrField<v1::Image>& images,
+                              ModelHost& served) {
   const int64_t n = images.size();
   const int64_t limit = options_.config.batching().max_queue_size();
-  if (!ready_) {
-    return absl::UnavailableError(absl::StrCat("model '", name(), "' is not serving",
-                                               stopping_ ? ": the server is shutting down" : ""));
+  // Messages name the model the client called (a head's name for a head).
+  const std::string& name = served.name();
+  if (!served.ready()) {
+    return absl::UnavailableError(
+        absl::StrCat("model '", name, "' is not serving",
+                     served.stopping_ || stopping_ ? ": the server is shutting down" : ""));
   }
   if (n > limit) {  // Could never be admitted: retrying cannot help.
     return absl::InvalidArgumentError(
-        absl::StrCat("the request has ", n, " images, more than model '", name(),
+        absl::StrCat("the request has ", n, " images, more than model '", name,
                      "' admits at once (batching.max_queue_size = ", limit,
                      "); split it into smaller requests"));
   }
@@ -336,7 +413,8 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
       return absl::Status(plan.status().code(),
                           absl::StrCat("image ", i, ": ", plan.status().message()));
     }
-    const int64_t output = EstimateOutputBytes(architecture(), outputs, plan->height, plan->width);
+    const int64_t output =
+        EstimateOutputBytes(served.architecture(), outputs, plan->height, plan->width);
     // In a bucket's batch, the image's activations take the bucket's size.
     const BatchPlace place = PlaceInBatch(options_.config.batching(), plan->height, plan->width);
     costs[i] =
@@ -353,7 +431,7 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
   }
   if (!memory_->CanEverFit(total)) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "the request needs about ", total >> 20, " MiB of memory, more than model '", name(),
+        "the request needs about ", total >> 20, " MiB of memory, more than model '", name,
         "' may use at once (batching.max_memory_bytes = ", memory_->limit_bytes() >> 20,
         " MiB, within max_memory_bytes for the process); send smaller images or fewer per "
         "request"));
@@ -362,25 +440,26 @@ absl::Status ModelHost::Submit(const std::shared_ptr<InferenceRequest>& request,
   {
     absl::MutexLock lock(&pending_mu_);
     if (pending_images_ + n > limit) {
-      return absl::UnavailableError(absl::StrCat("model '", name(), "' has ", limit,
+      return absl::UnavailableError(absl::StrCat("model '", name, "' has ", limit,
                                                  " images in flight, its limit; retry later"));
     }
     if (!memory_->TryReserve(total)) {
       return absl::UnavailableError(absl::StrCat(
-          "model '", name(), "' has no memory budget left for this request now (it needs about ",
+          "model '", name, "' has no memory budget left for this request now (it needs about ",
           total >> 20, " MiB); retry later"));
     }
     pending = pending_images_ += n;
   }
   SetQueueDepth(metrics_, pending);
   {
-    absl::MutexLock lock(&stats_mu_);
-    ++requests_;
+    absl::MutexLock lock(&served.stats_mu_);
+    ++served.requests_;
   }
   const absl::Time now = absl::Now();
   for (int i = 0; i < n; ++i) {
     auto work = std::make_unique<Work>();
     work->request = request;
+    work->served = &served;
     work->index = i;
     work->reserved_bytes = costs[i];
     work->admitted = now;
@@ -449,6 +528,7 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
     inputs.push_back(item.payload->input);
     requests.push_back(ToImageRequest(item.payload->request->params(), item.payload->index));
     requests.back().boxes = item.payload->boxes;
+    if (item.payload->served != this) requests.back().head = &item.payload->served->head_;
   }
   absl::StatusOr<std::vector<ImageOutputs>> out =
       RunBatch(*loaded_.model, inputs, requests, options_.before_forward_for_testing);
@@ -468,7 +548,11 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
     }
     const int64_t queue_us = Micros(start - w.admitted) - w.preprocess_us;
     w.request->RecordTimings(queue_us, w.preprocess_us, compute_us);
-    RecordImage(metrics_, queue_us, w.preprocess_us);
+    RecordImage(w.served->metrics_, queue_us, w.preprocess_us);
+    if (w.served != this) {
+      absl::MutexLock lock(&w.served->stats_mu_);
+      ++w.served->images_;
+    }
     absl::Status written;
     try {
       WriteResult(w, (*out)[j]);
@@ -490,7 +574,8 @@ void ModelHost::WriteResult(const Work& w, ImageOutputs& o) const {
         v1::ClassScore* score = c->add_classes();
         score->set_index(static_cast<int32_t>(index));
         score->set_score(o.class_scores[k]);
-        if (index < static_cast<int64_t>(labels_.size())) score->set_label(labels_[index]);
+        if (index < static_cast<int64_t>(w.served->labels_.size()))
+          score->set_label(w.served->labels_[index]);
       }
     });
   }
@@ -571,6 +656,29 @@ absl::Status ModelHost::CheckGolden(const server::GoldenCase& golden) const {
 }
 
 v1::ModelInfo ModelHost::Info() const {
+  if (trunk_ != nullptr) {
+    // The trunk's description, with what is the head's own.
+    v1::ModelInfo info = trunk_->Info();
+    const int64_t dims = architecture().dims.back();
+    info.set_parameter_count(info.parameter_count() - info.num_classes() * (dims + 1) +
+                             head_.num_classes * (dims + 1));
+    info.set_name(name());
+    info.clear_heads();
+    info.set_trunk_model(trunk_->name());
+    info.set_num_classes(head_.num_classes);
+    info.set_has_labels(!labels_.empty());
+    info.set_checkpoint_path(options_.config.checkpoint());
+    info.set_checkpoint_sha256(checkpoint_sha256_);
+    info.set_checkpoint_format(loaded_.format);
+    info.set_checkpoint_layout(loaded_.layout);
+    info.set_embedding_space(embedding_space_[0]);
+    info.set_golden_cases_passed(0);
+    info.set_ready(ready());
+    absl::MutexLock lock(&stats_mu_);
+    info.mutable_stats()->set_requests(requests_);
+    info.mutable_stats()->set_images(images_);
+    return info;
+  }
   v1::ModelInfo info;
   const ConvNeXtConfig& c = architecture();
   const server::ModelConfig& config = options_.config;
@@ -579,6 +687,7 @@ v1::ModelInfo ModelHost::Info() const {
   for (const std::string& label : config.version_labels()) info.add_version_labels(label);
   info.set_embedding_space(embedding_space_[0]);
   info.set_golden_cases_passed(config.golden_size());
+  for (const auto& h : heads_) info.add_heads(h->name());
   info.set_state(v1::READY);
   info.set_variant(c.variant);
   for (int64_t d : c.depths) info.add_depths(d);

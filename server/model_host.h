@@ -8,6 +8,14 @@
 // model layer's batch API (model/batch.h) and ends each image (InferenceRequest). Nothing on this
 // path blocks a gRPC thread, and no tensor math happens here: the host only carries each image's
 // input tensor from image/ to model/.
+//
+// One trunk, several heads (ModelConfig.head): a host also owns a view per head, a ModelHost
+// that is served under the head's name with its own labels, metrics, statistics and embedding
+// space, and that admits into this host's batcher, memory budget and queue. A view's images
+// batch with this host's own (the batch key does not depend on the head): the trunk runs once
+// for the batch and each image's head on its pooled features (model/batch.h, ImageRequest::head).
+// A caller holds a view through a shared_ptr that shares this host's ownership
+// (ModelRepository::Find), so the views live exactly as long as their trunk.
 #ifndef CONVNEXT_SERVER_MODEL_HOST_H_
 #define CONVNEXT_SERVER_MODEL_HOST_H_
 
@@ -21,6 +29,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "convnext/v1/image_model.pb.h"
 #include "image/preprocess.h"
@@ -70,8 +79,17 @@ class ModelHost {
   const std::string& embedding_space(bool normalized) const {
     return embedding_space_[normalized ? 1 : 0];
   }
-  // The network's architecture (depths, dims, classes, whether it is a detection backbone).
-  const ConvNeXtConfig& architecture() const { return loaded_.model->config(); }
+  // The network's architecture (depths, dims, classes, whether it is a detection backbone); for a
+  // head, its trunk's with the head's classes.
+  const ConvNeXtConfig& architecture() const {
+    return trunk_ != nullptr ? head_architecture_ : loaded_.model->config();
+  }
+  // The view serving head `name` (ModelConfig.head), owned by this host; null if none.
+  ModelHost* head(absl::string_view name) const;
+  // Every head's view, in the config's order.
+  std::vector<ModelHost*> heads() const;
+  // For a head's view: the host whose trunk it shares; null for a model.
+  const ModelHost* trunk() const { return trunk_; }
   // This model's Prometheus metrics; null when metrics are off.
   ModelMetrics* metrics() const { return metrics_; }
 
@@ -99,8 +117,8 @@ class ModelHost {
   // Description and statistics (ListModels / GetModel); the version's state and default flag
   // are the repository's to fill.
   v1::ModelInfo Info() const;
-  // Loaded, warm and admitting (false once StopAdmitting() was called).
-  bool ready() const { return ready_; }
+  // Loaded, warm and admitting (false once StopAdmitting() was called, on it or its trunk).
+  bool ready() const { return ready_ && (trunk_ == nullptr || trunk_->ready()); }
   // Class names by index; empty when the model has none.
   const std::vector<std::string>& labels() const { return labels_; }
   // The preprocessing the model's encoded and raw images get.
@@ -120,9 +138,10 @@ class ModelHost {
  private:
   struct Work {
     std::shared_ptr<InferenceRequest> request;
-    int index = 0;               // Image index within the request.
-    int64_t reserved_bytes = 0;  // Its share of the memory budget, released when it ends.
-    at::Tensor input;            // [1, 3, H, W] float32 from image/, handed to model/ untouched.
+    ModelHost* served = nullptr;  // This host or one of its heads' views.
+    int index = 0;                // Image index within the request.
+    int64_t reserved_bytes = 0;   // Its share of the memory budget, released when it ends.
+    at::Tensor input;             // [1, 3, H, W] float32 from image/, handed to model/ untouched.
     absl::Time admitted;
     int64_t preprocess_us = 0;
     int deepest_stage = 4;         // DeepestStage of its request, computed once at admission.
@@ -131,6 +150,12 @@ class ModelHost {
   using WorkPtr = std::unique_ptr<Work>;
 
   explicit ModelHost(const ModelHostOptions& options) : options_(options) {}
+  // Loads head `index` of the config (ModelConfig.head) into a view of this host.
+  absl::Status AddHead(int index);
+  // Submit() for `served` (this host or one of its views): admission into this host's queue.
+  absl::Status Admit(const std::shared_ptr<InferenceRequest>& request,
+                     const google::protobuf::RepeatedPtrField<v1::Image>& images,
+                     ModelHost& served);
   void Preprocess(WorkPtr work, const v1::Image* image);
   void ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch);
   // Writes one image's outputs into its call's response. May throw (allocation).
@@ -155,6 +180,13 @@ class ModelHost {
   std::atomic<bool> ready_{false};
   std::atomic<bool> stopping_{false};  // StopAdmitting() was called.
   ModelMetrics* metrics_ = nullptr;
+
+  // One trunk, several heads. A view has trunk_ set, its head and architecture, and no model
+  // (loaded_.model is null) or batcher of its own.
+  std::vector<std::unique_ptr<ModelHost>> heads_;
+  ModelHost* trunk_ = nullptr;
+  ConvNeXtHead head_;
+  ConvNeXtConfig head_architecture_;
 
   mutable absl::Mutex stats_mu_;
   uint64_t requests_ ABSL_GUARDED_BY(stats_mu_) = 0;

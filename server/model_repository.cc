@@ -63,6 +63,21 @@ bool VersionLess(const std::string& a, const std::string& b) {
   return a < b;
 }
 
+namespace {
+
+// Sets the ready gauge of `host` and of its heads' views.
+void SetReadyWithHeads(const ModelHost& host, bool ready, double load_seconds) {
+  SetModelReady(host.metrics(), ready, load_seconds);
+  for (const ModelHost* head : host.heads()) SetModelReady(head->metrics(), ready, load_seconds);
+}
+
+bool Declares(const ModelConfig& config, absl::string_view head) {
+  return std::any_of(config.head().begin(), config.head().end(),
+                     [&](const HeadConfig& h) { return h.name() == head; });
+}
+
+}  // namespace
+
 struct ModelRepository::Reaper {
   // Held exclusively while a host is freed, shared while draining hosts are read.
   absl::Mutex free_mu;  // Taken before mu.
@@ -145,7 +160,7 @@ absl::Status ModelRepository::LoadInitial(const ServerConfig& config) {
          {"checkpoint", m.checkpoint()},
          {"golden_cases", absl::StrCat(m.golden_size())},
          {"seconds", absl::StrFormat("%.2f", seconds)}});
-    SetModelReady(h.metrics(), true, seconds);
+    SetReadyWithHeads(h, true, seconds);
     absl::MutexLock lock(&mu_);
     Entry& e = models_[m.name()].versions[m.version()];
     e.config = m;
@@ -189,22 +204,68 @@ absl::StatusOr<std::shared_ptr<ModelHost>> ModelRepository::Find(absl::string_vi
   absl::ReaderMutexLock lock(&mu_);
   if (model_name.empty()) model_name = default_model_;
   auto it = models_.find(model_name);
-  if (it == models_.end() || it->second.versions.empty()) {
+  const std::pair<const std::string, Model>* model =
+      it != models_.end() ? &*it : TrunkOf(model_name);
+  if (model == nullptr || model->second.versions.empty()) {
     return absl::NotFoundError(absl::StrCat("no model named ", Quoted(model_name),
                                             "; ListModels shows the models served"));
   }
-  const Entry* entry = Select(it->second, selector);
+  const bool is_head = model->first != model_name;
+  const Entry* entry = Select(model->second, selector);
   if (entry == nullptr) {
     return absl::NotFoundError(
         absl::StrCat("model ", Quoted(model_name), " has no version or version label ",
-                     Quoted(selector.empty() ? it->second.default_selector : selector)));
+                     Quoted(selector.empty() ? model->second.default_selector : selector)));
+  }
+  if (is_head && !Declares(entry->config, model_name)) {
+    return absl::NotFoundError(absl::StrCat("head ", Quoted(model_name), " is not served by model ",
+                                            Quoted(model->first), " version ",
+                                            entry->config.version()));
   }
   if (entry->host == nullptr) {
     return absl::UnavailableError(absl::StrCat(
         "model ", Quoted(model_name), " version ", entry->config.version(), " is not serving: ",
         entry->loading ? "it is loading" : absl::StrCat("its load failed: ", entry->error)));
   }
-  return entry->host;
+  if (!is_head) return entry->host;
+  ModelHost* view = entry->host->head(model_name);
+  if (view == nullptr) {  // Declared by a reload that is not serving yet.
+    return absl::UnavailableError(absl::StrCat("head ", Quoted(model_name), " of model ",
+                                               Quoted(model->first), " version ",
+                                               entry->config.version(), " is not serving yet"));
+  }
+  // Shares the trunk's ownership: the trunk lives (and drains) while anyone holds its head.
+  return std::shared_ptr<ModelHost>(entry->host, view);
+}
+
+const std::pair<const std::string, ModelRepository::Model>* ModelRepository::TrunkOf(
+    absl::string_view name) const {
+  for (const auto& model : models_) {
+    for (const auto& [v, entry] : model.second.versions) {
+      if (Declares(entry.config, name)) return &model;
+    }
+  }
+  return nullptr;
+}
+
+absl::Status ModelRepository::CheckNames(const ModelConfig& config) const {
+  if (const auto* trunk = TrunkOf(config.name()); trunk != nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", Quoted(config.name()), ": the name is a head of model ", Quoted(trunk->first)));
+  }
+  for (const HeadConfig& h : config.head()) {
+    if (models_.count(h.name()) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("model ", Quoted(config.name()), ": head ",
+                                                     Quoted(h.name()), " is the name of a model"));
+    }
+    const auto* trunk = TrunkOf(h.name());
+    if (trunk != nullptr && trunk->first != config.name()) {
+      return absl::InvalidArgumentError(absl::StrCat("model ", Quoted(config.name()), ": head ",
+                                                     Quoted(h.name()), " is a head of model ",
+                                                     Quoted(trunk->first)));
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ModelRepository::CheckMemoryFor(const ModelConfig& config) const {
@@ -225,10 +286,12 @@ absl::Status ModelRepository::CheckMemoryFor(const ModelConfig& config) const {
 
 void ModelRepository::Load(const ModelConfig& config, bool make_default, LoadDone done) {
   bool stopping;
+  absl::Status names;
   {
     absl::MutexLock lock(&mu_);
     stopping = stopping_;
-    if (!stopping) {
+    names = CheckNames(config);
+    if (!stopping && names.ok()) {
       Entry& e = models_[config.name()].versions[config.version()];
       if (e.host == nullptr) e.config = config;  // A new version shows as LOADING at once.
       e.loading = true;
@@ -236,6 +299,10 @@ void ModelRepository::Load(const ModelConfig& config, bool make_default, LoadDon
   }
   if (stopping) {
     done(absl::UnavailableError("the server is shutting down"));
+    return;
+  }
+  if (!names.ok()) {
+    done(names);
     return;
   }
   loader_->Schedule([this, config, make_default, done = std::move(done)] {
@@ -264,7 +331,7 @@ void ModelRepository::RunLoad(const ModelConfig& config, bool make_default, cons
   const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
   std::shared_ptr<ModelHost> old;  // Released after the lock: its deleter retires it.
   absl::StatusOr<LoadResult> result = absl::UnknownError("not loaded");
-  ModelMetrics* metrics = nullptr;
+  std::shared_ptr<ModelHost> loaded;  // The new host, for its ready gauges after the lock.
   {
     absl::MutexLock lock(&mu_);
     Model& model = models_[config.name()];
@@ -277,7 +344,7 @@ void ModelRepository::RunLoad(const ModelConfig& config, bool make_default, cons
       r.replaced = e.host != nullptr;
       old = std::move(e.host);
       e.host = Own(*std::move(host));
-      metrics = e.host->metrics();
+      loaded = e.host;
       e.config = config;
       e.error.clear();
       if (make_default) model.default_selector = config.version();
@@ -291,7 +358,8 @@ void ModelRepository::RunLoad(const ModelConfig& config, bool make_default, cons
     }
   }
   const bool ok = result.ok();
-  if (ok) SetModelReady(metrics, true, seconds);
+  if (ok) SetReadyWithHeads(*loaded, true, seconds);
+  loaded.reset();
   RecordModelLoad(config.name(), ok);
   Log(ok ? "info" : "error", ok ? "model_loaded" : "model_load_failed",
       {{"model", config.name()},
@@ -312,8 +380,14 @@ absl::StatusOr<std::vector<std::string>> ModelRepository::Unload(const std::stri
   {
     absl::MutexLock lock(&mu_);
     auto it = models_.find(name);
-    if (it == models_.end())
+    if (it == models_.end()) {
+      if (const auto* trunk = TrunkOf(name); trunk != nullptr) {
+        return absl::FailedPreconditionError(
+            absl::StrCat(Quoted(name), " is a head of model ", Quoted(trunk->first),
+                         ": it unloads with it (or reload ", Quoted(trunk->first), " without it)"));
+      }
       return absl::NotFoundError(absl::StrCat("no model named ", Quoted(name)));
+    }
     Model& model = it->second;
     if (!version.empty() && model.versions.count(version) == 0) {
       return absl::NotFoundError(
@@ -331,7 +405,7 @@ absl::StatusOr<std::vector<std::string>> ModelRepository::Unload(const std::stri
       }
       unloaded.push_back(v->first);
       if (v->second.host != nullptr) {
-        SetModelReady(v->second.host->metrics(), false, -1);
+        SetReadyWithHeads(*v->second.host, false, -1);
         released.push_back(std::move(v->second.host));
       }
       v = model.versions.erase(v);
@@ -352,8 +426,14 @@ absl::StatusOr<std::string> ModelRepository::SetDefaultVersion(const std::string
                                                                const std::string& selector) {
   absl::MutexLock lock(&mu_);
   auto it = models_.find(name);
-  if (it == models_.end())
+  if (it == models_.end()) {
+    if (const auto* trunk = TrunkOf(name); trunk != nullptr) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(Quoted(name), " is a head of model ", Quoted(trunk->first),
+                       ": it serves that model's default version; set the default version there"));
+    }
     return absl::NotFoundError(absl::StrCat("no model named ", Quoted(name)));
+  }
   if (!selector.empty() && Select(it->second, selector) == nullptr) {
     return absl::NotFoundError(
         absl::StrCat("model ", Quoted(name), " has no version or label ", Quoted(selector)));
@@ -365,7 +445,7 @@ absl::StatusOr<std::string> ModelRepository::SetDefaultVersion(const std::string
 
 absl::Status ModelRepository::SetDefaultModel(const std::string& name) {
   absl::MutexLock lock(&mu_);
-  if (models_.count(name) == 0)
+  if (models_.count(name) == 0 && TrunkOf(name) == nullptr)
     return absl::NotFoundError(absl::StrCat("no model named ", Quoted(name)));
   default_model_ = name;
   return absl::OkStatus();
@@ -397,12 +477,39 @@ v1::ModelInfo ModelRepository::InfoOf(const std::string& name, const std::string
   return info;
 }
 
+v1::ModelInfo ModelRepository::HeadInfoOf(const std::string& head, const std::string& trunk,
+                                          const Model& model, const Entry& entry) const {
+  const v1::ModelInfo of_trunk = InfoOf(trunk, entry.config.version(), model, entry);
+  const ModelHost* view = entry.host != nullptr ? entry.host->head(head) : nullptr;
+  v1::ModelInfo info;
+  if (view != nullptr) {
+    info = view->Info();
+  } else {  // Loading, failed, or declared by a reload in progress.
+    info.set_name(head);
+    info.set_version(entry.config.version());
+    info.set_trunk_model(trunk);
+    for (const HeadConfig& h : entry.config.head()) {
+      if (h.name() == head) info.set_checkpoint_path(h.checkpoint());
+    }
+  }
+  info.set_state(view != nullptr ? of_trunk.state() : entry.loading ? v1::LOADING : v1::FAILED);
+  info.set_state_reason(of_trunk.state_reason());
+  info.set_ready(view != nullptr && view->ready());
+  info.set_default_version(of_trunk.default_version());
+  return info;
+}
+
 std::vector<v1::ModelInfo> ModelRepository::List() const {
   std::vector<v1::ModelInfo> out;
   {
     absl::ReaderMutexLock lock(&mu_);
     for (const auto& [name, model] : models_) {
-      for (const auto& [v, entry] : model.versions) out.push_back(InfoOf(name, v, model, entry));
+      for (const auto& [v, entry] : model.versions) {
+        out.push_back(InfoOf(name, v, model, entry));
+        for (const HeadConfig& h : entry.config.head()) {
+          out.push_back(HeadInfoOf(h.name(), name, model, entry));
+        }
+      }
     }
   }
   absl::ReaderMutexLock free_lock(&reaper_->free_mu);
@@ -422,16 +529,26 @@ absl::StatusOr<v1::ModelInfo> ModelRepository::Describe(absl::string_view name,
   absl::ReaderMutexLock lock(&mu_);
   if (model_name.empty()) model_name = default_model_;
   auto it = models_.find(model_name);
-  if (it == models_.end()) {
+  const std::pair<const std::string, Model>* model =
+      it != models_.end() ? &*it : TrunkOf(model_name);
+  if (model == nullptr) {
     return absl::NotFoundError(absl::StrCat("no model named ", Quoted(model_name),
                                             "; ListModels shows the models served"));
   }
-  const Entry* entry = Select(it->second, selector);
+  const Entry* entry = Select(model->second, selector);
   if (entry == nullptr) {
     return absl::NotFoundError(absl::StrCat("model ", Quoted(model_name),
                                             " has no version or version label ", Quoted(selector)));
   }
-  return InfoOf(model_name, entry->config.version(), it->second, *entry);
+  if (model->first == model_name) {
+    return InfoOf(model_name, entry->config.version(), model->second, *entry);
+  }
+  if (!Declares(entry->config, model_name)) {
+    return absl::NotFoundError(absl::StrCat("head ", Quoted(model_name), " is not served by model ",
+                                            Quoted(model->first), " version ",
+                                            entry->config.version()));
+  }
+  return HeadInfoOf(model_name, model->first, model->second, *entry);
 }
 
 std::string ModelRepository::default_model() const {
@@ -468,7 +585,7 @@ void ModelRepository::StopAdmitting() {
     for (auto& [v, entry] : model.versions) {
       if (entry.host == nullptr) continue;
       entry.host->StopAdmitting();
-      SetModelReady(entry.host->metrics(), false, -1);
+      SetReadyWithHeads(*entry.host, false, -1);
     }
   }
 }

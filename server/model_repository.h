@@ -15,6 +15,12 @@
 // frees it. No call is refused or lost because of a change: a call finds either the old version
 // (which answers it) or the new one. A failed load changes nothing that serves.
 //
+// Heads (ModelConfig.head) are served under their own names as views of their trunk's host
+// (ModelHost::head): a head's versions are its trunk model's versions that declare it, selected
+// as the trunk's are (its default version is the trunk model's); it loads, reloads, drains and
+// unloads with them. Find() hands out a head's view through a shared_ptr that shares its trunk
+// host's ownership. A head's name is unique among every model and head.
+//
 // Thread-safe. Loads run one at a time, in the order they were asked for.
 #ifndef CONVNEXT_SERVER_MODEL_REPOSITORY_H_
 #define CONVNEXT_SERVER_MODEL_REPOSITORY_H_
@@ -139,6 +145,15 @@ class ModelRepository {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   v1::ModelInfo InfoOf(const std::string& name, const std::string& version, const Model& model,
                        const Entry& entry) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The trunk model serving head `name` (the first model any of whose versions declares it), or
+  // null.
+  const std::pair<const std::string, Model>* TrunkOf(absl::string_view name) const
+      ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // INVALID_ARGUMENT if `config`'s name or heads' names clash with another model's or head's.
+  absl::Status CheckNames(const ModelConfig& config) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The description of head `head` of `entry` (of model `trunk`), in the entry's state.
+  v1::ModelInfo HeadInfoOf(const std::string& head, const std::string& trunk, const Model& model,
+                           const Entry& entry) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // Why a load would not fit in memory now, or OK.
   absl::Status CheckMemoryFor(const ModelConfig& config) const;
 

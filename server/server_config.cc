@@ -78,6 +78,13 @@ absl::StatusOr<server::ServerConfig> ParseConfigText(const std::string& text,
     if (!m.labels_file().empty() && m.labels_file()[0] != '/') {
       m.set_labels_file(dir + m.labels_file());
     }
+    for (server::HeadConfig& h : *m.mutable_head()) {
+      if (!h.checkpoint().empty() && h.checkpoint()[0] != '/')
+        h.set_checkpoint(dir + h.checkpoint());
+      if (!h.labels_file().empty() && h.labels_file()[0] != '/') {
+        h.set_labels_file(dir + h.labels_file());
+      }
+    }
     for (server::GoldenCase& g : *m.mutable_golden()) {
       if (!g.image().empty() && g.image()[0] != '/') g.set_image(dir + g.image());
       if (!g.expected().empty() && g.expected()[0] != '/') g.set_expected(dir + g.expected());
@@ -260,6 +267,19 @@ absl::Status ValidateModelConfig(const server::ModelConfig& m) {
     }
     if (!(g.tolerance() > 0)) return Bad(m, "golden.tolerance", "must be positive");
   }
+  std::set<std::string> heads;
+  for (const server::HeadConfig& h : m.head()) {
+    if (!ValidName(h.name())) {
+      return Bad(m, "head.name",
+                 absl::StrCat("'", absl::CEscape(h.name()),
+                              "' must be 1-64 characters of [A-Za-z0-9._-]"));
+    }
+    if (h.name() == m.name() || !heads.insert(h.name()).second) {
+      return Bad(m, "head.name",
+                 absl::StrCat("'", h.name(), "' is used twice (heads are served as models)"));
+    }
+    if (h.checkpoint().empty()) return Bad(m, "head.checkpoint", "is required");
+  }
   return absl::OkStatus();
 }
 
@@ -283,6 +303,20 @@ absl::Status ValidateServerConfig(const server::ServerConfig& config) {
       }
     }
   }
+  // Heads are served as models: their names belong to one model each and to no model.
+  std::map<std::string, std::string> head_of;
+  for (const server::ModelConfig& m : config.model()) {
+    for (const server::HeadConfig& h : m.head()) {
+      if (names.count(h.name()) != 0) {
+        return Bad(m, "head.name", absl::StrCat("'", h.name(), "' is also the name of a model"));
+      }
+      auto [it, added] = head_of.emplace(h.name(), m.name());
+      if (!added && it->second != m.name()) {
+        return Bad(m, "head.name",
+                   absl::StrCat("'", h.name(), "' is also a head of model '", it->second, "'"));
+      }
+    }
+  }
   for (const auto& [name, names_of_labels] : labels) {
     for (const std::string& label : names_of_labels) {
       if (versions[name].count(label) != 0) {
@@ -299,6 +333,11 @@ absl::Status ValidateServerConfig(const server::ServerConfig& config) {
       return absl::InvalidArgumentError(
           absl::StrCat("default_version names model '", name, "' twice"));
     }
+    if (head_of.count(name) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("default_version names head '", name,
+                       "', which serves the default version of model '", head_of[name], "'"));
+    }
     if (names.count(name) == 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("default_version names model '", name, "', which is not configured"));
@@ -309,7 +348,7 @@ absl::Status ValidateServerConfig(const server::ServerConfig& config) {
                                                      "' is neither a version nor a label"));
     }
   }
-  if (names.count(config.default_model()) == 0) {
+  if (names.count(config.default_model()) == 0 && head_of.count(config.default_model()) == 0) {
     return absl::InvalidArgumentError(absl::StrCat("default_model '", config.default_model(),
                                                    "' is not one of the models (",
                                                    absl::StrJoin(names, ", "), ")"));

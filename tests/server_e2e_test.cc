@@ -10,9 +10,12 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <map>
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include "checkpoint/safetensors.h"
 #include "convnext/client.h"
 #include "convnext/v1/image_model.grpc.pb.h"
 #include "image/preprocess.h"
@@ -651,6 +654,185 @@ TEST(VariableBatchingE2eTest, MixedSizesShareBatchesAndGetTheirOwnAnswers) {
     EXPECT_TRUE(close(values(e.stages(0)), alone->stages[0][0])) << "image " << i;
     EXPECT_TRUE(close(values(e.stages(1)), alone->stages[3][0])) << "image " << i;
   }
+}
+
+// custom.safetensors with its final norm and classifier replaced by random ones of `classes`
+// classes: a head trained on the same frozen trunk, saved whole.
+std::string HeadCheckpoint(const std::string& file, int64_t classes) {
+  absl::StatusOr<StateDict> sd = ReadSafetensors(testing::TestdataPath("custom.safetensors"));
+  EXPECT_TRUE(sd.ok()) << sd.status();
+  StateDict w = *std::move(sd);
+  const int64_t dims = w.at("classifier.0.weight").size(0);
+  w["classifier.0.weight"] = at::randn({dims}) * 0.5 + 1;
+  w["classifier.0.bias"] = at::randn({dims});
+  w["classifier.2.weight"] = at::randn({classes, dims});
+  w["classifier.2.bias"] = at::randn({classes});
+  const std::string path = ::testing::TempDir() + "/" + file;
+  EXPECT_TRUE(WriteSafetensors(path, w).ok());
+  return path;
+}
+
+// One trunk, several heads (ModelConfig.head) through the C++ client: Classify calls to the
+// model and to two heads, made at once, share one forward pass of the trunk, and each gets what
+// its own checkpoint's model computes alone (in-process); the heads are listed and described
+// with their trunk, carry their own labels and statistics, and unload only with their trunk.
+TEST(SharedTrunkE2eTest, HeadsShareTrunkPassesAndAnswerAsTheirOwnModels) {
+  at::manual_seed(5);
+  const std::string birds = HeadCheckpoint("birds.safetensors", 7);
+  const std::string cars = HeadCheckpoint("cars.safetensors", 5);
+  const std::string cars_labels = ::testing::TempDir() + "/cars.txt";
+  {
+    std::ofstream out(cars_labels);
+    for (const char* l : {"sedan", "coupe", "van", "truck", "bus"}) out << l << "\n";
+  }
+  ServerConfig config;
+  ModelConfig* m = config.add_model();
+  m->set_name("custom");
+  m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
+  m->mutable_batching()->set_max_batch_size(6);
+  // Long enough that the batch closes because it is full, not on time.
+  m->mutable_batching()->set_max_queue_delay_us(5'000'000);
+  HeadConfig* h = m->add_head();
+  h->set_name("birds");
+  h->set_checkpoint(birds);
+  h = m->add_head();
+  h->set_name("cars");
+  h->set_checkpoint(cars);
+  h->set_labels_file(cars_labels);
+  std::unique_ptr<Server> server = StartServer(config);
+  ASSERT_NE(server, nullptr);
+
+  const std::vector<std::string> served = {"custom", "birds", "cars", "custom", "birds", "cars"};
+  std::map<std::string, std::unique_ptr<ConvNeXt>> own;  // Each checkpoint's model, alone.
+  for (const auto& [name, path] : std::vector<std::pair<std::string, std::string>>{
+           {"custom", testing::TestdataPath("custom.safetensors")},
+           {"birds", birds},
+           {"cars", cars}}) {
+    LoadOptions load;
+    load.path = path;
+    absl::StatusOr<LoadedModel> loaded = LoadModel(load);
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    own[name] = std::move(loaded->model);
+  }
+  at::manual_seed(6);
+  std::vector<at::Tensor> inputs;
+  for (size_t i = 0; i < served.size(); ++i) inputs.push_back(at::randn({3, 64, 64}));
+  std::vector<absl::StatusOr<v1::ClassifyResponse>> responses(served.size(),
+                                                              absl::UnknownError("not run"));
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < served.size(); ++i) {
+    clients.emplace_back([&, i] {
+      client::ClientOptions options;
+      options.target = absl::StrCat("127.0.0.1:", server->port());
+      absl::StatusOr<std::unique_ptr<client::Client>> c = client::Client::Create(options);
+      v1::ClassifyRequest r;
+      r.set_model(served[i]);
+      *r.add_images() = ServerE2eTest::TensorImageFor(inputs[i]);
+      r.set_top_k(5);
+      responses[i] = c.ok() ? (*c)->Classify(r) : c.status();
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  // One forward pass of six images: the model's and both heads' calls shared the trunk.
+  const v1::ModelInfo trunk_info = server->model("custom")->Info();
+  EXPECT_EQ(trunk_info.stats().batches(), 1u);
+  EXPECT_EQ(trunk_info.stats().batch_sizes().at(6), 1u);
+  for (size_t i = 0; i < served.size(); ++i) {
+    SCOPED_TRACE(served[i]);
+    ASSERT_TRUE(responses[i].ok()) << responses[i].status();
+    ImageRequest what;
+    what.top_k = 5;
+    absl::StatusOr<std::vector<ImageOutputs>> alone =
+        RunBatch(*own[served[i]], {inputs[i].unsqueeze(0)}, {what});
+    ASSERT_TRUE(alone.ok()) << alone.status();
+    const v1::Classification& got = responses[i]->results(0);
+    ASSERT_EQ(got.classes_size(), 5);
+    for (int k = 0; k < 5; ++k) {
+      EXPECT_EQ(got.classes(k).index(), (*alone)[0].class_indices[k]);
+      EXPECT_NEAR(got.classes(k).score(), (*alone)[0].class_scores[k], 1e-5);
+      if (served[i] == "cars") {
+        EXPECT_EQ(got.classes(k).label(),
+                  std::vector<std::string>(
+                      {"sedan", "coupe", "van", "truck", "bus"})[got.classes(k).index()]);
+      }
+    }
+    EXPECT_EQ(responses[i]->model(), served[i]);
+  }
+
+  client::ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", server->port());
+  absl::StatusOr<std::unique_ptr<client::Client>> c = client::Client::Create(options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  // A head's own class count bounds top_k.
+  v1::ClassifyRequest too_many;
+  too_many.set_model("cars");
+  *too_many.add_images() = ServerE2eTest::TensorImageFor(inputs[0]);
+  too_many.set_top_k(6);
+  absl::StatusOr<v1::ClassifyResponse> refused = (*c)->Classify(too_many);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+
+  absl::StatusOr<v1::ListModelsResponse> list = (*c)->ListModels();
+  ASSERT_TRUE(list.ok()) << list.status();
+  std::map<std::string, v1::ModelInfo> listed;
+  for (const v1::ModelInfo& info : list->models()) listed[info.name()] = info;
+  ASSERT_EQ(listed.size(), 3u);
+  EXPECT_THAT(listed["custom"].heads(), ::testing::ElementsAre("birds", "cars"));
+  EXPECT_EQ(listed["birds"].trunk_model(), "custom");
+  EXPECT_EQ(listed["birds"].num_classes(), 7);
+  EXPECT_EQ(listed["birds"].state(), v1::READY);
+  EXPECT_TRUE(listed["birds"].ready());
+  EXPECT_NE(listed["birds"].embedding_space(), listed["custom"].embedding_space());
+  absl::StatusOr<v1::ModelInfo> cars_info = (*c)->GetModel("cars");
+  ASSERT_TRUE(cars_info.ok()) << cars_info.status();
+  EXPECT_EQ(cars_info->num_classes(), 5);
+  EXPECT_TRUE(cars_info->has_labels());
+  EXPECT_EQ(cars_info->stats().requests(), 2u);  // The refused call was never admitted.
+  EXPECT_EQ(cars_info->stats().images(), 2u);
+  EXPECT_EQ(cars_info->checkpoint_path(), cars);
+
+  // Heads change only with their trunk.
+  absl::StatusOr<std::vector<std::string>> unload = server->repository()->Unload("birds", "");
+  ASSERT_FALSE(unload.ok());
+  EXPECT_EQ(unload.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(unload.status().message(), ::testing::HasSubstr("head of model 'custom'"));
+}
+
+// A head whose checkpoint holds another trunk fails the model's load, naming the head and the
+// tensor; head names are unique among every model and head.
+TEST(SharedTrunkE2eTest, AHeadOfAnotherTrunkAndClashingNamesAreRefused) {
+  ServerConfig config;
+  ModelConfig* m = config.add_model();
+  m->set_name("custom");
+  m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
+  HeadConfig* h = m->add_head();
+  h->set_name("other");
+  h->set_checkpoint(testing::TestdataPath("tiny.safetensors"));
+  NormalizeConfig(&config, 2, int64_t{8} << 30);
+  ASSERT_TRUE(ValidateServerConfig(config).ok());
+  ModelHostOptions options;
+  options.config = config.model(0);
+  options.max_image_pixels = config.max_image_pixels();
+  ThreadPool pool(1);
+  options.preprocess_pool = &pool;
+  absl::StatusOr<std::unique_ptr<ModelHost>> host = ModelHost::Create(options);
+  ASSERT_FALSE(host.ok());
+  EXPECT_EQ(host.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(host.status().message(), ::testing::HasSubstr("head 'other'"));
+  EXPECT_THAT(host.status().message(), ::testing::HasSubstr("tiny.safetensors"));
+
+  h->set_name("custom");
+  EXPECT_THAT(ValidateServerConfig(config).message(), ::testing::HasSubstr("used twice"));
+  h->set_name("second");
+  ModelConfig* second = config.add_model();
+  *second = config.model(0);
+  second->clear_head();
+  second->set_name("second");
+  EXPECT_THAT(ValidateServerConfig(config).message(),
+              ::testing::HasSubstr("also the name of a model"));
+  second->set_name("third");
+  second->add_head()->CopyFrom(config.model(0).head(0));
+  EXPECT_THAT(ValidateServerConfig(config).message(), ::testing::HasSubstr("also a head of model"));
 }
 
 // The repository on its own: lookup by version, label and "name:version"; a version released
