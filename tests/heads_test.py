@@ -154,6 +154,29 @@ class HeadsTest(unittest.TestCase):
                                                   top_k=38), timeout=300)
         self.assertEqual(e.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
 
+    def test_a_head_over_the_open_inference_protocol(self):
+        """OIP (HTTP/REST) finds a head by name with its own outputs and answers with its own
+        classes, as our Classify does."""
+        import json
+        import urllib.request
+        base = f"http://127.0.0.1:{self.server.http_port}/v2/models/pets"
+        meta = json.loads(urllib.request.urlopen(base, timeout=60).read())
+        self.assertEqual(meta["name"], "pets")
+        outputs = {o["name"]: o for o in meta["outputs"]}
+        self.assertEqual(outputs["probabilities"]["shape"], [-1, 37])
+        x = np.random.default_rng(9).standard_normal((1, 3, 64, 64)).astype(np.float32)
+        body = json.dumps({"inputs": [{"name": "TENSOR", "datatype": "FP32",
+                                       "shape": list(x.shape), "data": x.ravel().tolist()}],
+                           "outputs": [{"name": "probabilities"}]}).encode()
+        reply = json.loads(urllib.request.urlopen(urllib.request.Request(
+            base + "/infer", data=body, headers={"Content-Type": "application/json"}),
+            timeout=300).read())
+        self.assertEqual(reply["model_name"], "pets")
+        got = np.array(reply["outputs"][0]["data"], np.float32)
+        probs, _ = self.reference("pets", x)
+        self.assertEqual(got.shape, (37,))
+        self.assertLessEqual(float(np.abs(got - probs).max()), 1e-5)
+
 
 if __name__ == "__main__":
     unittest.main()
