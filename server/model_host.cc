@@ -511,12 +511,15 @@ void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
 
 void ModelHost::End(const Work& work, const absl::Status& status) {
   int64_t pending;
+  // Once the count is down, a retired host may be freed (the reaper waits for 0) before this
+  // thread goes on when it is not one of the host's executors: nothing of `this` is read after.
+  ModelMetrics* const metrics = metrics_;
   {
     absl::MutexLock lock(&pending_mu_);
     pending = --pending_images_;
     memory_->Release(work.reserved_bytes);
   }
-  SetQueueDepth(metrics_, pending);
+  SetQueueDepth(metrics, pending);
   work.request->ImageDone(status);
 }
 

@@ -211,7 +211,8 @@ absl::StatusOr<std::shared_ptr<ModelHost>> ModelRepository::Find(absl::string_vi
                                             "; ListModels shows the models served"));
   }
   const bool is_head = model->first != model_name;
-  const Entry* entry = Select(model->second, selector);
+  const Entry* entry = model->first == model_name ? Select(model->second, selector)
+                                                  : SelectHead(model->second, selector, model_name);
   if (entry == nullptr) {
     return absl::NotFoundError(
         absl::StrCat("model ", Quoted(model_name), " has no version or version label ",
@@ -240,12 +241,29 @@ absl::StatusOr<std::shared_ptr<ModelHost>> ModelRepository::Find(absl::string_vi
 
 const std::pair<const std::string, ModelRepository::Model>* ModelRepository::TrunkOf(
     absl::string_view name) const {
+  // A model serving the head first: a version that failed to load or is loading with it must
+  // not take a head's name from the model that serves it.
+  const std::pair<const std::string, Model>* declared = nullptr;
   for (const auto& model : models_) {
     for (const auto& [v, entry] : model.second.versions) {
-      if (Declares(entry.config, name)) return &model;
+      if (!Declares(entry.config, name)) continue;
+      if (entry.host != nullptr) return &model;
+      if (declared == nullptr) declared = &model;
     }
   }
-  return nullptr;
+  return declared;
+}
+
+const ModelRepository::Entry* ModelRepository::SelectHead(const Model& model,
+                                                          absl::string_view version,
+                                                          absl::string_view head) const {
+  const Entry* entry = Select(model, version);
+  if (!version.empty() || (entry != nullptr && Declares(entry->config, head))) return entry;
+  // The model's default version does not declare the head: the latest serving one that does.
+  for (auto it = model.versions.rbegin(); it != model.versions.rend(); ++it) {
+    if (it->second.host != nullptr && Declares(it->second.config, head)) return &it->second;
+  }
+  return entry;
 }
 
 absl::Status ModelRepository::CheckNames(const ModelConfig& config) const {
@@ -272,8 +290,15 @@ absl::Status ModelRepository::CheckMemoryFor(const ModelConfig& config) const {
   if (options_.memory_limit_bytes <= 0) return absl::OkStatus();
   struct stat st;
   if (::stat(config.checkpoint().c_str(), &st) != 0) return absl::OkStatus();  // Load says why.
-  // The weights as loaded, and about as much again while the file is read and converted.
-  const int64_t need = int64_t{2} * st.st_size;
+  // The weights as loaded, and about as much again while the file is read and converted; then
+  // each head's checkpoint is read whole (one at a time) and its trunk fingerprinted.
+  int64_t largest_head = 0;
+  for (const HeadConfig& h : config.head()) {
+    struct stat hs;
+    if (::stat(h.checkpoint().c_str(), &hs) == 0)
+      largest_head = std::max<int64_t>(largest_head, hs.st_size);
+  }
+  const int64_t need = int64_t{2} * st.st_size + int64_t{2} * largest_head;
   const int64_t resident = ResidentBytes();
   if (resident + need > options_.memory_limit_bytes) {
     return absl::ResourceExhaustedError(
@@ -286,12 +311,10 @@ absl::Status ModelRepository::CheckMemoryFor(const ModelConfig& config) const {
 
 void ModelRepository::Load(const ModelConfig& config, bool make_default, LoadDone done) {
   bool stopping;
-  absl::Status names;
   {
     absl::MutexLock lock(&mu_);
     stopping = stopping_;
-    names = CheckNames(config);
-    if (!stopping && names.ok()) {
+    if (!stopping) {
       Entry& e = models_[config.name()].versions[config.version()];
       if (e.host == nullptr) e.config = config;  // A new version shows as LOADING at once.
       e.loading = true;
@@ -299,10 +322,6 @@ void ModelRepository::Load(const ModelConfig& config, bool make_default, LoadDon
   }
   if (stopping) {
     done(absl::UnavailableError("the server is shutting down"));
-    return;
-  }
-  if (!names.ok()) {
-    done(names);
     return;
   }
   loader_->Schedule([this, config, make_default, done = std::move(done)] {
@@ -314,11 +333,18 @@ void ModelRepository::RunLoad(const ModelConfig& config, bool make_default, cons
   const absl::Time start = absl::Now();
   absl::StatusOr<std::unique_ptr<ModelHost>> host = absl::UnavailableError("shutting down");
   bool stopping;
+  // Names are checked here, on the loader thread, where loads install one at a time: against
+  // the configs in place after every load asked for earlier (a config that moves a head from one
+  // model to another reloads the model it leaves first).
+  absl::Status names;
   {
     absl::MutexLock lock(&mu_);
     stopping = stopping_;
+    names = CheckNames(config);
   }
-  if (!stopping) {
+  if (!stopping && !names.ok()) {
+    host = names;
+  } else if (!stopping) {
     if (absl::Status fits = CheckMemoryFor(config); !fits.ok()) {
       host = absl::Status(fits.code(), absl::StrCat("model '", config.name(), "' version ",
                                                     config.version(), ": ", fits.message()));
@@ -351,6 +377,11 @@ void ModelRepository::RunLoad(const ModelConfig& config, bool make_default, cons
       ForgetStaleDefault(config.name(), model);  // The reload may have dropped a label.
       r.info = InfoOf(config.name(), config.version(), model, e);
       result = std::move(r);
+    } else if (!names.ok() && e.host == nullptr) {
+      // Refused for its name: no entry is left to shadow the head or model that has it.
+      result = names;
+      model.versions.erase(config.version());
+      if (model.versions.empty()) models_.erase(config.name());
     } else {
       e.error = std::string(host.status().message());
       result = host.status();
@@ -358,7 +389,15 @@ void ModelRepository::RunLoad(const ModelConfig& config, bool make_default, cons
     }
   }
   const bool ok = result.ok();
-  if (ok) SetReadyWithHeads(*loaded, true, seconds);
+  if (ok) {
+    SetReadyWithHeads(*loaded, true, seconds);
+    // A head the reload dropped (same name and version: the same gauge) serves no more.
+    if (old != nullptr) {
+      for (const ModelHost* head : old->heads()) {
+        if (loaded->head(head->name()) == nullptr) SetModelReady(head->metrics(), false, -1);
+      }
+    }
+  }
   loaded.reset();
   RecordModelLoad(config.name(), ok);
   Log(ok ? "info" : "error", ok ? "model_loaded" : "model_load_failed",
@@ -495,7 +534,7 @@ v1::ModelInfo ModelRepository::HeadInfoOf(const std::string& head, const std::st
   info.set_state(view != nullptr ? of_trunk.state() : entry.loading ? v1::LOADING : v1::FAILED);
   info.set_state_reason(of_trunk.state_reason());
   info.set_ready(view != nullptr && view->ready());
-  info.set_default_version(of_trunk.default_version());
+  info.set_default_version(SelectHead(model, "", head) == &entry);
   return info;
 }
 
@@ -535,7 +574,8 @@ absl::StatusOr<v1::ModelInfo> ModelRepository::Describe(absl::string_view name,
     return absl::NotFoundError(absl::StrCat("no model named ", Quoted(model_name),
                                             "; ListModels shows the models served"));
   }
-  const Entry* entry = Select(model->second, selector);
+  const Entry* entry = model->first == model_name ? Select(model->second, selector)
+                                                  : SelectHead(model->second, selector, model_name);
   if (entry == nullptr) {
     return absl::NotFoundError(absl::StrCat("model ", Quoted(model_name),
                                             " has no version or version label ", Quoted(selector)));

@@ -17,9 +17,11 @@
 //
 // Heads (ModelConfig.head) are served under their own names as views of their trunk's host
 // (ModelHost::head): a head's versions are its trunk model's versions that declare it, selected
-// as the trunk's are (its default version is the trunk model's); it loads, reloads, drains and
-// unloads with them. Find() hands out a head's view through a shared_ptr that shares its trunk
-// host's ownership. A head's name is unique among every model and head.
+// as the trunk's are (its default version is the trunk model's, or the latest serving version
+// that declares it when that one does not); it loads, reloads, drains and unloads with them.
+// Head names are checked on the loader thread, against the configs in place when the load runs.
+// Find() hands out a head's view through a shared_ptr that shares its trunk host's ownership. A
+// head's name is unique among every model and head.
 //
 // Thread-safe. Loads run one at a time, in the order they were asked for.
 #ifndef CONVNEXT_SERVER_MODEL_REPOSITORY_H_
@@ -149,6 +151,11 @@ class ModelRepository {
   // null.
   const std::pair<const std::string, Model>* TrunkOf(absl::string_view name) const
       ABSL_SHARED_LOCKS_REQUIRED(mu_);
+  // The entry serving head `head` of `model` at `version` (a version or label): as Select, except
+  // that an empty version whose default does not declare the head selects the latest serving
+  // version that does.
+  const Entry* SelectHead(const Model& model, absl::string_view version,
+                          absl::string_view head) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // INVALID_ARGUMENT if `config`'s name or heads' names clash with another model's or head's.
   absl::Status CheckNames(const ModelConfig& config) const ABSL_SHARED_LOCKS_REQUIRED(mu_);
   // The description of head `head` of `entry` (of model `trunk`), in the entry's state.

@@ -792,10 +792,45 @@ TEST(SharedTrunkE2eTest, HeadsShareTrunkPassesAndAnswerAsTheirOwnModels) {
   EXPECT_EQ(cars_info->checkpoint_path(), cars);
 
   // Heads change only with their trunk.
-  absl::StatusOr<std::vector<std::string>> unload = server->repository()->Unload("birds", "");
+  ModelRepository& repository = *server->repository();
+  absl::StatusOr<std::vector<std::string>> unload = repository.Unload("birds", "");
   ASSERT_FALSE(unload.ok());
   EXPECT_EQ(unload.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(unload.status().message(), ::testing::HasSubstr("head of model 'custom'"));
+  auto load = [&](const ModelConfig& config) {
+    absl::Notification loaded;
+    absl::Status status;
+    repository.Load(config, /*make_default=*/false,
+                    [&](absl::StatusOr<ModelRepository::LoadResult> r) {
+                      status = r.status();
+                      loaded.Notify();
+                    });
+    loaded.WaitForNotification();
+    return status;
+  };
+  // A model may not take a head's name.
+  ModelConfig named_like_a_head = server->model("custom")->config();
+  named_like_a_head.set_name("birds");
+  named_like_a_head.clear_head();
+  absl::Status clash = load(named_like_a_head);
+  EXPECT_EQ(clash.code(), absl::StatusCode::kInvalidArgument) << clash;
+  EXPECT_THAT(clash.message(), ::testing::HasSubstr("head of model 'custom'"));
+  // Version 2 without heads becomes the model's default (the latest): the heads keep serving
+  // from version 1, the latest version that declares them, and are not found in version 2.
+  ModelConfig v2 = server->model("custom")->config();
+  v2.set_version("2");
+  v2.clear_head();
+  ASSERT_TRUE(load(v2).ok());
+  EXPECT_EQ(server->model("custom")->version(), "2");
+  absl::StatusOr<std::shared_ptr<ModelHost>> head = repository.Find("birds", "");
+  ASSERT_TRUE(head.ok()) << head.status();
+  EXPECT_EQ((*head)->version(), "1");
+  EXPECT_EQ((*head)->trunk()->version(), "1");
+  EXPECT_EQ(repository.Find("birds", "2").status().code(), absl::StatusCode::kNotFound);
+  absl::StatusOr<v1::ModelInfo> described = repository.Describe("birds", "");
+  ASSERT_TRUE(described.ok()) << described.status();
+  EXPECT_TRUE(described->default_version());
+  EXPECT_EQ(described->version(), "1");
 }
 
 // A head whose checkpoint holds another trunk fails the model's load, naming the head and the
