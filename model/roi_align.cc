@@ -76,6 +76,13 @@ BoxGrid Grid(const RegionBox& b, double stride, const RoiAlignOptions& options) 
   return g;
 }
 
+// The options a box is sampled with: its mask's bins, or the options' own.
+RoiAlignOptions BinsOf(const RegionBox& b, const RoiAlignOptions& options) {
+  RoiAlignOptions bins = options;
+  if (!b.mask.empty()) bins.output_size = b.mask_size;
+  return bins;
+}
+
 }  // namespace
 
 absl::Status CheckRoiOptions(const RoiAlignOptions& options) {
@@ -101,8 +108,30 @@ absl::Status CheckRegionBox(const RegionBox& b, double stride, const RoiAlignOpt
   if (!(stride > 0) || !std::isfinite(stride)) {
     return absl::InvalidArgumentError(absl::StrCat("stride must be > 0, got ", stride));
   }
-  const BoxGrid g = Grid(b, stride, options);
-  const double k = options.output_size;
+  if (!b.mask.empty() || b.mask_size != 0) {
+    if (b.mask_size < 1 || b.mask_size > kMaxRegionMaskSize ||
+        b.mask.size() != static_cast<size_t>(b.mask_size) * b.mask_size) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("its mask must be size x size weights with size in 1..", kMaxRegionMaskSize,
+                       ", got ", b.mask.size(), " weights for size ", b.mask_size));
+    }
+    double sum = 0;
+    for (float w : b.mask) {
+      if (!(w >= 0.0f && w <= 1.0f)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("its mask has weight ", w, "; weights must be in [0, 1]"));
+      }
+      sum += w;
+    }
+    if (sum == 0) return absl::InvalidArgumentError("its mask is all zero");
+    if (options.output_size != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a masked region pools to one vector: output_size must be 1, got ", options.output_size));
+    }
+  }
+  const RoiAlignOptions bins = BinsOf(b, options);
+  const BoxGrid g = Grid(b, stride, bins);
+  const double k = bins.output_size;
   if (!(g.grid_w * k <= kMaxSamplesPerSide) || !(g.grid_h * k <= kMaxSamplesPerSide)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "(", b.x1, ", ", b.y1, ", ", b.x2, ", ", b.y2, ") is too large to sample at stride ",
@@ -136,15 +165,24 @@ absl::StatusOr<at::Tensor> RoiAlign(const at::Tensor& features, const std::vecto
     if (absl::Status s = CheckRegionBox(b, stride, options); !s.ok()) {
       return absl::Status(s.code(), absl::StrCat("box ", r, ": ", s.message()));
     }
-    const BoxGrid g = Grid(b, stride, options);
+    // A masked box: mask_size x mask_size bins, then their mask-weighted mean.
+    const RoiAlignOptions bins = BinsOf(b, options);
+    const int kb = bins.output_size;
+    const bool masked = !b.mask.empty();
+    double mask_sum = 0;
+    for (float w : b.mask) mask_sum += w;
+    const BoxGrid g = Grid(b, stride, bins);
     const int grid_h = static_cast<int>(g.grid_h), grid_w = static_cast<int>(g.grid_w);
     const float start_x = g.start_x, start_y = g.start_y, bin_w = g.bin_w, bin_h = g.bin_h;
     const auto count = static_cast<float>(std::max<int64_t>(int64_t{grid_h} * grid_w, 1));
     float* box_out = o + static_cast<int64_t>(r) * channels * k * k;
-    for (int ph = 0; ph < k; ++ph) {
+    std::vector<double> weighted(masked ? channels : 0, 0.0);
+    for (int ph = 0; ph < kb; ++ph) {
       rows.Compute(start_y, bin_h, ph, grid_h, height);
       if (rows.hi < rows.lo) continue;
-      for (int pw = 0; pw < k; ++pw) {
+      for (int pw = 0; pw < kb; ++pw) {
+        const float bin_weight = masked ? b.mask[static_cast<size_t>(ph) * kb + pw] : 1.0f;
+        if (bin_weight == 0) continue;
         cols.Compute(start_x, bin_w, pw, grid_w, width);
         if (cols.hi < cols.lo) continue;
         for (int64_t c = 0; c < channels; ++c) {
@@ -158,9 +196,16 @@ absl::StatusOr<at::Tensor> RoiAlign(const at::Tensor& features, const std::vecto
             for (int x = cols.lo; x <= cols.hi; ++x) s += cols.w[x] * line[x];
             sum += wy * s;
           }
-          box_out[(c * k + ph) * k + pw] = sum / count;
+          if (masked) {
+            weighted[c] += static_cast<double>(bin_weight) * (sum / count);
+          } else {
+            box_out[(c * k + ph) * k + pw] = sum / count;
+          }
         }
       }
+    }
+    for (int64_t c = 0; c < static_cast<int64_t>(weighted.size()); ++c) {
+      box_out[c] = static_cast<float>(weighted[c] / mask_sum);  // k == 1: one value a channel.
     }
   }
   return out;

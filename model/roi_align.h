@@ -29,7 +29,17 @@ namespace convnext {
 // pixel, x grows to the right, y down; x1 <= x2, y1 <= y2.
 struct RegionBox {
   float x1 = 0, y1 = 0, x2 = 0, y2 = 0;
+  // Optional: a mask over the box (an instance mask, as Mask R-CNN's 28 x 28 per box), row-major
+  // [mask_size, mask_size] weights in [0, 1], top row first, not all zero. With a mask, the box
+  // is divided into mask_size x mask_size bins (RoIAlign's, the options' sampling) and its
+  // feature is the mean of the bins weighted by the mask: sum(w * bin) / sum(w), one value per
+  // channel (options.output_size must be 1).
+  int mask_size = 0;
+  std::vector<float> mask;
 };
+
+// The most bins a side a mask may have.
+inline constexpr int kMaxRegionMaskSize = 64;
 
 struct RoiAlignOptions {
   int output_size = 1;     // Bins per side, >= 1.
@@ -45,7 +55,9 @@ inline constexpr int kMaxRoiSamplingRatio = 64;
 absl::Status CheckRoiOptions(const RoiAlignOptions& options);
 
 // INVALID_ARGUMENT (saying why, without naming the box) for a box RoiAlign refuses: non-finite
-// coordinates, x1 > x2 or y1 > y2, or so large at this stride that its samples are too many.
+// coordinates, x1 > x2 or y1 > y2, so large at this stride that its samples are too many, or a
+// malformed mask (size out of 1..kMaxRegionMaskSize, not size^2 weights, a weight outside
+// [0, 1], all zero, or with an output_size other than 1).
 // A server checks its boxes with it before batching, so that one bad box fails no other request.
 absl::Status CheckRegionBox(const RegionBox& box, double stride, const RoiAlignOptions& options);
 

@@ -1,11 +1,13 @@
 #include "model/roi_align.h"
 
 #include <ATen/ATen.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace convnext {
@@ -133,6 +135,76 @@ TEST(RoiAlignTest, OtherDtypesArePooledInFloat32) {
   ASSERT_TRUE(want.ok() && half.ok());
   EXPECT_EQ(half->scalar_type(), at::kFloat);
   EXPECT_LE((*half - *want).abs().max().item<float>(), 1e-2);
+}
+
+// A masked box is the mask-weighted mean of its mask_size x mask_size RoIAlign bins: checked
+// against the sample-by-sample bins of the unmasked box; an all-ones mask is their plain mean.
+TEST(RoiAlignTest, MaskedBoxesAreMaskWeightedMeansOfTheirBins) {
+  at::manual_seed(4);
+  const at::Tensor map = at::randn({6, 20, 24});
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  for (bool aligned : {false, true}) {
+    RoiAlignOptions options;
+    options.aligned = aligned;
+    options.sampling_ratio = aligned ? 2 : 0;
+    std::vector<RegionBox> boxes = {
+        {8.5f, 4.0f, 60.0f, 50.0f}, {0.0f, 0.0f, 95.0f, 79.0f}, {30.0f, 12.0f, 31.0f, 13.0f}};
+    std::vector<at::Tensor> expected;
+    for (size_t r = 0; r < boxes.size(); ++r) {
+      RegionBox& b = boxes[r];
+      b.mask_size = r == 1 ? 1 : 7;
+      for (int i = 0; i < b.mask_size * b.mask_size; ++i) {
+        b.mask.push_back(r == 2 ? 1.0f : r == 1 ? 0.8f : (unit(rng) < 0.3f ? 0.0f : unit(rng)));
+      }
+      RoiAlignOptions bins = options;
+      bins.output_size = b.mask_size;
+      const at::Tensor grid =
+          SampleBySample(map, {RegionBox{b.x1, b.y1, b.x2, b.y2}}, 4.0, bins)[0];  // [C, S, S]
+      const at::Tensor w = at::tensor(b.mask, at::kDouble).view({1, b.mask_size, b.mask_size});
+      expected.push_back((grid * w).sum({1, 2}) / w.sum());
+    }
+    absl::StatusOr<at::Tensor> got = RoiAlign(map, boxes, 4.0, options);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->sizes(), (std::vector<int64_t>{3, 6, 1, 1}));
+    for (size_t r = 0; r < boxes.size(); ++r) {
+      const at::Tensor g = got->select(0, static_cast<int64_t>(r)).flatten().to(at::kDouble);
+      EXPECT_LT((g - expected[r]).abs().max().item<double>(), 1e-5) << "box " << r;
+    }
+    // A box without a mask beside masked ones keeps RoIAlign's plain output_size-1 value.
+    std::vector<RegionBox> mixed = {boxes[0],
+                                    RegionBox{boxes[0].x1, boxes[0].y1, boxes[0].x2, boxes[0].y2}};
+    absl::StatusOr<at::Tensor> both = RoiAlign(map, mixed, 4.0, options);
+    ASSERT_TRUE(both.ok()) << both.status();
+    const at::Tensor plain = SampleBySample(map, {mixed[1]}, 4.0, options)[0].flatten();
+    EXPECT_LT(((*both)[1].flatten().to(at::kDouble) - plain).abs().max().item<double>(), 1e-5);
+    EXPECT_GT(((*both)[0] - (*both)[1]).abs().max().item<float>(), 1e-3);  // The mask mattered.
+  }
+}
+
+TEST(RoiAlignTest, MalformedMasksAreInvalidArgument) {
+  const at::Tensor map = at::randn({2, 8, 8});
+  RegionBox b{0, 0, 16, 16, 2, {0.5f, 0.5f, 0.5f}};  // 3 weights for size 2.
+  EXPECT_EQ(RoiAlign(map, {b}, 4.0, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  b.mask = {0, 0, 0, 0};
+  EXPECT_THAT(std::string(RoiAlign(map, {b}, 4.0, {}).status().message()),
+              ::testing::HasSubstr("all zero"));
+  b.mask = {0, 1.5f, 0, 0};
+  EXPECT_THAT(std::string(RoiAlign(map, {b}, 4.0, {}).status().message()),
+              ::testing::HasSubstr("[0, 1]"));
+  b.mask = {0, std::nanf(""), 0, 1};
+  EXPECT_FALSE(RoiAlign(map, {b}, 4.0, {}).ok());
+  b.mask = {0, 1, 0, 1};
+  RoiAlignOptions grid;
+  grid.output_size = 2;
+  EXPECT_THAT(std::string(RoiAlign(map, {b}, 4.0, grid).status().message()),
+              ::testing::HasSubstr("output_size must be 1"));
+  b.mask_size = kMaxRegionMaskSize + 1;
+  b.mask.assign(static_cast<size_t>(b.mask_size) * b.mask_size, 1.0f);
+  EXPECT_FALSE(RoiAlign(map, {b}, 4.0, {}).ok());
+  b.mask_size = 0;
+  b.mask.clear();
+  EXPECT_TRUE(RoiAlign(map, {b}, 4.0, {}).ok());
 }
 
 TEST(RoiAlignTest, BadInputsAreInvalidArgument) {

@@ -154,16 +154,19 @@ absl::StatusOr<std::vector<RegionBox>> MapBoxes(const InferenceRequest::Params& 
                                                      ", ", b.y2, ") is not inside the ",
                                                      image.width, "x", image.height, " image"));
     }
-    const RegionBox mapped{static_cast<float>(b.x1 * t.scale_x - t.offset_x),
-                           static_cast<float>(b.y1 * t.scale_y - t.offset_y),
-                           static_cast<float>(b.x2 * t.scale_x - t.offset_x),
-                           static_cast<float>(b.y2 * t.scale_y - t.offset_y)};
+    // A mask lies over its box, wherever the box goes.
+    RegionBox mapped{static_cast<float>(b.x1 * t.scale_x - t.offset_x),
+                     static_cast<float>(b.y1 * t.scale_y - t.offset_y),
+                     static_cast<float>(b.x2 * t.scale_x - t.offset_x),
+                     static_cast<float>(b.y2 * t.scale_y - t.offset_y),
+                     b.mask_size,
+                     b.mask};
     for (int s : p.region_stages) {
       if (absl::Status st = CheckRegionBox(mapped, StageStride(s), p.region_pooling); !st.ok()) {
         return absl::InvalidArgumentError(absl::StrCat("box ", j, ": ", st.message()));
       }
     }
-    out.push_back(mapped);
+    out.push_back(std::move(mapped));
   }
   return out;
 }

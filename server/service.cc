@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
@@ -67,6 +68,12 @@ absl::Status ParseRegions(const v1::EmbedRequest& request, InferenceRequest::Par
                                                      " boxes, more than the limit of ",
                                                      kMaxRegionsPerImage));
     }
+    const auto& masks = request.regions(i).masks();
+    if (!masks.empty() && masks.size() != boxes.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("image ", i, " has ", masks.size(),
+                                                     " masks for ", boxes.size(),
+                                                     " boxes: give one per box (or none)"));
+    }
     for (int j = 0; j < boxes.size(); ++j) {
       const v1::Box& b = boxes.Get(j);
       if (!std::isfinite(b.x1()) || !std::isfinite(b.y1()) || !std::isfinite(b.x2()) ||
@@ -76,7 +83,25 @@ absl::Status ParseRegions(const v1::EmbedRequest& request, InferenceRequest::Par
             "image ", i, " box ", j, " (", b.x1(), ", ", b.y1(), ", ", b.x2(), ", ", b.y2(),
             ") must have finite coordinates with 0 <= x1 <= x2 and 0 <= y1 <= y2"));
       }
-      params->boxes[i].push_back(RegionBox{b.x1(), b.y1(), b.x2(), b.y2()});
+      RegionBox box{b.x1(), b.y1(), b.x2(), b.y2()};
+      if (!masks.empty()) {
+        const v1::RegionMask& m = masks.Get(j);
+        if (m.size() < 1 || m.size() > static_cast<uint32_t>(kMaxRegionMaskSize) ||
+            m.weights_size() != static_cast<int>(m.size() * m.size())) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("image ", i, " mask ", j, " must have a size in 1..", kMaxRegionMaskSize,
+                           " and size x size weights, got size ", m.size(), " and ",
+                           m.weights_size(), " weights"));
+        }
+        box.mask_size = static_cast<int>(m.size());
+        box.mask.assign(m.weights().begin(), m.weights().end());
+        // The mask's own checks (weights, output_size), before any image is decoded.
+        if (absl::Status s = CheckRegionBox(box, StageStride(1), o); !s.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("image ", i, " box ", j, ": ", s.message()));
+        }
+      }
+      params->boxes[i].push_back(std::move(box));
     }
     any |= !boxes.empty();
   }

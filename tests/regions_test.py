@@ -161,6 +161,38 @@ class RegionsTest(unittest.TestCase):
         want = self.roi_align(self.stage_maps(x)[1], boxes, 2)
         close(self, decode(reply.results[1].regions[0]), want, 1e-4, "tensor stage 2")
 
+    def test_masked_regions_are_mask_weighted_means_of_roi_align_bins(self):
+        """A box with an instance mask: torchvision's roi_align at the mask's size, weighted by
+        the mask; beside unmasked boxes in one call, through the CLASSIFICATION resize."""
+        x, (w, h), scale, offset = self.classification_input(photo_path("coffee.png"))
+        rng = np.random.default_rng(4)
+        boxes = random_boxes(rng, w, h, 6)
+        # Soft 28 x 28 masks as Mask R-CNN gives them, a 1 x 1 one, and one with many zeros.
+        masks = [rng.uniform(0, 1, (28, 28)).astype(np.float32) for _ in range(4)]
+        masks.append(np.ones((1, 1), np.float32))
+        masks.append((rng.uniform(0, 1, (14, 14)) > 0.7).astype(np.float32))
+        masks[5][0, 0] = 1  # Not all zero.
+        regions = regions_message(boxes)
+        for m in masks:
+            regions.masks.append(pb.RegionMask(size=m.shape[0], weights=m.ravel().tolist()))
+        with open(photo_path("coffee.png"), "rb") as f:
+            image = pb.Image(encoded=f.read())
+        reply = self.stub.Embed(pb.EmbedRequest(
+            images=[image, image], regions=[regions, regions_message(boxes)],
+            region_pooling=pb.RegionPooling(stages=[3, 4], sampling_ratio=2)), timeout=300)
+        maps = self.stage_maps(x)
+        mapped = boxes * scale - offset
+        for stage, got, plain in zip((3, 4), reply.results[0].regions, reply.results[1].regions):
+            want = np.stack([
+                (self.roi_align(maps[stage - 1], mapped[i:i + 1], stage, m.shape[0], 2)[0]
+                 .reshape(-1, m.shape[0], m.shape[0]) * m).sum((1, 2)) / m.sum()
+                for i, m in enumerate(masks)])
+            close(self, decode(got), want, 1e-4, f"masked stage {stage}")
+            # The masks changed the answer: without them it is plain RoIAlign.
+            close(self, decode(plain), self.roi_align(maps[stage - 1], mapped, stage, 1, 2),
+                  1e-4, f"unmasked stage {stage}")
+            self.assertGreater(float(np.abs(decode(got) - decode(plain)).max()), 1e-3)
+
     def test_bad_regions_are_invalid_argument_and_harm_no_other_call(self):
         with open(photo_path("chelsea.png"), "rb") as f:  # 451 x 300
             image = pb.Image(encoded=f.read())
@@ -188,6 +220,19 @@ class RegionsTest(unittest.TestCase):
                              region_pooling=pb.RegionPooling(sampling_ratio=65)),
              "sampling_ratio"),
             (pb.EmbedRequest(images=[image], regions=[pb.ImageRegions()]), "nothing to compute"),
+            (pb.EmbedRequest(images=[image], regions=[pb.ImageRegions(
+                boxes=good.boxes, masks=[pb.RegionMask(size=2, weights=[1, 1, 1])])]),
+             "size x size weights"),
+            (pb.EmbedRequest(images=[image], regions=[pb.ImageRegions(
+                boxes=good.boxes, masks=[pb.RegionMask(size=1, weights=[0])])]), "all zero"),
+            (pb.EmbedRequest(images=[image], regions=[pb.ImageRegions(
+                boxes=good.boxes, masks=[pb.RegionMask(size=1, weights=[2])])]), "[0, 1]"),
+            (pb.EmbedRequest(images=[image], regions=[pb.ImageRegions(
+                boxes=list(good.boxes) * 2, masks=[pb.RegionMask(size=1, weights=[1])])]),
+             "one per box"),
+            (pb.EmbedRequest(images=[image], regions=[pb.ImageRegions(
+                boxes=good.boxes, masks=[pb.RegionMask(size=1, weights=[1])])],
+                region_pooling=pb.RegionPooling(output_size=2)), "output_size must be 1"),
         ]
         # Each bad call races a good one that may share its batch: the good one is answered.
         with concurrent.futures.ThreadPoolExecutor(4) as pool:

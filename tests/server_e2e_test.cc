@@ -289,6 +289,30 @@ TEST_F(ServerE2eTest, EmbedRegionsMatchTorchvisionRoiAlign) {
     EXPECT_LE((got - want).abs().max().item<float>(), 1e-4) << "stage " << stage;
     const at::Tensor map = testing::ReadReference(absl::StrCat("custom.stage", stage, ".npy"))[0];
     EXPECT_LE((decode(response->results(1).stages(0)) - map).abs().max().item<float>(), 1e-4);
+    if (stage != 4) continue;
+    // Instance masks through the C++ client: each masked box is its mask-weighted RoIAlign bins
+    // of torchvision's stage map (model/roi_align_test.cc checks the pooling itself).
+    std::vector<RegionBox> masked;
+    for (int r = 0; r < regions->boxes_size(); ++r) {
+      const v1::Box& b = regions->boxes(r);
+      RegionBox box{b.x1(), b.y1(), b.x2(), b.y2()};
+      box.mask_size = r + 1;
+      v1::RegionMask* m = regions->add_masks();
+      m->set_size(static_cast<uint32_t>(box.mask_size));
+      for (int i = 0; i < box.mask_size * box.mask_size; ++i) {
+        box.mask.push_back(i % 3 == 0 ? 1.0f : 0.25f * static_cast<float>(i % 4));
+        m->add_weights(box.mask.back());
+      }
+      masked.push_back(std::move(box));
+    }
+    absl::StatusOr<v1::EmbedResponse> with_masks = (*c)->Embed(request);
+    ASSERT_TRUE(with_masks.ok()) << with_masks.status();
+    absl::StatusOr<at::Tensor> expected = RoiAlign(map, masked, 32.0, {});
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    const at::Tensor got_masked = decode(with_masks->results(0).regions(0));
+    ASSERT_EQ(got_masked.sizes(), (std::vector<int64_t>{boxes.size(0), map.size(0)}));
+    EXPECT_LE((got_masked - expected->flatten(1)).abs().max().item<float>(), 1e-4);
+    EXPECT_GT((got_masked - got).abs().max().item<float>(), 1e-3);  // The masks were applied.
   }
 }
 
