@@ -62,6 +62,40 @@ def start_server(model_args):
     sys.exit("convnext-server did not start")
 
 
+def rss_mb(pid):
+    """Resident memory of process `pid`, in MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def closed_loop(call, clients, seconds):
+    """`clients` threads each calling call(rng) back to back for `seconds` (rng: a numpy
+    Generator seeded by the client's index): returns (calls/s, latencies in ms)."""
+    import concurrent.futures
+    import threading
+    import numpy as np
+    stop = time.time() + seconds
+    latencies, lock = [], threading.Lock()
+
+    def client(c):
+        rng = np.random.default_rng(c)
+        mine = []
+        while time.time() < stop:
+            t = time.time()
+            call(rng)
+            mine.append((time.time() - t) * 1e3)
+        with lock:
+            latencies.extend(mine)
+
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    return len(latencies) / (time.time() - start), np.array(latencies)
+
+
 def model_name(port):
     out = subprocess.run([os.path.join(BIN, "convnext"), "--target", f"127.0.0.1:{port}",
                           "models", "--json"], capture_output=True, text=True, check=True)

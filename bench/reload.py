@@ -28,17 +28,9 @@ import grpc  # noqa: E402
 from convnext.v1 import image_model_pb2 as pb  # noqa: E402
 from convnext.v1 import image_model_pb2_grpc as pb_grpc  # noqa: E402
 from convnext_reference import write_safetensors  # noqa: E402
-from oip_throughput import isa, start_server  # noqa: E402
+from oip_throughput import isa, rss_mb, start_server  # noqa: E402
 
 PHOTO = os.path.join(ROOT, "samples", "digit_3_heldout_23.png")
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def checkpoint(variant, seed, path):

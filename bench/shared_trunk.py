@@ -17,12 +17,9 @@ the ratio, and the CPU's ISA.
                         [--max_batch_size 8] [--max_queue_delay_us 20000] [--size 224]
 """
 import argparse
-import concurrent.futures
 import os
 import sys
 import tempfile
-import threading
-import time
 
 import numpy as np
 import torch
@@ -36,30 +33,16 @@ import grpc  # noqa: E402
 from convnext.v1 import image_model_pb2 as pb  # noqa: E402
 from convnext.v1 import image_model_pb2_grpc as pb_grpc  # noqa: E402
 from convnext_reference import write_safetensors  # noqa: E402
-from oip_throughput import isa, start_server  # noqa: E402
+from oip_throughput import closed_loop, isa, rss_mb, start_server  # noqa: E402
 
 
 def run(port, names, image, clients, seconds):
     """Closed loop: returns (calls/s, latencies in ms)."""
     stub = pb_grpc.ImageModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-    stop = time.time() + seconds
-    latencies, lock = [], threading.Lock()
-
-    def client(c):
-        rng = np.random.default_rng(c)
-        mine = []
-        while time.time() < stop:
-            t = time.time()
-            stub.Classify(pb.ClassifyRequest(model=names[rng.integers(len(names))],
-                                             images=[image], top_k=5), timeout=600)
-            mine.append((time.time() - t) * 1e3)
-        with lock:
-            latencies.extend(mine)
-
-    start = time.time()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    return len(latencies) / (time.time() - start), np.array(latencies)
+    return closed_loop(
+        lambda rng: stub.Classify(pb.ClassifyRequest(model=names[rng.integers(len(names))],
+                                                     images=[image], top_k=5), timeout=600),
+        clients, seconds)
 
 
 def mean_batch(port):
@@ -74,14 +57,6 @@ def mean_batch(port):
             images += size * count
             batches += count
     return images / max(1, batches)
-
-
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main():

@@ -15,12 +15,9 @@ Prints img/s, latency percentiles and mean batch size of each, the ratio, and th
                              [--max_batch_size 8] [--sides 384,416,448,480,512]
 """
 import argparse
-import concurrent.futures
 import os
 import sys
 import tempfile
-import threading
-import time
 
 import numpy as np
 import torch
@@ -34,7 +31,7 @@ import grpc  # noqa: E402
 from convnext.v1 import image_model_pb2 as pb  # noqa: E402
 from convnext.v1 import image_model_pb2_grpc as pb_grpc  # noqa: E402
 from convnext_reference import write_safetensors  # noqa: E402
-from oip_throughput import isa, start_server  # noqa: E402
+from oip_throughput import closed_loop, isa, start_server  # noqa: E402
 
 
 def bucket_side(side):
@@ -49,25 +46,10 @@ def bucket_side(side):
 def run(port, images, clients, seconds):
     """Closed loop: returns (calls/s, latencies in ms)."""
     stub = pb_grpc.ImageModelServiceStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
-    stop = time.time() + seconds
-    latencies, lock = [], threading.Lock()
-
-    def client(c):
-        rng = np.random.default_rng(c)
-        mine = []
-        while time.time() < stop:
-            image = images[rng.integers(len(images))]
-            t = time.time()
-            stub.Embed(pb.EmbedRequest(images=[image], include_embedding=True,
-                                       resize=pb.KEEP_SIZE), timeout=600)
-            mine.append((time.time() - t) * 1e3)
-        with lock:
-            latencies.extend(mine)
-
-    start = time.time()
-    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    return len(latencies) / (time.time() - start), np.array(latencies)
+    return closed_loop(
+        lambda rng: stub.Embed(pb.EmbedRequest(images=[images[rng.integers(len(images))]],
+                                               include_embedding=True, resize=pb.KEEP_SIZE),
+                               timeout=600), clients, seconds)
 
 
 def mean_batch(port):

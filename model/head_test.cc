@@ -9,34 +9,14 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint/safetensors.h"
 #include "model/batch.h"
 #include "model/load_model.h"
-#include "testing/testdata.h"
+#include "testing/reference.h"
 
 namespace convnext {
 namespace {
 
 using ::testing::HasSubstr;
-
-// custom.safetensors (torchvision layout, 10 classes) with its final norm and classifier
-// replaced by random ones of `classes` classes, written to a temporary file; `perturb`, if not
-// empty, adds noise to that trunk tensor too.
-std::string HeadCheckpoint(const std::string& file, int64_t classes,
-                           const std::string& perturb = "") {
-  absl::StatusOr<StateDict> sd = ReadSafetensors(testing::TestdataPath("custom.safetensors"));
-  EXPECT_TRUE(sd.ok()) << sd.status();
-  StateDict w = *std::move(sd);
-  const int64_t dims = w.at("classifier.0.weight").size(0);
-  w["classifier.0.weight"] = at::randn({dims}) * 0.5 + 1;
-  w["classifier.0.bias"] = at::randn({dims});
-  w["classifier.2.weight"] = at::randn({classes, dims});
-  w["classifier.2.bias"] = at::randn({classes});
-  if (!perturb.empty()) w[perturb] = w.at(perturb) + at::randn_like(w.at(perturb)) * 1e-3;
-  const std::string path = ::testing::TempDir() + "/" + file;
-  EXPECT_TRUE(WriteSafetensors(path, w).ok());
-  return path;
-}
 
 at::Tensor FloatsOf(const OutputTensor& t) {
   at::Tensor out = at::empty(t.shape, at::kFloat);
@@ -61,7 +41,7 @@ TEST_P(HeadTest, ImagesOfSeveralHeadsShareOnePassAndGetWhatTheirOwnModelGives) {
   ASSERT_FALSE(trunk->trunk.empty());
 
   LoadOptions other = options;
-  other.path = HeadCheckpoint("birds.safetensors", 7);
+  other.path = testing::WriteHeadCheckpoint("birds.safetensors", 7);
   other.fingerprint_trunk = false;
   absl::StatusOr<LoadedHead> head = LoadHead(other, *trunk->model, trunk->trunk);
   ASSERT_TRUE(head.ok()) << head.status();
@@ -128,7 +108,8 @@ TEST(LoadHeadTest, ACheckpointOfAnotherTrunkIsRefusedNamingTheTensor) {
   ASSERT_TRUE(trunk.ok()) << trunk.status();
 
   LoadOptions other;
-  other.path = HeadCheckpoint("other_trunk.safetensors", 10, "features.1.0.block.0.weight");
+  other.path =
+      testing::WriteHeadCheckpoint("other_trunk.safetensors", 10, "features.1.0.block.0.weight");
   absl::StatusOr<LoadedHead> head = LoadHead(other, *trunk->model, trunk->trunk);
   ASSERT_FALSE(head.ok());
   EXPECT_EQ(head.status().code(), absl::StatusCode::kFailedPrecondition);

@@ -15,7 +15,6 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
-#include "checkpoint/safetensors.h"
 #include "convnext/client.h"
 #include "convnext/v1/image_model.grpc.pb.h"
 #include "image/preprocess.h"
@@ -680,30 +679,14 @@ TEST(VariableBatchingE2eTest, MixedSizesShareBatchesAndGetTheirOwnAnswers) {
   }
 }
 
-// custom.safetensors with its final norm and classifier replaced by random ones of `classes`
-// classes: a head trained on the same frozen trunk, saved whole.
-std::string HeadCheckpoint(const std::string& file, int64_t classes) {
-  absl::StatusOr<StateDict> sd = ReadSafetensors(testing::TestdataPath("custom.safetensors"));
-  EXPECT_TRUE(sd.ok()) << sd.status();
-  StateDict w = *std::move(sd);
-  const int64_t dims = w.at("classifier.0.weight").size(0);
-  w["classifier.0.weight"] = at::randn({dims}) * 0.5 + 1;
-  w["classifier.0.bias"] = at::randn({dims});
-  w["classifier.2.weight"] = at::randn({classes, dims});
-  w["classifier.2.bias"] = at::randn({classes});
-  const std::string path = ::testing::TempDir() + "/" + file;
-  EXPECT_TRUE(WriteSafetensors(path, w).ok());
-  return path;
-}
-
 // One trunk, several heads (ModelConfig.head) through the C++ client: Classify calls to the
 // model and to two heads, made at once, share one forward pass of the trunk, and each gets what
 // its own checkpoint's model computes alone (in-process); the heads are listed and described
 // with their trunk, carry their own labels and statistics, and unload only with their trunk.
 TEST(SharedTrunkE2eTest, HeadsShareTrunkPassesAndAnswerAsTheirOwnModels) {
   at::manual_seed(5);
-  const std::string birds = HeadCheckpoint("birds.safetensors", 7);
-  const std::string cars = HeadCheckpoint("cars.safetensors", 5);
+  const std::string birds = testing::WriteHeadCheckpoint("birds.safetensors", 7);
+  const std::string cars = testing::WriteHeadCheckpoint("cars.safetensors", 5);
   const std::string cars_labels = ::testing::TempDir() + "/cars.txt";
   {
     std::ofstream out(cars_labels);
