@@ -38,8 +38,11 @@ struct RegionBox {
   std::vector<float> mask;
 };
 
-// The most bins a side a mask may have.
-inline constexpr int kMaxRegionMaskSize = 64;
+// The most bins a side a mask may have. A masked box costs about size^2 x channels x 4 per stage
+// whatever its area (each bin reads at least 2 x 2 feature pixels), so this bounds a request's
+// work: 256 boxes of 32 x 32 masks are about the work of the stage maps they are pooled from at
+// a few hundred pixels a side.
+inline constexpr int kMaxRegionMaskSize = 32;
 
 struct RoiAlignOptions {
   int output_size = 1;     // Bins per side, >= 1.

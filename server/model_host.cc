@@ -118,9 +118,10 @@ std::string BatchKey(InferenceRequest::Kind kind, int deepest_stage, const at::T
                                                           place.height, "x", place.width));
 }
 
-// What image `index` of a request asks of the model; its boxes as the client gave them (in the
-// image's own pixels), which is all that estimates need.
-ImageRequest ToImageRequest(const InferenceRequest::Params& p, int index) {
+// What an image of a request asks of the model, with `boxes` as its regions: as the client
+// gave them (in the image's own pixels, which is all that estimates need), or mapped into the
+// model input (MapBoxes).
+ImageRequest ToImageRequest(const InferenceRequest::Params& p, std::vector<RegionBox> boxes) {
   ImageRequest r;
   if (InferenceRequest::Classifies(p.kind)) r.top_k = p.top_k;
   if (InferenceRequest::Embeds(p.kind)) {
@@ -130,7 +131,7 @@ ImageRequest ToImageRequest(const InferenceRequest::Params& p, int index) {
     r.stage_pooling = p.stage_pooling;
     r.dtype = ToOutputDType(p.dtype);
     if (!p.boxes.empty()) {
-      r.boxes = p.boxes[index];
+      r.boxes = std::move(boxes);
       r.region_stages = p.region_stages;
       r.region_pooling = p.region_pooling;
     }
@@ -409,7 +410,8 @@ absl::Status ModelHost::Admit(const std::shared_ptr<InferenceRequest>& request,
   std::vector<int> deepest_stage(n);
   int64_t total = 0, answer = 0;
   for (int i = 0; i < n; ++i) {
-    const ImageRequest outputs = ToImageRequest(params, i);
+    const ImageRequest outputs =
+        ToImageRequest(params, params.boxes.empty() ? std::vector<RegionBox>() : params.boxes[i]);
     deepest_stage[i] = DeepestStage(outputs);
     absl::StatusOr<InputPlan> plan = PlanImage(images.Get(i), preprocess_, params.resize);
     if (!plan.ok()) {
@@ -532,8 +534,9 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
   std::vector<ImageRequest> requests;
   for (const auto& item : batch) {
     inputs.push_back(item.payload->input);
-    requests.push_back(ToImageRequest(item.payload->request->params(), item.payload->index));
-    requests.back().boxes = item.payload->boxes;
+    // The mapped boxes (and their masks) are not needed after the batch: moved, not copied.
+    requests.push_back(
+        ToImageRequest(item.payload->request->params(), std::move(item.payload->boxes)));
     if (item.payload->served != this) requests.back().head = &item.payload->served->head_;
   }
   absl::StatusOr<std::vector<ImageOutputs>> out =

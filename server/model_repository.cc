@@ -311,10 +311,14 @@ absl::Status ModelRepository::CheckMemoryFor(const ModelConfig& config) const {
 
 void ModelRepository::Load(const ModelConfig& config, bool make_default, LoadDone done) {
   bool stopping;
+  absl::Status names;
   {
     absl::MutexLock lock(&mu_);
     stopping = stopping_;
-    if (!stopping) {
+    // Refused at once when the names clash with what is configured or asked for now, so that a
+    // refused load never shows (or shadows a head) while it waits; RunLoad checks again.
+    names = CheckNames(config);
+    if (!stopping && names.ok()) {
       Entry& e = models_[config.name()].versions[config.version()];
       if (e.host == nullptr) e.config = config;  // A new version shows as LOADING at once.
       e.loading = true;
@@ -322,6 +326,10 @@ void ModelRepository::Load(const ModelConfig& config, bool make_default, LoadDon
   }
   if (stopping) {
     done(absl::UnavailableError("the server is shutting down"));
+    return;
+  }
+  if (!names.ok()) {
+    done(names);
     return;
   }
   loader_->Schedule([this, config, make_default, done = std::move(done)] {
@@ -333,9 +341,9 @@ void ModelRepository::RunLoad(const ModelConfig& config, bool make_default, cons
   const absl::Time start = absl::Now();
   absl::StatusOr<std::unique_ptr<ModelHost>> host = absl::UnavailableError("shutting down");
   bool stopping;
-  // Names are checked here, on the loader thread, where loads install one at a time: against
-  // the configs in place after every load asked for earlier (a config that moves a head from one
-  // model to another reloads the model it leaves first).
+  // Names are checked again here, on the loader thread, where loads install one at a time: two
+  // loads that passed Load()'s check together (a reload that adds a head, a new model of that
+  // name) cannot both install.
   absl::Status names;
   {
     absl::MutexLock lock(&mu_);
@@ -377,8 +385,10 @@ void ModelRepository::RunLoad(const ModelConfig& config, bool make_default, cons
       ForgetStaleDefault(config.name(), model);  // The reload may have dropped a label.
       r.info = InfoOf(config.name(), config.version(), model, e);
       result = std::move(r);
-    } else if (!names.ok() && e.host == nullptr) {
-      // Refused for its name: no entry is left to shadow the head or model that has it.
+    } else if (!names.ok() && e.host == nullptr &&
+               e.config.SerializeAsString() == config.SerializeAsString()) {
+      // Refused for its name, and no other load of this version is waiting (Load() keeps the
+      // last config asked for): no entry is left to shadow the head or model that has it.
       result = names;
       model.versions.erase(config.version());
       if (model.versions.empty()) models_.erase(config.name());

@@ -19,7 +19,7 @@
 // (ModelHost::head): a head's versions are its trunk model's versions that declare it, selected
 // as the trunk's are (its default version is the trunk model's, or the latest serving version
 // that declares it when that one does not); it loads, reloads, drains and unloads with them.
-// Head names are checked on the loader thread, against the configs in place when the load runs.
+// Head names are checked when a load is asked for and again when it runs.
 // Find() hands out a head's view through a shared_ptr that shares its trunk host's ownership. A
 // head's name is unique among every model and head.
 //
