@@ -9,10 +9,12 @@
 // refused, admitted calls finish (up to the grace period), then the process exits 0.
 // Exit codes: 0 clean shutdown, 1 start-up failure (one line on stderr), 2 usage.
 #include <grpcpp/grpcpp.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -84,6 +86,18 @@ ABSL_FLAG(int, max_queue_delay_us, -1,
           "Override every model's max_queue_delay_us (-1: config/default).");
 
 namespace convnext::server {
+namespace {
+
+// SIGTERM/SIGINT: the handler only posts (async-signal-safe); the main thread waits for it.
+sem_t shutdown_requested;
+volatile sig_atomic_t shutdown_signal = 0;
+
+void OnShutdownSignal(int signal) {
+  shutdown_signal = signal;
+  sem_post(&shutdown_requested);
+}
+
+}  // namespace
 
 // The process's arguments as it was started, for RestartWithOpenCvLimit.
 char** g_original_argv = nullptr;
@@ -281,8 +295,17 @@ int Run(const std::vector<std::string>& model_flags) {
         absl::Seconds(std::max(0.05, absl::GetFlag(FLAGS_watch_config_interval_s)));
   }
 
-  // Block the shutdown signals in every thread (those the server starts inherit the mask); this
-  // thread waits for them below.
+  // The shutdown signals are blocked in every thread the server starts (they inherit this
+  // thread's mask) and handled on this thread alone, once it is serving: one that arrives while
+  // the models load waits until then. A handler (not sigwait) so that a signal the kernel hands
+  // to a thread started before this point (a library's) is handled too, never the default
+  // action that kills the process.
+  sem_init(&shutdown_requested, 0, 0);
+  struct sigaction action = {};
+  action.sa_handler = OnShutdownSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
@@ -299,8 +322,10 @@ int Run(const std::vector<std::string>& model_flags) {
        {"http_port", absl::StrCat((*server)->http_port())},
        {"default_model", config->default_model()}});
 
-  int signal = 0;
-  sigwait(&signals, &signal);
+  pthread_sigmask(SIG_UNBLOCK, &signals, nullptr);
+  while (sem_wait(&shutdown_requested) != 0 && errno == EINTR) {
+  }
+  const int signal = shutdown_signal;
   Log("info", "draining",
       {{"signal", signal == SIGTERM ? "SIGTERM" : "SIGINT"},
        {"grace_period_s", absl::StrCat(absl::GetFlag(FLAGS_grace_period_s))}});
