@@ -132,8 +132,8 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
     at::Tensor top_scores, top_indices;  // [rows, k], in the order of `rows`.
     at::Tensor embeddings;               // [rows, dims[3]], if any of them asks.
   };
-  std::map<const ConvNeXtHead*, HeadWork> heads;
-  std::vector<std::pair<const ConvNeXtHead*, int64_t>> head_row(requests.size());  // Per image.
+  std::map<const ConvNeXtHead*, HeadWork> heads;  // Nodes stay put: pointed to below.
+  std::vector<std::pair<HeadWork*, int64_t>> head_row(requests.size());  // Per image: its row.
   for (size_t j = 0; j < requests.size(); ++j) {
     const ImageRequest& r = requests[j];
     RETURN_IF_ERROR(CheckRequest(model, r));
@@ -141,7 +141,7 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
     if (r.top_k == 0 && !r.embedding) continue;
     const ConvNeXtHead* head = r.head != nullptr ? r.head : &model.head();
     HeadWork& h = heads[head];
-    head_row[j] = {head, static_cast<int64_t>(h.rows.size())};
+    head_row[j] = {&h, static_cast<int64_t>(h.rows.size())};
     h.rows.push_back(static_cast<int64_t>(j));
     h.k = std::max<int64_t>(h.k, r.top_k);
     h.embedding |= r.embedding;
@@ -174,8 +174,8 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
   if (before_forward) before_forward(batch);
   ASSIGN_OR_RETURN(ForwardOutputs out, model.Forward(batch, what));
 
+  c10::InferenceMode guard;
   for (auto& [head, h] : heads) {
-    c10::InferenceMode guard;
     const at::Tensor pooled =
         h.rows.size() == requests.size()
             ? out.pooled
@@ -202,16 +202,15 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
           .slice(2, 0, what.extents[j].width / stride)
           .contiguous();
     };
-    const auto [head, row] = head_row[j];
+    const auto [h, row] = head_row[j];
     if (r.top_k > 0) {
-      const HeadWork& h = heads.at(head);
-      const float* s = h.top_scores.data_ptr<float>() + row * h.k;
-      const int64_t* idx = h.top_indices.data_ptr<int64_t>() + row * h.k;
+      const float* s = h->top_scores.data_ptr<float>() + row * h->k;
+      const int64_t* idx = h->top_indices.data_ptr<int64_t>() + row * h->k;
       o.class_scores.assign(s, s + r.top_k);
       o.class_indices.assign(idx, idx + r.top_k);
     }
     if (r.embedding) {
-      at::Tensor e = heads.at(head).embeddings[row];
+      at::Tensor e = h->embeddings[row];
       if (r.normalize) e = e / e.norm().clamp_min(1e-12);
       o.embedding = ToOutput(e, r.dtype);
     }

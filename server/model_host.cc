@@ -43,7 +43,11 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
   return hex;
 }
 
-absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path, int64_t classes) {
+// The class names: those of `labels_file` (one per line, as many as `classes`) if it is set,
+// else the checkpoint's own.
+absl::StatusOr<std::vector<std::string>> ReadLabels(const std::string& path, int64_t classes,
+                                                    std::vector<std::string> from_checkpoint) {
+  if (path.empty()) return from_checkpoint;
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("labels_file '", path, "' cannot be read"));
   std::vector<std::string> labels;
@@ -220,13 +224,10 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   absl::StatusOr<LoadedModel> loaded = LoadModel(load);
   if (!loaded.ok()) return annotate(loaded.status());
   host->loaded_ = *std::move(loaded);
-  host->labels_ = host->loaded_.labels;
-  if (!config.labels_file().empty()) {
-    absl::StatusOr<std::vector<std::string>> labels =
-        ReadLabels(config.labels_file(), host->architecture().num_classes);
-    if (!labels.ok()) return annotate(labels.status());
-    host->labels_ = *std::move(labels);
-  }
+  absl::StatusOr<std::vector<std::string>> labels =
+      ReadLabels(config.labels_file(), host->architecture().num_classes, host->loaded_.labels);
+  if (!labels.ok()) return annotate(labels.status());
+  host->labels_ = *std::move(labels);
   absl::StatusOr<std::string> sha = Sha256File(config.checkpoint());
   if (!sha.ok()) return annotate(sha.status());
   host->checkpoint_sha256_ = *sha;
@@ -301,13 +302,10 @@ absl::Status ModelHost::AddHead(int index) {
   view->head_architecture_.num_classes = view->head_.num_classes;
   view->loaded_.format = loaded->format;
   view->loaded_.layout = loaded->layout;
-  view->labels_ = std::move(loaded->labels);
-  if (!h.labels_file().empty()) {
-    absl::StatusOr<std::vector<std::string>> labels =
-        ReadLabels(h.labels_file(), view->head_.num_classes);
-    if (!labels.ok()) return annotate(labels.status());
-    view->labels_ = *std::move(labels);
-  }
+  absl::StatusOr<std::vector<std::string>> labels =
+      ReadLabels(h.labels_file(), view->head_.num_classes, std::move(loaded->labels));
+  if (!labels.ok()) return annotate(labels.status());
+  view->labels_ = *std::move(labels);
   absl::StatusOr<std::string> sha = Sha256File(h.checkpoint());
   if (!sha.ok()) return annotate(sha.status());
   view->checkpoint_sha256_ = *sha;
