@@ -21,7 +21,7 @@ from sklearn.datasets import load_digits
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from digits_test import HELDOUT, ROOT, digit_png  # noqa: E402
-from server_e2e_test import BIN, Server, pb  # noqa: E402
+from server_e2e_test import BIN, FAST_PATH, Server, pb  # noqa: E402
 
 DIGITS = os.path.join(ROOT, "default_model")
 NATIVE_BF16_ISAS = ("avx512_core_bf16", "avx512_core_amx")
@@ -72,6 +72,8 @@ def cpu_flags():
     return set()
 
 
+@unittest.skipUnless(FAST_PATH, "this build has no oneDNN fast path (a LibTorch 2.x build): "
+                     "WithoutTheFastPathTest checks what BF16 and AUTO do there")
 class ComputeDtypeTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -178,6 +180,37 @@ class ComputeDtypeTest(unittest.TestCase):
         self.assertGreaterEqual(correct["bf16"], correct["fp32"] - max(2, n // 100))
         self.assertGreater(cosine, 0.999)
 
+
+
+@unittest.skipIf(FAST_PATH, "this build has the oneDNN fast path: ComputeDtypeTest runs instead")
+class WithoutTheFastPathTest(unittest.TestCase):
+    """A build without the fast path (CONVNEXT_ONEDNN=OFF, every LibTorch 2.x build) has no
+    bfloat16 blocks on the CPU: BF16 is a start-up error that says so, AUTO serves float32 and
+    says why."""
+
+    def test_bf16_is_a_startup_error_and_auto_serves_float32(self):
+        path = write_config([("digits", "BF16")])
+        try:
+            r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0",
+                                "--metrics_port", "0", "--http_port", "0", "--config", path],
+                               capture_output=True, text=True, timeout=120)
+        finally:
+            os.unlink(path)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("model 'digits' version 1: ", r.stderr)
+        self.assertIn("this build has none (CONVNEXT_ONEDNN=OFF)", r.stderr)
+        server = start([("digits", "AUTO")])
+        try:
+            info = server.stub.GetModel(pb.GetModelRequest(), timeout=10)
+            self.assertEqual(info.compute_dtype, "float32")
+            self.assertFalse(info.cpu_fast_path)
+            self.assertIn("fast path only", info.compute_dtype_reason)
+            reply = server.stub.Classify(
+                pb.ClassifyRequest(images=[pb.Image(encoded=digit_png(load_digits().images[0]))],
+                                   top_k=1), timeout=60)
+            self.assertEqual(len(reply.results), 1)
+        finally:
+            self.assertEqual(server.stop(), 0)
 
 if __name__ == "__main__":
     unittest.main()

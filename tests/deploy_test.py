@@ -172,11 +172,16 @@ class DeployTest(unittest.TestCase):
         block = script[script.index("runtime_pkgs=("):]
         block = block[:block.index("\n)\n")]
         runtime = set(re.sub(r"#.*", "", block.split("(", 1)[1]).split())
+        # A LibTorch other than Debian's (a LibTorch 2.x build: README, GPU) travels with its own
+        # image (Dockerfile.cuda): its libraries and theirs are not the runtime packages' to give.
+        debian_libtorch = os.environ.get("CONVNEXT_DEBIAN_LIBTORCH", "1") == "1"
         needed = set()
         for binary in ("convnext-server", "convnext"):
             out = subprocess.run(["readelf", "-d", os.path.join(BIN, binary)], capture_output=True,
                                  text=True, check=True).stdout
             for lib in re.findall(r"\(NEEDED\).*\[(.+)\]", out):
+                if not debian_libtorch and re.match(r"lib(torch|c10)", lib):
+                    continue
                 owner = subprocess.run(["dpkg", "-S", f"*/{lib}"], capture_output=True,
                                        text=True).stdout.split(":")[0]
                 needed.add(owner)
