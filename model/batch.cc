@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "model/device.h"
 
 namespace convnext {
 namespace {
@@ -18,19 +19,20 @@ namespace {
 OutputTensor ToOutput(const at::Tensor& t, OutputDType dtype, int channel_axis = -1) {
   OutputTensor out;
   out.dtype = dtype;
+  // Converted where `t` is (on a GPU: only the converted bytes leave the device), then copied.
   at::Tensor c;
   switch (dtype) {
     case OutputDType::kFloat32:
-      c = t.to(at::kCPU, at::kFloat).contiguous();
+      c = t.to(at::kFloat);
       break;
     case OutputDType::kFloat16:
-      c = t.to(at::kCPU, at::kHalf).contiguous();
+      c = t.to(at::kHalf);
       break;
     case OutputDType::kBFloat16:  // Rounded to nearest even, as ATen converts.
-      c = t.to(at::kCPU, at::kBFloat16).contiguous();
+      c = t.to(at::kBFloat16);
       break;
     case OutputDType::kInt8: {
-      const at::Tensor f = t.to(at::kCPU, at::kFloat);
+      const at::Tensor f = t.to(at::kFloat);
       at::Tensor scale;
       if (channel_axis < 0) {
         scale = f.abs().max().reshape({1});
@@ -38,18 +40,19 @@ OutputTensor ToOutput(const at::Tensor& t, OutputDType dtype, int channel_axis =
         scale = f.abs().movedim(channel_axis, 0).reshape({f.size(channel_axis), -1}).amax(1);
       }
       // A channel of zeros keeps scale 1 (its values quantise to 0 either way).
-      scale = at::where(scale > 0, scale / 127, at::ones_like(scale)).contiguous();
+      scale = at::where(scale > 0, scale / 127, at::ones_like(scale));
       std::vector<int64_t> view(f.dim(), 1);
       if (channel_axis >= 0) view[channel_axis] = f.size(channel_axis);
       c = at::round(f / (channel_axis < 0 ? scale : scale.view(view)))
               .clamp(-127, 127)
-              .to(at::kChar)
-              .contiguous();
+              .to(at::kChar);
+      scale = scale.to(at::kCPU).contiguous();
       out.scales.assign(scale.data_ptr<float>(), scale.data_ptr<float>() + scale.numel());
       out.scale_axis = channel_axis;
       break;
     }
   }
+  c = c.to(at::kCPU).contiguous();
   out.shape = c.sizes().vec();
   out.bytes.assign(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
   return out;
@@ -152,9 +155,11 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
     what.last_stage = std::max(what.last_stage, DeepestStage(r));
   bool same_shape = true;
   for (const at::Tensor& t : inputs) same_shape &= t.sizes() == inputs[0].sizes();
+  const c10::Device device = model.options().device;
+  UseOwnStream(device);
   at::Tensor batch;
   if (same_shape) {
-    batch = at::cat(inputs, /*dim=*/0);
+    batch = StackOnDevice(inputs, device);
   } else {
     // Variable-size batching (RunBatch checked: single 4-d images, sides multiples of 32):
     // zeros beyond each image, its extent in the request.
@@ -164,12 +169,13 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
       width = std::max(width, t.size(3));
     }
     batch = at::zeros({static_cast<int64_t>(inputs.size()), inputs[0].size(1), height, width},
-                      inputs[0].options());
+                      inputs[0].options().pinned_memory(device.is_cuda()));
     for (size_t i = 0; i < inputs.size(); ++i) {
       const at::Tensor& t = inputs[i];
       batch[static_cast<int64_t>(i)].slice(1, 0, t.size(2)).slice(2, 0, t.size(3)).copy_(t[0]);
       what.extents.push_back({t.size(2), t.size(3)});
     }
+    batch = CopyToDevice(batch, device);
   }
   if (before_forward) before_forward(batch);
   ASSIGN_OR_RETURN(ForwardOutputs out, model.Forward(batch, what));
@@ -183,10 +189,11 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
     const at::Tensor embeddings = head->Embed(pooled);
     if (h.embedding) h.embeddings = embeddings;
     if (h.k > 0) {
-      const at::Tensor probs = at::softmax(head->Classify(embeddings).to(at::kCPU, at::kFloat), 1);
+      // Softmax and top-k where the model is: only the top k of each row leave a GPU.
+      const at::Tensor probs = at::softmax(head->Classify(embeddings).to(at::kFloat), 1);
       std::tie(h.top_scores, h.top_indices) = at::topk(probs, h.k, /*dim=*/1);
-      h.top_scores = h.top_scores.contiguous();
-      h.top_indices = h.top_indices.contiguous();
+      h.top_scores = h.top_scores.to(at::kCPU).contiguous();
+      h.top_indices = h.top_indices.to(at::kCPU).contiguous();
     }
   }
   std::vector<ImageOutputs> results(requests.size());
@@ -329,16 +336,21 @@ absl::Status WarmUp(const ConvNeXt& model, int64_t max_batch_size, int64_t size)
   OutputRequest request;
   request.logits = c.num_classes > 0;
   request.stages = !request.logits;
+  // On CUDA every batch size is computed: cuDNN's benchmark mode (model/device.h) times its
+  // algorithms on a shape's first run, which no request should pay for.
+  const bool every = model.options().device.is_cuda();
+  UseOwnStream(model.options().device);
   try {
-    for (int64_t batch : {int64_t{1}, max_batch_size}) {
+    for (int64_t batch = 1; batch <= max_batch_size; ++batch) {
+      if (!every && batch != 1 && batch != max_batch_size) continue;
       RETURN_IF_ERROR(
           model.Forward(at::zeros({batch, c.in_channels, size, size}), request).status());
     }
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("warm-up failed: ", e.what()));
   }
-  // The batch sizes in between get their kernels prepared without running them.
-  for (int64_t batch = 2; batch < max_batch_size; ++batch) {
+  // On the CPU the batch sizes in between get their kernels prepared without running them.
+  for (int64_t batch = 2; batch < max_batch_size && !every; ++batch) {
     RETURN_IF_ERROR(model.Prepare(batch, size, size));
   }
   return absl::OkStatus();

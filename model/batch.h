@@ -6,6 +6,10 @@
 //   std::vector<ImageRequest> what(n);            // per image: classify top-k and/or features
 //   ASSIGN_OR_RETURN(std::vector<ImageOutputs> out, RunBatch(model, inputs, what));
 //
+// On a CUDA device (model/device.h) the batch is staged in page-locked memory and copied
+// asynchronously on the calling thread's own stream, softmax and top-k run on the device, and
+// outputs are converted to their dtype there, so that only what is returned leaves it.
+//
 // One forward pass serves the whole batch: it computes the union of what the images ask for
 // (pooled features if any asks for classes or the embedding, stage maps if any does); each head
 // asked for (ImageRequest::head) then runs once on its images' pooled features, and softmax +
@@ -134,9 +138,10 @@ int64_t EstimateOutputBytes(const ConvNeXtConfig& config, const ImageRequest& re
 // A key that is equal for two inputs exactly when they can share a batch (their shapes agree).
 std::string BatchShapeKey(const at::Tensor& input);
 
-// Runs batches of zeros of every size in 1..max_batch_size at size x size (the first and the last
-// computed, the others' kernels prepared without running them), so that no request pays for
-// first-use work. Logits for a classifier, stage maps for a backbone.
+// Runs batches of zeros of every size in 1..max_batch_size at size x size (on the CPU the first
+// and the last computed, the others' kernels prepared without running them; on CUDA every one
+// computed, for cuDNN's benchmark mode), so that no request pays for first-use work. Logits for a
+// classifier, stage maps for a backbone.
 absl::Status WarmUp(const ConvNeXt& model, int64_t max_batch_size, int64_t size);
 
 }  // namespace convnext

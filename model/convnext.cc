@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
+#include "model/device.h"
 #include "model/grn.h"
 
 namespace convnext {
@@ -126,6 +127,7 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         " (not part of ", who, ")"));
   }
 
+  if (options.device.is_cuda()) ConfigureCudaOnce();
   std::unique_ptr<ConvNeXt> model(new ConvNeXt(config, options));
   try {
     c10::InferenceMode guard;
@@ -137,6 +139,9 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
       const std::string conv = ds + (i == 0 ? "0." : "1.");
       const std::string norm = ds + (i == 0 ? "1." : "0.");
       stage.ds_conv_weight = Take(weights, conv + "weight", options);
+      if (options.channels_last) {
+        stage.ds_conv_weight = stage.ds_conv_weight.contiguous(at::MemoryFormat::ChannelsLast);
+      }
       stage.ds_conv_bias = Take(weights, conv + "bias", options);
       stage.ds_norm_weight = Take(weights, norm + "weight", options);
       stage.ds_norm_bias = Take(weights, norm + "bias", options);
@@ -144,6 +149,9 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         const std::string p = absl::StrCat("stages.", i, ".", j, ".");
         Block block;
         block.dw_weight = Take(weights, p + "dwconv.weight", options);
+        if (options.channels_last) {
+          block.dw_weight = block.dw_weight.contiguous(at::MemoryFormat::ChannelsLast);
+        }
         block.dw_bias = Take(weights, p + "dwconv.bias", options);
         block.norm_weight = Take(weights, p + "norm.weight", options);
         block.norm_bias = Take(weights, p + "norm.bias", options);
@@ -379,6 +387,9 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
   try {
     c10::InferenceMode guard;
     at::Tensor x = images.to(options_.device, options_.dtype);
+    if (options_.channels_last && !uses_fast_path()) {
+      x = x.contiguous(at::MemoryFormat::ChannelsLast);
+    }
     if (uses_fast_path()) {
       ASSIGN_OR_RETURN(pooled,
                        RunStagesFast(std::move(x), request.last_stage, stages, request.extents));

@@ -206,6 +206,46 @@ TEST(FastPathTest, OtherDtypesUseTheAtenPath) {
   EXPECT_EQ(out->logits.scalar_type(), at::kDouble);
 }
 
+// The ATen path with channels-last activations and convolution weights (what CUDA models use,
+// ModelOptions::channels_last) computes what the contiguous one does: V1 and V2 blocks, a
+// detection backbone's stage norms, padded batches of images of different sizes.
+TEST(AtenPathTest, ChannelsLastMatchesContiguousLayout) {
+  for (const bool grn : {false, true}) {
+    for (const bool stage_norms : {false, true}) {
+      ConvNeXtConfig config = SmallConfig(stage_norms);
+      config.grn = grn;
+      at::manual_seed(11);
+      const StateDict weights = RandomWeights(config);
+      ModelOptions options;
+      options.cpu_fast_path = false;
+      absl::StatusOr<std::unique_ptr<ConvNeXt>> plain = ConvNeXt::Create(config, weights, options);
+      options.channels_last = true;
+      absl::StatusOr<std::unique_ptr<ConvNeXt>> nhwc = ConvNeXt::Create(config, weights, options);
+      ASSERT_TRUE(plain.ok()) << plain.status();
+      ASSERT_TRUE(nhwc.ok()) << nhwc.status();
+      ASSERT_FALSE((*nhwc)->uses_fast_path());
+      for (const auto& shape :
+           std::vector<std::vector<int64_t>>{{1, 3, 64, 64}, {3, 3, 96, 64}, {2, 3, 65, 97}}) {
+        ExpectSameOutputs(**nhwc, **plain, at::randn(shape));
+      }
+      // A padded batch: a 64 x 64 image beside a 96 x 128 one.
+      OutputRequest request;
+      request.logits = !stage_norms;
+      request.stages = true;
+      request.extents = {{64, 64}, {96, 128}};
+      const at::Tensor batch = at::randn({2, 3, 96, 128});
+      absl::StatusOr<ForwardOutputs> a = (*nhwc)->Forward(batch, request);
+      absl::StatusOr<ForwardOutputs> b = (*plain)->Forward(batch, request);
+      ASSERT_TRUE(a.ok()) << a.status();
+      ASSERT_TRUE(b.ok()) << b.status();
+      if (request.logits) EXPECT_LE(MaxAbsDiff(a->logits, b->logits), kTolerance);
+      for (int i = 0; i < kNumStages; ++i) {
+        EXPECT_LE(MaxAbsDiff(a->stages[i], b->stages[i]), kTolerance) << "stage " << i;
+      }
+    }
+  }
+}
+
 // Cosine similarity of two tensors of the same shape, flattened.
 double Cosine(const at::Tensor& a, const at::Tensor& b) {
   const at::Tensor x = a.flatten().to(at::kDouble), y = b.flatten().to(at::kDouble);
