@@ -127,6 +127,7 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         " (not part of ", who, ")"));
   }
 
+  RETURN_IF_ERROR(CheckDevice(options.device));
   if (options.device.is_cuda()) ConfigureCudaOnce();
   std::unique_ptr<ConvNeXt> model(new ConvNeXt(config, options));
   try {
@@ -206,6 +207,20 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         absl::StrCat("moving weights to ", options.device.str(), ": ", e.what()));
   }
   return model;
+}
+
+std::string ConvNeXt::compute_dtype_name() const {
+  if (uses_fast_path()) return BlockPrecisionName(block_precision());
+  switch (options_.dtype) {
+    case at::kHalf:
+      return "float16";
+    case at::kBFloat16:
+      return "bfloat16";
+    case at::kDouble:
+      return "float64";
+    default:
+      return "float32";
+  }
 }
 
 at::Tensor ConvNeXtHead::Embed(const at::Tensor& pooled) const {

@@ -153,6 +153,9 @@ class ConvNeXt {
   BlockPrecision block_precision() const {
     return uses_fast_path() ? stages_[0].fast->precision() : BlockPrecision::kFloat32;
   }
+  // What the blocks compute in, by name: the fast path's precision, else the dtype the ATen path
+  // runs in ("float32", "bfloat16", "float16", "float64").
+  std::string compute_dtype_name() const;
 
   const ConvNeXtConfig& config() const { return config_; }
   // The final LayerNorm and classifier (no tensors for detection backbones).

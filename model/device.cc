@@ -2,9 +2,12 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
+#include <torch/version.h>
 
 #include <mutex>
 #include <set>
+
+#include "absl/strings/str_cat.h"
 
 #if CONVNEXT_WITH_CUDA
 #include <c10/cuda/CUDAFunctions.h>
@@ -14,6 +17,34 @@
 namespace convnext {
 
 bool BuildHasCuda() { return CONVNEXT_WITH_CUDA != 0; }
+
+absl::Status CheckDevice(const c10::Device& device) {
+  if (device.is_cpu()) return absl::OkStatus();
+  if (!device.is_cuda()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device '", device.str(), "': only cpu and cuda devices are supported"));
+  }
+  if (!BuildHasCuda()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device '", device.str(), "': this build has no CUDA (built against LibTorch ",
+                     TORCH_VERSION, " without CUDA; README, GPU: the CUDA build)"));
+  }
+#if CONVNEXT_WITH_CUDA
+  const int count = at::hasCUDA() ? static_cast<int>(c10::cuda::device_count()) : 0;
+  if (count == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device '", device.str(),
+                     "': no CUDA device is visible to this process (driver, "
+                     "CUDA_VISIBLE_DEVICES, the container's GPU access)"));
+  }
+  if (device.has_index() && device.index() >= count) {
+    return absl::FailedPreconditionError(absl::StrCat("device '", device.str(), "': only ", count,
+                                                      " CUDA device", count == 1 ? " is" : "s are",
+                                                      " visible"));
+  }
+#endif
+  return absl::OkStatus();
+}
 
 void ConfigureCudaOnce() {
   static std::once_flag once;

@@ -12,10 +12,16 @@
 
 #include <vector>
 
+#include "absl/status/status.h"
+
 namespace convnext {
 
 // Whether this build has CUDA (CONVNEXT_WITH_CUDA).
 bool BuildHasCuda();
+
+// OK for the CPU and for a CUDA device this process can use; else FAILED_PRECONDITION saying
+// why: a build without CUDA, no CUDA device visible, or an index beyond the devices there are.
+absl::Status CheckDevice(const c10::Device& device);
 
 // Process-wide settings for models on CUDA, applied when the first one is created: cuDNN's
 // benchmark mode on (each convolution shape gets the fastest algorithm, found on its first run:

@@ -196,7 +196,22 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   absl::StatusOr<c10::Device> device = ParseDevice(config.device());
   if (!device.ok()) return annotate(device.status());
   load.model.device = *device;
-  if (config.compute_dtype() == server::BF16) {
+  load.model.channels_last = ChannelsLastByDefault(*device);
+  if (device->is_cuda()) {
+    // The whole model in the configured dtype, weights cast once at load (config validation let
+    // only these through for CUDA).
+    if (config.compute_dtype() == server::FP16) load.model.dtype = at::kHalf;
+    if (config.compute_dtype() == server::BF16) load.model.dtype = at::kBFloat16;
+    if (config.compute_dtype() == server::AUTO) {
+      host->compute_dtype_reason_ =
+          "AUTO: float32 on a CUDA device (TensorFloat-32 off); FP16 and BF16 are opt-in";
+      Log("info", "compute_dtype_chosen",
+          {{"model", config.name()},
+           {"version", config.version()},
+           {"compute_dtype", "float32"},
+           {"reason", host->compute_dtype_reason_}});
+    }
+  } else if (config.compute_dtype() == server::BF16) {
     load.model.cpu_precision = BlockPrecision::kBFloat16;
   } else if (config.compute_dtype() == server::AUTO) {
     const bool fast_path = FastPathApplies(load.model);
@@ -717,7 +732,7 @@ v1::ModelInfo ModelHost::Info() const {
   info.set_checkpoint_layout(loaded_.layout);
   info.set_device(loaded_.model->options().device.str());
   info.set_cpu_fast_path(loaded_.model->uses_fast_path());
-  info.set_compute_dtype(BlockPrecisionName(loaded_.model->block_precision()));
+  info.set_compute_dtype(loaded_.model->compute_dtype_name());
   info.set_compute_dtype_reason(compute_dtype_reason_);
   v1::BatchingInfo* b = info.mutable_batching();
   b->set_max_batch_size(config.batching().max_batch_size());

@@ -251,10 +251,16 @@ absl::Status ValidateModelConfig(const server::ModelConfig& m) {
     return Bad(m, "batching.max_queue_size", "must be at least max_batch_size");
   }
   if (b.instances() > 64) return Bad(m, "batching.instances", "must be <= 64");
-  if (m.compute_dtype() == server::BF16 && (m.disable_cpu_fast_path() || m.device() != "cpu")) {
+  const bool cuda = m.device().rfind("cuda", 0) == 0;
+  if (m.compute_dtype() == server::BF16 && !cuda &&
+      (m.disable_cpu_fast_path() || m.device() != "cpu")) {
     return Bad(m, "compute_dtype",
                "BF16 runs on the CPU fast path only (device \"cpu\", disable_cpu_fast_path "
-               "unset); AUTO falls back to FP32 instead");
+               "unset) or on a CUDA device; AUTO falls back to FP32 instead");
+  }
+  if (m.compute_dtype() == server::FP16 && !cuda) {
+    return Bad(m, "compute_dtype",
+               "FP16 runs on a CUDA device only (device \"cuda\" or \"cuda:N\")");
   }
   for (const server::GoldenCase& g : m.golden()) {
     if (g.image().empty() || g.expected().empty()) {

@@ -142,13 +142,22 @@ TEST(ServerConfigTest, ComputeDtype) {
   c.mutable_model(0)->set_disable_cpu_fast_path(true);
   EXPECT_THAT(std::string(Check(c).message()),
               HasSubstr("model 'a': compute_dtype BF16 runs on the CPU fast path only"));
-  c.mutable_model(0)->set_disable_cpu_fast_path(false);
+  // On a CUDA device the whole model computes in BF16 or FP16, whether or not the CPU fast path
+  // is disabled; FP16 is refused elsewhere.
   c.mutable_model(0)->set_device("cuda");
+  EXPECT_TRUE(Check(c).ok()) << Check(c);
+  c.mutable_model(0)->set_disable_cpu_fast_path(false);
+  c.mutable_model(0)->set_device("cuda:1");
+  EXPECT_TRUE(Check(c).ok()) << Check(c);
+  c.mutable_model(0)->set_device("mps");
   EXPECT_THAT(std::string(Check(c).message()), HasSubstr("compute_dtype BF16"));
-  EXPECT_FALSE(
-      ReadConfigFile(Write("bad-dtype.textproto",
-                           R"pb(model { name: "a" checkpoint: "/a" compute_dtype: FP16 })pb"))
-          .ok());
+  c.mutable_model(0)->set_compute_dtype(server::FP16);
+  EXPECT_THAT(std::string(Check(c).message()),
+              HasSubstr("model 'a': compute_dtype FP16 runs on a CUDA device only"));
+  c.mutable_model(0)->set_device("cpu");
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("FP16 runs on a CUDA device only"));
+  c.mutable_model(0)->set_device("cuda");
+  EXPECT_TRUE(Check(c).ok()) << Check(c);
 }
 
 TEST(ServerConfigTest, GoldenPathsAreRelativeToTheFile) {

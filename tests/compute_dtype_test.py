@@ -212,5 +212,27 @@ class WithoutTheFastPathTest(unittest.TestCase):
         finally:
             self.assertEqual(server.stop(), 0)
 
+
+@unittest.skipIf(os.environ.get("CONVNEXT_TEST_DEVICE", "cpu").startswith("cuda"),
+                 "a CUDA device is there to use")
+class CudaDeviceWithoutOneTest(unittest.TestCase):
+    """A model configured for a CUDA device on a machine or build without one fails the start
+    with the reason, whichever compute dtype it asks for."""
+
+    def test_cuda_without_a_usable_device_is_a_clear_startup_error(self):
+        for dtype in ("FP16", "BF16", "AUTO"):
+            text = config_text([("digits", dtype)]).replace(
+                "compute_dtype:", 'device: "cuda" compute_dtype:')
+            with tempfile.NamedTemporaryFile("w", suffix=".textproto") as f:
+                f.write(text)
+                f.flush()
+                r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0",
+                                    "--metrics_port", "0", "--http_port", "0", "--config",
+                                    f.name], capture_output=True, text=True, timeout=120)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("model 'digits' version 1: ", r.stderr)
+            self.assertRegex(r.stderr, r"device 'cuda': (this build has no CUDA|no CUDA device "
+                             r"is visible)", dtype)
+
 if __name__ == "__main__":
     unittest.main()

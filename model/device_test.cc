@@ -1,0 +1,66 @@
+// Which devices a model may be created on, and what it says when it may not.
+#include "model/device.h"
+
+#include <ATen/ATen.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "model/convnext.h"
+#include "model/convnext_config.h"
+#include "testing/testdata.h"
+
+namespace convnext {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(DeviceTest, CudaIsRefusedWithTheReasonWhereItCannotRun) {
+  EXPECT_TRUE(CheckDevice(c10::Device("cpu")).ok());
+  const absl::Status cuda = CheckDevice(c10::Device("cuda"));
+  const absl::Status far = CheckDevice(c10::Device("cuda:63"));
+  EXPECT_EQ(far.code(), absl::StatusCode::kFailedPrecondition);
+  if (!BuildHasCuda()) {
+    EXPECT_EQ(cuda.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(cuda.message()), HasSubstr("this build has no CUDA"));
+  } else if (!at::hasCUDA()) {
+    EXPECT_EQ(cuda.code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(cuda.message()), HasSubstr("no CUDA device is visible"));
+  } else {
+    EXPECT_TRUE(cuda.ok()) << cuda;
+    EXPECT_THAT(std::string(far.message()), HasSubstr("visible"));
+  }
+  // Creating a model on such a device fails with the same status, before any weight moves.
+  ConvNeXtConfig config;
+  config.depths = {1, 1, 1, 1};
+  config.dims = {8, 8, 8, 8};
+  config.num_classes = 2;
+  StateDict weights;
+  for (const auto& [name, shape] : ExpectedParameters(config)) weights[name] = at::randn(shape);
+  ModelOptions options;
+  options.device = c10::Device("cuda:63");
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
+  EXPECT_EQ(model.status(), far);
+}
+
+TEST(DeviceTest, ComputeDtypeNames) {
+  ConvNeXtConfig config;
+  config.depths = {1, 1, 1, 1};
+  config.dims = {8, 8, 8, 8};
+  config.num_classes = 2;
+  StateDict weights;
+  for (const auto& [name, shape] : ExpectedParameters(config)) weights[name] = at::randn(shape);
+  ModelOptions options;
+  options.cpu_fast_path = false;
+  for (const auto& [dtype, name] : std::vector<std::pair<c10::ScalarType, std::string>>{
+           {at::kFloat, "float32"}, {at::kDouble, "float64"}, {at::kBFloat16, "bfloat16"}}) {
+    options.dtype = dtype;
+    absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
+    ASSERT_TRUE(model.ok()) << model.status();
+    EXPECT_EQ((*model)->compute_dtype_name(), name);
+  }
+}
+
+}  // namespace
+}  // namespace convnext
