@@ -10,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 
 #if CONVNEXT_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -81,6 +83,60 @@ at::Tensor StackOnDevice(const std::vector<at::Tensor>& inputs, const c10::Devic
   at::Tensor staged = at::empty(shape, inputs[0].options().pinned_memory(true));
   at::cat_out(staged, inputs, /*dim=*/0);
   return staged.to(device, /*non_blocking=*/true);
+}
+
+#if CONVNEXT_WITH_CUDA
+struct DeviceTimer::Events {
+  at::cuda::CUDAEvent start{cudaEventDefault};
+  at::cuda::CUDAEvent end{cudaEventDefault};
+};
+#else
+struct DeviceTimer::Events {};
+#endif
+
+DeviceTimer::DeviceTimer(const c10::Device& device) {
+#if CONVNEXT_WITH_CUDA
+  if (!device.is_cuda()) return;
+  UseOwnStream(device);
+  try {
+    events_ = std::make_unique<Events>();
+    events_->start.record();
+  } catch (const std::exception&) {
+    events_.reset();
+  }
+#else
+  (void)device;
+#endif
+}
+
+DeviceTimer::~DeviceTimer() = default;
+
+int64_t DeviceTimer::ElapsedMicros() {
+#if CONVNEXT_WITH_CUDA
+  if (events_ == nullptr) return -1;
+  try {
+    events_->end.record();
+    events_->end.synchronize();
+    return static_cast<int64_t>(1000.0 * events_->start.elapsed_time(events_->end));
+  } catch (const std::exception&) {
+    return -1;
+  }
+#else
+  return -1;
+#endif
+}
+
+std::optional<DeviceMemory> MemoryOf(const c10::Device& device) {
+#if CONVNEXT_WITH_CUDA
+  if (!device.is_cuda() || !CheckDevice(device).ok()) return std::nullopt;
+  const c10::DeviceIndex index = device.has_index() ? device.index() : c10::cuda::current_device();
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(index);
+  constexpr size_t kAll = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+  return DeviceMemory{stats.allocated_bytes[kAll].current, stats.reserved_bytes[kAll].current};
+#else
+  (void)device;
+  return std::nullopt;
+#endif
 }
 
 }  // namespace convnext

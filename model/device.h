@@ -10,6 +10,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -42,6 +44,34 @@ at::Tensor StackOnDevice(const std::vector<at::Tensor>& inputs, const c10::Devic
 
 // `t`, already padded or stacked on the CPU, on `device`, as StackOnDevice copies it.
 at::Tensor CopyToDevice(const at::Tensor& t, const c10::Device& device);
+
+// The device's own time for work the calling thread queues on its own stream (UseOwnStream)
+// between construction and ElapsedMicros(), measured with CUDA events (the GPU's time, without the
+// host's). Not measured for the CPU. Use on one thread.
+class DeviceTimer {
+ public:
+  explicit DeviceTimer(const c10::Device& device);
+  ~DeviceTimer();
+  DeviceTimer(const DeviceTimer&) = delete;
+  DeviceTimer& operator=(const DeviceTimer&) = delete;
+
+  // Microseconds on the device, waiting for the stream to get there; -1 where not measured (the
+  // CPU, a build without CUDA, a CUDA error).
+  int64_t ElapsedMicros();
+
+ private:
+  struct Events;
+  std::unique_ptr<Events> events_;
+};
+
+// Bytes the caching allocator holds on a CUDA device: in tensors, and reserved from the driver
+// (what nvidia-smi shows of this process, less the CUDA context).
+struct DeviceMemory {
+  int64_t allocated = 0;
+  int64_t reserved = 0;
+};
+// For a CUDA device this build can use; nullopt otherwise.
+std::optional<DeviceMemory> MemoryOf(const c10::Device& device);
 
 }  // namespace convnext
 

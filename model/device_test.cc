@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <string>
 
 #include "model/convnext.h"
@@ -60,6 +61,33 @@ TEST(DeviceTest, ComputeDtypeNames) {
     ASSERT_TRUE(model.ok()) << model.status();
     EXPECT_EQ((*model)->compute_dtype_name(), name);
   }
+}
+
+// On the CPU nothing is measured; on a CUDA device (the device check) a batch's GPU time and the
+// allocator's bytes are.
+TEST(DeviceTest, TimerAndMemoryMeasureCudaOnly) {
+  DeviceTimer cpu_timer(c10::Device("cpu"));
+  EXPECT_EQ(cpu_timer.ElapsedMicros(), -1);
+  EXPECT_FALSE(MemoryOf(c10::Device("cpu")).has_value());
+  const std::string name = testing::TestDevice();
+  if (name.rfind("cuda", 0) != 0 || !at::hasCUDA()) {
+    EXPECT_FALSE(MemoryOf(c10::Device("cuda")).has_value());
+    GTEST_SKIP() << "the CUDA half needs a CUDA device (CONVNEXT_TEST_DEVICE=" << name
+                 << "): runs in scripts/gpu_check.sh on the GPU machine";
+  }
+  const c10::Device device(name);
+  DeviceTimer timer(device);
+  const at::Tensor a = at::randn({2048, 2048}, at::TensorOptions().device(device));
+  const at::Tensor b = at::matmul(a, a);
+  const int64_t us = timer.ElapsedMicros();
+  EXPECT_GT(us, 0);
+  std::optional<DeviceMemory> memory = MemoryOf(device);
+  ASSERT_TRUE(memory.has_value());
+  EXPECT_GE(memory->allocated, 2 * 2048 * 2048 * 4);
+  EXPECT_GE(memory->reserved, memory->allocated);
+  std::printf("2048^2 matmul on %s: %lld us on the device; allocator %lld / %lld bytes\n",
+              name.c_str(), static_cast<long long>(us), static_cast<long long>(memory->allocated),
+              static_cast<long long>(memory->reserved));
 }
 
 }  // namespace

@@ -104,6 +104,8 @@ struct State {
   prometheus::Family<prometheus::Histogram>* queue = nullptr;
   prometheus::Family<prometheus::Histogram>* preprocess = nullptr;
   prometheus::Family<prometheus::Histogram>* compute = nullptr;
+  prometheus::Family<prometheus::Histogram>* device_compute = nullptr;
+  prometheus::Family<prometheus::Gauge>* device_memory = nullptr;
   prometheus::Family<prometheus::Histogram>* batch_size = nullptr;
   prometheus::Family<prometheus::Counter>* images = nullptr;
   prometheus::Family<prometheus::Gauge>* queue_depth = nullptr;
@@ -153,6 +155,19 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& bind_
                     .Name("convnext_compute_time_microseconds")
                     .Help("One forward pass over a batch, in microseconds.")
                     .Register(r);
+  s->device_compute =
+      &prometheus::BuildHistogram()
+           .Name("convnext_device_compute_time_microseconds")
+           .Help(
+               "One batch on the GPU, measured with CUDA events (the input's copy, the forward "
+               "pass, the outputs' copies), in microseconds. Models on a CUDA device only.")
+           .Register(r);
+  s->device_memory = &prometheus::BuildGauge()
+                          .Name("convnext_gpu_memory_bytes")
+                          .Help(
+                              "Bytes LibTorch's caching allocator holds on a CUDA device: kind "
+                              "\"allocated\" in tensors, \"reserved\" from the driver.")
+                          .Register(r);
   s->batch_size = &prometheus::BuildHistogram()
                        .Name("convnext_batch_size")
                        .Help(
@@ -275,6 +290,31 @@ void RecordBatch(ModelMetrics* m, int batch_size, int64_t compute_us) {
   m->batch_size->Observe(batch_size);
   m->compute->Observe(static_cast<double>(compute_us));
   m->images->Increment(batch_size);
+}
+
+void EnableDeviceMetrics(ModelMetrics* m, const std::string& model, const std::string& version) {
+  State* s = g_state;
+  if (m == nullptr || s == nullptr) return;
+  absl::MutexLock lock(&s->mu);
+  if (m->device_compute == nullptr) {
+    m->device_compute =
+        &s->device_compute->Add({{"model", model}, {"version", version}}, LatencyBucketsUs());
+  }
+}
+
+void RecordDeviceCompute(ModelMetrics* m, int64_t device_us) {
+  if (m != nullptr && m->device_compute != nullptr) {
+    m->device_compute->Observe(static_cast<double>(device_us));
+  }
+}
+
+void SetDeviceMemory(const std::string& device, int64_t allocated, int64_t reserved) {
+  State* s = g_state;
+  if (s == nullptr) return;
+  s->device_memory->Add({{"device", device}, {"kind", "allocated"}})
+      .Set(static_cast<double>(allocated));
+  s->device_memory->Add({{"device", device}, {"kind", "reserved"}})
+      .Set(static_cast<double>(reserved));
 }
 
 void SetQueueDepth(ModelMetrics* m, int64_t images) {

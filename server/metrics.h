@@ -64,6 +64,8 @@ struct ModelMetrics {
   prometheus::Gauge* in_flight = nullptr;
   prometheus::Gauge* ready = nullptr;
   prometheus::Gauge* load_seconds = nullptr;
+  // CUDA models only (EnableDeviceMetrics): a batch's time on the GPU.
+  prometheus::Histogram* device_compute = nullptr;
 };
 
 class Metrics {
@@ -100,6 +102,14 @@ void RecordRequest(ModelMetrics* m, Method method, grpc::StatusCode code, int64_
 void RecordImage(ModelMetrics* m, int64_t queue_us, int64_t preprocess_us);
 // One forward pass.
 void RecordBatch(ModelMetrics* m, int batch_size, int64_t compute_us);
+// Makes the GPU metrics of a model on a CUDA device: its batches' device time. Call before the
+// model serves.
+void EnableDeviceMetrics(ModelMetrics* m, const std::string& model, const std::string& version);
+// One batch's time on the GPU (CUDA events), after EnableDeviceMetrics.
+void RecordDeviceCompute(ModelMetrics* m, int64_t device_us);
+// The bytes the caching allocator holds on a CUDA device ("cuda:0"), allocated in tensors and
+// reserved from the driver.
+void SetDeviceMemory(const std::string& device, int64_t allocated, int64_t reserved);
 void SetQueueDepth(ModelMetrics* m, int64_t images);
 void AddInFlight(ModelMetrics* m, int64_t delta);
 void SetModelReady(ModelMetrics* m, bool ready, double load_seconds);

@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
 #include "checkpoint/npy.h"
+#include "model/device.h"
 #include "model/onednn_stage.h"
 #include "model/process_tuning.h"
 #include "server/image_input.h"
@@ -198,6 +199,7 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   load.model.device = *device;
   load.model.channels_last = ChannelsLastByDefault(*device);
   if (device->is_cuda()) {
+    EnableDeviceMetrics(host->metrics_, config.name(), config.version());
     // The whole model in the configured dtype, weights cast once at load (config validation let
     // only these through for CUDA).
     if (config.compute_dtype() == server::FP16) load.model.dtype = at::kHalf;
@@ -552,10 +554,20 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
         ToImageRequest(item.payload->request->params(), std::move(item.payload->boxes)));
     if (item.payload->served != this) requests.back().head = &item.payload->served->head_;
   }
+  const c10::Device device = loaded_.model->options().device;
+  DeviceTimer device_timer(device);  // Measures on CUDA only.
   absl::StatusOr<std::vector<ImageOutputs>> out =
       RunBatch(*loaded_.model, inputs, requests, options_.before_forward_for_testing);
   inputs.clear();
   const int64_t compute_us = Micros(absl::Now() - start);
+  if (device.is_cuda()) {
+    if (const int64_t device_us = device_timer.ElapsedMicros(); device_us >= 0) {
+      RecordDeviceCompute(metrics_, device_us);
+    }
+    if (const std::optional<DeviceMemory> memory = MemoryOf(device)) {
+      SetDeviceMemory(device.str(), memory->allocated, memory->reserved);
+    }
+  }
   {
     absl::MutexLock lock(&stats_mu_);
     images_ += batch.size();
