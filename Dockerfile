@@ -11,9 +11,8 @@
 # tests/deploy_test.py checks that every port, flag, path and metric name used here and in
 # deploy/ exists in the server.
 #
-# GPU: BASE_IMAGE may name a CUDA image (e.g. nvidia/cuda:12.2.0-runtime-ubuntu22.04) with a
-# CUDA build of LibTorch installed in it; Debian's LibTorch is CPU-only, so that variant needs
-# its own LibTorch and is documented, NOT verified (no GPU here).
+# GPU: Debian's LibTorch is CPU-only; Dockerfile.cuda builds the CUDA image (LibTorch 2.11.0 + CUDA
+# 13.0 from the PyPI torch wheel), documented there and NOT verified (no GPU here).
 ARG BASE_IMAGE=debian:bookworm-slim
 
 FROM ${BASE_IMAGE} AS build

@@ -5,6 +5,11 @@
 #   scripts/install-deps.sh            build + runtime + test packages (what the README and CI use)
 #   scripts/install-deps.sh --build    build packages only (the Dockerfile's build stage)
 #   scripts/install-deps.sh --runtime  only what the built binaries need at run time (Docker final stage)
+#   scripts/install-deps.sh --build-cuda    the build packages and python3-venv for the torch wheel
+#                                           (scripts/cuda-build.sh; Dockerfile.cuda's build stage)
+#   scripts/install-deps.sh --runtime-cuda  the runtime packages less Debian's LibTorch, OpenBLAS
+#                                           and oneDNN (Dockerfile.cuda's final stage: it carries
+#                                           the wheel's LibTorch)
 #   scripts/install-deps.sh --container  podman and its helpers (scripts/container_test.sh, CI's last stage)
 #   scripts/install-deps.sh --bench      what the peer benchmarks need (scripts/perf-analyzer.sh)
 set -euo pipefail
@@ -48,6 +53,13 @@ bench_pkgs=(
 
 if [[ "${1:-}" == "--runtime" ]]; then
   pkgs=("${runtime_pkgs[@]}")
+elif [[ "${1:-}" == "--runtime-cuda" ]]; then
+  pkgs=()
+  for p in "${runtime_pkgs[@]}"; do
+    [[ "$p" == libtorch1.13 || "$p" == libopenblas0-pthread || "$p" == libdnnl2 ]] || pkgs+=("$p")
+  done
+elif [[ "${1:-}" == "--build-cuda" ]]; then
+  pkgs=("${build_pkgs[@]}" python3-venv)
 elif [[ "${1:-}" == "--container" ]]; then
   pkgs=("${container_pkgs[@]}")
 elif [[ "${1:-}" == "--bench" ]]; then

@@ -121,6 +121,56 @@ class DeployTest(unittest.TestCase):
         monitor = self.yaml_docs["deploy/k8s/podmonitor.yaml"][0]
         self.assertEqual(monitor["spec"]["podMetricsEndpoints"][0]["path"], "/metrics")
 
+    def test_cuda_image_agrees_with_the_cpu_image_and_the_gpu_manifest(self):
+        cuda = read("Dockerfile.cuda")
+        # What a user and an orchestrator see is the CPU image's: entry point, ports, health
+        # check, user, default model.
+        for pattern in (r"^ENTRYPOINT .*$", r"^EXPOSE .*$", r"^USER .*$",
+                        r"^  CMD \[.*\]$", r"^COPY default_model/.*$"):
+            self.assertEqual(re.findall(pattern, cuda, re.M),
+                             re.findall(pattern, self.dockerfile, re.M), pattern)
+        self.assertIn("mkdir -p /models", cuda)
+        # Its stages use the install modes and the build script that exist.
+        script = read("scripts/install-deps.sh")
+        for mode in re.findall(r"install-deps\.sh (--[\w-]+)", cuda):
+            self.assertIn(f'"${{1:-}}" == "{mode}"', script, mode)
+        self.assertIn("scripts/cuda-build.sh", cuda)
+        self.assertTrue(os.path.exists(os.path.join(ROOT, "scripts/cuda-build.sh")))
+        # The wheel's libraries are copied from the build stage's Python (Debian's python3).
+        python = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        for path in re.findall(r"/opt/torch/lib/(python[\d.]+)/", cuda):
+            self.assertEqual(path, python)
+        # The manifest runs this image with the GPU config, which exists.
+        tag = re.search(r"docker build -f Dockerfile.cuda -t (\S+) \.", cuda).group(1)
+        spec = self.yaml_docs["deploy/k8s/deployment-gpu.yaml"][0]["spec"]["template"]["spec"]
+        c = spec["containers"][0]
+        self.assertEqual(c["image"], tag)
+        self.assertEqual(c["resources"]["limits"]["nvidia.com/gpu"], 1)
+        self.assertIn("--config=/models/server-gpu.textproto", c["args"])
+        self.assertIn("--config=/models/server-gpu.textproto", cuda)
+
+    @unittest.skipIf(os.environ.get("CONVNEXT_TEST_DEVICE", "cpu").startswith("cuda"),
+                     "a CUDA device is there: the config would serve")
+    def test_gpu_config_is_valid_and_asks_for_cuda(self):
+        """deploy/server-gpu.textproto passes the server's config checks and loads its checkpoint;
+        here the model then stops at the device, with the reason (no CUDA in this build, or no
+        GPU)."""
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            config = os.path.join(tmp, "server-gpu.textproto")
+            with open(config, "w") as f:
+                f.write(read("deploy/server-gpu.textproto"))
+            checkpoint = re.search(r'checkpoint: "([^"]+)"', read("deploy/server-gpu.textproto"))
+            os.symlink(os.path.join(ROOT, "default_model/convnext_digits.safetensors"),
+                       os.path.join(tmp, checkpoint.group(1)))
+            r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0",
+                                "--metrics_port", "0", "--http_port", "0", "--config", config],
+                               capture_output=True, text=True, timeout=120)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("model 'convnext_tiny' version 1: ", r.stderr)
+        self.assertRegex(r.stderr, r"device 'cuda': (this build has no CUDA|no CUDA device is "
+                         r"visible)")
+
     def test_kserve_runtime_agrees_with_the_server_and_serves_a_mounted_folder(self):
         runtime = self.yaml_docs["deploy/kserve/servingruntime.yaml"][0]
         service = self.yaml_docs["deploy/kserve/inferenceservice.yaml"][0]
