@@ -229,8 +229,14 @@ class DeployTest(unittest.TestCase):
         for binary in ("convnext-server", "convnext"):
             out = subprocess.run(["readelf", "-d", os.path.join(BIN, binary)], capture_output=True,
                                  text=True, check=True).stdout
+            resolved = dict(re.findall(r"^\s*(\S+) => (\S+)", subprocess.run(
+                ["ldd", os.path.join(BIN, binary)], capture_output=True, text=True,
+                check=True).stdout, re.M))
             for lib in re.findall(r"\(NEEDED\).*\[(.+)\]", out):
-                if not debian_libtorch and re.match(r"lib(torch|c10)", lib):
+                # Not Debian's LibTorch: what resolves into its tree (LibTorch, the CUDA
+                # libraries beside it) comes with it.
+                if not debian_libtorch and not re.match(r"/(usr/)?lib/",
+                                                        resolved.get(lib, "/usr/lib/")):
                     continue
                 owner = subprocess.run(["dpkg", "-S", f"*/{lib}"], capture_output=True,
                                        text=True).stdout.split(":")[0]
