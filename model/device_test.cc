@@ -17,6 +17,17 @@ namespace {
 
 using ::testing::HasSubstr;
 
+// A two-class model of 8 channels with random weights.
+absl::StatusOr<std::unique_ptr<ConvNeXt>> TinyModel(const ModelOptions& options) {
+  ConvNeXtConfig config;
+  config.depths = {1, 1, 1, 1};
+  config.dims = {8, 8, 8, 8};
+  config.num_classes = 2;
+  StateDict weights;
+  for (const auto& [name, shape] : ExpectedParameters(config)) weights[name] = at::randn(shape);
+  return ConvNeXt::Create(config, std::move(weights), options);
+}
+
 TEST(DeviceTest, CudaIsRefusedWithTheReasonWhereItCannotRun) {
   EXPECT_TRUE(CheckDevice(c10::Device("cpu")).ok());
   const absl::Status cuda = CheckDevice(c10::Device("cuda"));
@@ -33,31 +44,18 @@ TEST(DeviceTest, CudaIsRefusedWithTheReasonWhereItCannotRun) {
     EXPECT_THAT(std::string(far.message()), HasSubstr("visible"));
   }
   // Creating a model on such a device fails with the same status, before any weight moves.
-  ConvNeXtConfig config;
-  config.depths = {1, 1, 1, 1};
-  config.dims = {8, 8, 8, 8};
-  config.num_classes = 2;
-  StateDict weights;
-  for (const auto& [name, shape] : ExpectedParameters(config)) weights[name] = at::randn(shape);
   ModelOptions options;
   options.device = c10::Device("cuda:63");
-  absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
-  EXPECT_EQ(model.status(), far);
+  EXPECT_EQ(TinyModel(options).status(), far);
 }
 
 TEST(DeviceTest, ComputeDtypeNames) {
-  ConvNeXtConfig config;
-  config.depths = {1, 1, 1, 1};
-  config.dims = {8, 8, 8, 8};
-  config.num_classes = 2;
-  StateDict weights;
-  for (const auto& [name, shape] : ExpectedParameters(config)) weights[name] = at::randn(shape);
   ModelOptions options;
   options.cpu_fast_path = false;
   for (const auto& [dtype, name] : std::vector<std::pair<c10::ScalarType, std::string>>{
            {at::kFloat, "float32"}, {at::kDouble, "float64"}, {at::kBFloat16, "bfloat16"}}) {
     options.dtype = dtype;
-    absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
+    absl::StatusOr<std::unique_ptr<ConvNeXt>> model = TinyModel(options);
     ASSERT_TRUE(model.ok()) << model.status();
     EXPECT_EQ((*model)->compute_dtype_name(), name);
   }

@@ -51,6 +51,23 @@ def write_config(dtypes):
     return f.name
 
 
+def failed_start(text, env=None):
+    """Runs convnext-server on config `text`, expecting it to fail the start: its result."""
+    with tempfile.NamedTemporaryFile("w", suffix=".textproto") as f:
+        f.write(text)
+        f.flush()
+        return subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0",
+                               "--metrics_port", "0", "--http_port", "0", "--config", f.name],
+                              capture_output=True, text=True, timeout=120, env=env)
+
+
+def classify_one_digit(server):
+    reply = server.stub.Classify(
+        pb.ClassifyRequest(images=[pb.Image(encoded=digit_png(load_digits().images[0]))],
+                           top_k=1), timeout=60)
+    return len(reply.results)
+
+
 def start(dtypes, env=None):
     path = write_config(dtypes)
     try:
@@ -108,13 +125,7 @@ class ComputeDtypeTest(unittest.TestCase):
 
     def test_bf16_without_native_bfloat16_is_a_startup_error_and_auto_falls_back(self):
         env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
-        path = write_config([("digits", "BF16")])
-        try:
-            r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0",
-                                "--metrics_port", "0", "--http_port", "0", "--config", path],
-                               capture_output=True, text=True, timeout=120, env=env)
-        finally:
-            os.unlink(path)
+        r = failed_start(config_text([("digits", "BF16")]), env=env)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("model 'digits' version 1: ", r.stderr)
         self.assertIn("bfloat16 blocks need a CPU with native bfloat16", r.stderr)
@@ -125,10 +136,7 @@ class ComputeDtypeTest(unittest.TestCase):
             self.assertEqual(info.compute_dtype, "float32")
             self.assertIn("no native bfloat16 on this CPU (oneDNN ISA avx2)",
                           info.compute_dtype_reason)
-            reply = server.stub.Classify(
-                pb.ClassifyRequest(images=[pb.Image(encoded=digit_png(load_digits().images[0]))],
-                                   top_k=1), timeout=60)
-            self.assertEqual(len(reply.results), 1)
+            self.assertEqual(classify_one_digit(server), 1)
         finally:
             self.assertEqual(server.stop(), 0)
 
@@ -189,13 +197,7 @@ class WithoutTheFastPathTest(unittest.TestCase):
     says why."""
 
     def test_bf16_is_a_startup_error_and_auto_serves_float32(self):
-        path = write_config([("digits", "BF16")])
-        try:
-            r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0",
-                                "--metrics_port", "0", "--http_port", "0", "--config", path],
-                               capture_output=True, text=True, timeout=120)
-        finally:
-            os.unlink(path)
+        r = failed_start(config_text([("digits", "BF16")]))
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("model 'digits' version 1: ", r.stderr)
         self.assertIn("this build has none (CONVNEXT_ONEDNN=OFF)", r.stderr)
@@ -205,10 +207,7 @@ class WithoutTheFastPathTest(unittest.TestCase):
             self.assertEqual(info.compute_dtype, "float32")
             self.assertFalse(info.cpu_fast_path)
             self.assertIn("fast path only", info.compute_dtype_reason)
-            reply = server.stub.Classify(
-                pb.ClassifyRequest(images=[pb.Image(encoded=digit_png(load_digits().images[0]))],
-                                   top_k=1), timeout=60)
-            self.assertEqual(len(reply.results), 1)
+            self.assertEqual(classify_one_digit(server), 1)
         finally:
             self.assertEqual(server.stop(), 0)
 
@@ -223,12 +222,7 @@ class CudaDeviceWithoutOneTest(unittest.TestCase):
         for dtype in ("FP16", "BF16", "AUTO"):
             text = config_text([("digits", dtype)]).replace(
                 "compute_dtype:", 'device: "cuda" compute_dtype:')
-            with tempfile.NamedTemporaryFile("w", suffix=".textproto") as f:
-                f.write(text)
-                f.flush()
-                r = subprocess.run([os.path.join(BIN, "convnext-server"), "--port", "0",
-                                    "--metrics_port", "0", "--http_port", "0", "--config",
-                                    f.name], capture_output=True, text=True, timeout=120)
+            r = failed_start(text)
             self.assertEqual(r.returncode, 1, r.stderr)
             self.assertIn("model 'digits' version 1: ", r.stderr)
             self.assertRegex(r.stderr, r"device 'cuda': (this build has no CUDA|no CUDA device "
