@@ -337,21 +337,21 @@ absl::Status WarmUp(const ConvNeXt& model, int64_t max_batch_size, int64_t size)
   request.logits = c.num_classes > 0;
   request.stages = !request.logits;
   // On CUDA every batch size is computed: cuDNN's benchmark mode (model/device.h) times its
-  // algorithms on a shape's first run, which no request should pay for.
+  // algorithms on a shape's first run, which no request should pay for. On the CPU the first and
+  // the last are, and the others get their kernels prepared without running them.
   const bool every = model.options().device.is_cuda();
   UseOwnStream(model.options().device);
   try {
     for (int64_t batch = 1; batch <= max_batch_size; ++batch) {
-      if (!every && batch != 1 && batch != max_batch_size) continue;
-      RETURN_IF_ERROR(
-          model.Forward(at::zeros({batch, c.in_channels, size, size}), request).status());
+      if (every || batch == 1 || batch == max_batch_size) {
+        RETURN_IF_ERROR(
+            model.Forward(at::zeros({batch, c.in_channels, size, size}), request).status());
+      } else {
+        RETURN_IF_ERROR(model.Prepare(batch, size, size));
+      }
     }
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("warm-up failed: ", e.what()));
-  }
-  // On the CPU the batch sizes in between get their kernels prepared without running them.
-  for (int64_t batch = 2; batch < max_batch_size && !every; ++batch) {
-    RETURN_IF_ERROR(model.Prepare(batch, size, size));
   }
   return absl::OkStatus();
 }

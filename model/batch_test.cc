@@ -311,7 +311,6 @@ TEST(BatchTest, OnTheTestDeviceEachImageGetsWhatTheCpuGives) {
   absl::StatusOr<std::unique_ptr<ConvNeXt>> cpu = ConvNeXt::Create(config, weights, cpu_options);
   ModelOptions gpu_options = cpu_options;
   gpu_options.device = c10::Device(name);
-  gpu_options.channels_last = ChannelsLastByDefault(gpu_options.device);
   absl::StatusOr<std::unique_ptr<ConvNeXt>> gpu = ConvNeXt::Create(config, weights, gpu_options);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   ASSERT_TRUE(gpu.ok()) << gpu.status();

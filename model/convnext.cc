@@ -71,10 +71,16 @@ at::Tensor PoolExtents(const at::Tensor& x, const std::vector<ImageExtent>& exte
   return (nhwc ? x.sum({1, 2}) : x.sum({2, 3})) / count;
 }
 
+// `options` with what its device implies: channels-last on CUDA (what cuDNN wants).
+ModelOptions WithDeviceDefaults(ModelOptions options) {
+  options.channels_last |= options.device.is_cuda();
+  return options;
+}
+
 }  // namespace
 
 ConvNeXt::ConvNeXt(ConvNeXtConfig config, ModelOptions options)
-    : config_(std::move(config)), options_(options) {}
+    : config_(std::move(config)), options_(WithDeviceDefaults(std::move(options))) {}
 
 absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig& config,
                                                            StateDict weights,
@@ -140,7 +146,7 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
       const std::string conv = ds + (i == 0 ? "0." : "1.");
       const std::string norm = ds + (i == 0 ? "1." : "0.");
       stage.ds_conv_weight = Take(weights, conv + "weight", options);
-      if (options.channels_last) {
+      if (model->options_.channels_last) {
         stage.ds_conv_weight = stage.ds_conv_weight.contiguous(at::MemoryFormat::ChannelsLast);
       }
       stage.ds_conv_bias = Take(weights, conv + "bias", options);
@@ -150,7 +156,7 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
         const std::string p = absl::StrCat("stages.", i, ".", j, ".");
         Block block;
         block.dw_weight = Take(weights, p + "dwconv.weight", options);
-        if (options.channels_last) {
+        if (model->options_.channels_last) {
           block.dw_weight = block.dw_weight.contiguous(at::MemoryFormat::ChannelsLast);
         }
         block.dw_bias = Take(weights, p + "dwconv.bias", options);

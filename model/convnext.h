@@ -46,13 +46,11 @@ struct ModelOptions {
   BlockPrecision cpu_precision = BlockPrecision::kFloat32;
   // The ATen path keeps its activations and convolution weights channels-last (NHWC in memory,
   // NCHW in shape): what cuDNN's fast kernels want, and the LayerNorms and pointwise layers then
-  // read NHWC without a permute copy. Same results within 1e-4 (model/convnext_parity_test.cc).
-  // The server sets it for CUDA devices (ChannelsLastByDefault); the fast path ignores it.
+  // read NHWC without a permute copy. Same results within 1e-4
+  // (AtenPathTest.ChannelsLastMatchesContiguousLayout). Always on for a CUDA device (set here, it
+  // is how the CPU tests run that layout); the fast path ignores it.
   bool channels_last = false;
 };
-
-// Whether models on `device` keep channels-last activations unless told otherwise: on CUDA.
-inline bool ChannelsLastByDefault(const c10::Device& device) { return device.is_cuda(); }
 
 // Whether a model with these options runs its blocks on the CPU fast path: a build that has it
 // (kHaveOneDnnFastPath), cpu_fast_path set, the CPU, float32. It covers V1 and V2 blocks.

@@ -45,10 +45,7 @@ std::unique_ptr<ConvNeXt> Load(const std::string& path, const std::string& varia
   options.model.dtype = dtype;
   absl::StatusOr<c10::Device> device = ParseDevice(testing::TestDevice());
   EXPECT_TRUE(device.ok()) << device.status();
-  if (device.ok()) {
-    options.model.device = *device;
-    options.model.channels_last = ChannelsLastByDefault(*device);
-  }
+  if (device.ok()) options.model.device = *device;
   DisableTf32();
   SetIntraOpThreads(2);
   absl::StatusOr<LoadedModel> loaded = LoadModel(options);

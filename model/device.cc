@@ -82,7 +82,7 @@ at::Tensor StackOnDevice(const std::vector<at::Tensor>& inputs, const c10::Devic
   for (const at::Tensor& t : inputs) shape[0] += t.size(0);
   at::Tensor staged = at::empty(shape, inputs[0].options().pinned_memory(true));
   at::cat_out(staged, inputs, /*dim=*/0);
-  return staged.to(device, /*non_blocking=*/true);
+  return CopyToDevice(staged, device);
 }
 
 #if CONVNEXT_WITH_CUDA

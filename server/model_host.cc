@@ -197,7 +197,6 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   absl::StatusOr<c10::Device> device = ParseDevice(config.device());
   if (!device.ok()) return annotate(device.status());
   load.model.device = *device;
-  load.model.channels_last = ChannelsLastByDefault(*device);
   if (device->is_cuda()) {
     EnableDeviceMetrics(host->metrics_, config.name(), config.version());
     // The whole model in the configured dtype, weights cast once at load (config validation let
