@@ -134,8 +134,23 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
   }
 
   RETURN_IF_ERROR(CheckDevice(options.device));
-  if (options.device.is_cuda()) ConfigureCudaOnce();
+  const bool cuda_float32 = options.device.is_cuda() && options.dtype == at::kFloat;
+  if (options.allow_tf32 && !cuda_float32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("TensorFloat-32 applies to float32 models on a CUDA device only, not to ",
+                     c10::toString(options.dtype), " on ", options.device.str()));
+  }
+  std::unique_ptr<Float32ModeHold> float32_mode;
+  if (cuda_float32) {
+    ConfigureCudaOnce();
+    ASSIGN_OR_RETURN(float32_mode,
+                     HoldFloat32Mode(options.allow_tf32 ? Float32Mode::kTf32 : Float32Mode::kStrict,
+                                     options.owner.empty() ? who : options.owner));
+  } else if (options.device.is_cuda()) {
+    ConfigureCudaOnce();
+  }
   std::unique_ptr<ConvNeXt> model(new ConvNeXt(config, options));
+  model->float32_mode_ = std::move(float32_mode);
   try {
     c10::InferenceMode guard;
     model->stages_.resize(kNumStages);
@@ -217,6 +232,7 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
 
 std::string ConvNeXt::compute_dtype_name() const {
   if (uses_fast_path()) return BlockPrecisionName(block_precision());
+  if (options_.allow_tf32) return "tf32";
   switch (options_.dtype) {
     case at::kHalf:
       return "float16";

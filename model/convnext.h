@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "checkpoint/state_dict.h"
 #include "model/convnext_config.h"
+#include "model/device.h"
 #include "model/onednn_stage.h"
 
 namespace convnext {
@@ -50,6 +51,14 @@ struct ModelOptions {
   // (AtenPathTest.ChannelsLastMatchesContiguousLayout). Always on for a CUDA device (set here, it
   // is how the CPU tests run that layout); the fast path ignores it.
   bool channels_last = false;
+  // A float32 model on a CUDA device computes its convolutions and matrix products with
+  // TensorFloat-32 (model/device.h, Float32Mode: process-wide, so Create fails with
+  // FAILED_PRECONDITION while a float32 CUDA model without it is alive, and the other way round).
+  // Anywhere else Create fails with INVALID_ARGUMENT.
+  bool allow_tf32 = false;
+  // What messages call this model when they name it to another (a Float32Mode conflict). Default:
+  // its variant.
+  std::string owner;
 };
 
 // Whether a model with these options runs its blocks on the CPU fast path: a build that has it
@@ -152,7 +161,7 @@ class ConvNeXt {
     return uses_fast_path() ? stages_[0].fast->precision() : BlockPrecision::kFloat32;
   }
   // What the blocks compute in, by name: the fast path's precision, else the dtype the ATen path
-  // runs in ("float32", "bfloat16", "float16", "float64").
+  // runs in ("float32", "bfloat16", "float16", "float64"; "tf32" for float32 with TensorFloat-32).
   std::string compute_dtype_name() const;
 
   const ConvNeXtConfig& config() const { return config_; }
@@ -198,6 +207,8 @@ class ConvNeXt {
   const ModelOptions options_;
   std::vector<Stage> stages_;
   ConvNeXtHead head_;
+  // A float32 model on CUDA: its Float32Mode, held while it lives.
+  std::unique_ptr<Float32ModeHold> float32_mode_;
 };
 
 }  // namespace convnext

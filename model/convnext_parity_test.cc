@@ -38,11 +38,12 @@ void DisableTf32() {
 
 // Models load on the test device (testing::TestDevice(): CONVNEXT_TEST_DEVICE, default cpu).
 std::unique_ptr<ConvNeXt> Load(const std::string& path, const std::string& variant = "",
-                               c10::ScalarType dtype = at::kFloat) {
+                               c10::ScalarType dtype = at::kFloat, bool tf32 = false) {
   LoadOptions options;
   options.path = path;
   options.variant = variant;
   options.model.dtype = dtype;
+  options.model.allow_tf32 = tf32;
   absl::StatusOr<c10::Device> device = ParseDevice(testing::TestDevice());
   EXPECT_TRUE(device.ok()) << device.status();
   if (device.ok()) options.model.device = *device;
@@ -189,11 +190,12 @@ TEST(ConvNeXtTest, BadInputsAreInvalidArgument) {
   }
 }
 
-// The reduced-precision dtypes a GPU computes in: measured against torchvision's float32 logits
-// (row cosine, top-1 agreement; printed for the device check's log) and bounded loosely (a wrong
-// kernel or cast is far off). Needs a CUDA device: skipped, with a message, everywhere else;
-// scripts/gpu_check.sh runs it on the GPU machine with CONVNEXT_TEST_DEVICE=cuda.
-TEST(CudaTest, HalfAndBfloat16AgreeWithFloat32) {
+// The reduced precisions a GPU computes in (float16, bfloat16, float32 with TensorFloat-32):
+// measured against torchvision's float32 logits (row cosine, top-1 agreement; printed for the
+// device check's log) and bounded loosely (a wrong kernel or cast is far off). Needs a CUDA device:
+// skipped, with a message, everywhere else; scripts/gpu_check.sh runs it on the GPU machine with
+// CONVNEXT_TEST_DEVICE=cuda.
+TEST(CudaTest, HalfBfloat16AndTf32AgreeWithFloat32) {
   if (!at::hasCUDA() || testing::TestDevice().rfind("cuda", 0) != 0) {
     GTEST_SKIP() << "needs a CUDA device (this LibTorch " << (at::hasCUDA() ? "sees" : "sees no")
                  << " GPU; CONVNEXT_TEST_DEVICE=" << testing::TestDevice()
@@ -201,8 +203,9 @@ TEST(CudaTest, HalfAndBfloat16AgreeWithFloat32) {
   }
   const at::Tensor input = ReadReference("tiny.input.npy");
   const at::Tensor expected = ReadReference("tiny.logits.npy").to(at::kDouble);
-  for (const c10::ScalarType dtype : {at::kHalf, at::kBFloat16}) {
-    std::unique_ptr<ConvNeXt> model = Load(TestdataPath("tiny.safetensors"), "", dtype);
+  for (const auto& [dtype, tf32] : std::vector<std::pair<c10::ScalarType, bool>>{
+           {at::kHalf, false}, {at::kBFloat16, false}, {at::kFloat, true}}) {
+    std::unique_ptr<ConvNeXt> model = Load(TestdataPath("tiny.safetensors"), "", dtype, tf32);
     ASSERT_NE(model, nullptr);
     const at::Tensor got = Logits(*model, input).to(at::kDouble).cpu();
     ASSERT_EQ(got.sizes(), expected.sizes());
@@ -210,9 +213,9 @@ TEST(CudaTest, HalfAndBfloat16AgreeWithFloat32) {
     const double lowest = cosine.min().item<double>();
     const int64_t agree = got.argmax(1).eq(expected.argmax(1)).sum().item<int64_t>();
     std::printf("tiny on %s in %s: lowest cosine of logits %.6f, top-1 %lld/%lld\n",
-                testing::TestDevice().c_str(), c10::toString(dtype), lowest,
+                testing::TestDevice().c_str(), model->compute_dtype_name().c_str(), lowest,
                 static_cast<long long>(agree), static_cast<long long>(got.size(0)));
-    EXPECT_GT(lowest, 0.99) << c10::toString(dtype);
+    EXPECT_GT(lowest, 0.99) << model->compute_dtype_name();
   }
 }
 

@@ -6,6 +6,8 @@
 
 #include <mutex>
 #include <set>
+#include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -50,11 +52,60 @@ absl::Status CheckDevice(const c10::Device& device) {
 
 void ConfigureCudaOnce() {
   static std::once_flag once;
-  std::call_once(once, [] {
-    at::globalContext().setBenchmarkCuDNN(true);
-    at::globalContext().setAllowTF32CuDNN(false);
-    at::globalContext().setAllowTF32CuBLAS(false);
-  });
+  std::call_once(once, [] { at::globalContext().setBenchmarkCuDNN(true); });
+}
+
+namespace {
+
+// Who holds which Float32Mode: holder names, a multiset per mode (two versions of a model may
+// share a name).
+struct Float32Holders {
+  std::mutex mu;
+  std::multiset<std::string> strict;
+  std::multiset<std::string> tf32;
+};
+
+Float32Holders& Holders() {
+  static Float32Holders* holders = new Float32Holders;
+  return *holders;
+}
+
+// LibTorch's switches as the holders say. Called with the holders' mutex held.
+void ApplyTf32(bool on) {
+  at::globalContext().setAllowTF32CuDNN(on);
+  at::globalContext().setAllowTF32CuBLAS(on);
+}
+
+}  // namespace
+
+Float32ModeHold::Float32ModeHold(Float32Mode mode, std::string holder)
+    : mode_(mode), holder_(std::move(holder)) {}
+
+Float32ModeHold::~Float32ModeHold() {
+  Float32Holders& h = Holders();
+  std::lock_guard<std::mutex> lock(h.mu);
+  std::multiset<std::string>& mine = mode_ == Float32Mode::kTf32 ? h.tf32 : h.strict;
+  mine.erase(mine.find(holder_));
+  ApplyTf32(!h.tf32.empty());
+}
+
+absl::StatusOr<std::unique_ptr<Float32ModeHold>> HoldFloat32Mode(Float32Mode mode,
+                                                                 const std::string& holder) {
+  Float32Holders& h = Holders();
+  std::lock_guard<std::mutex> lock(h.mu);
+  const bool tf32 = mode == Float32Mode::kTf32;
+  const std::multiset<std::string>& other = tf32 ? h.strict : h.tf32;
+  if (!other.empty()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "float32 on CUDA ", tf32 ? "with TensorFloat-32 (TF32)" : "without TensorFloat-32",
+        " cannot load while ", *other.begin(), " computes float32 on CUDA ",
+        tf32 ? "without it" : "with it",
+        ": LibTorch's TF32 switch is process-wide, so one process serves its float32 CUDA models "
+        "in one mode (give them the same compute_dtype, or serve them from two servers)"));
+  }
+  (tf32 ? h.tf32 : h.strict).insert(holder);
+  ApplyTf32(!h.tf32.empty());
+  return std::unique_ptr<Float32ModeHold>(new Float32ModeHold(mode, holder));
 }
 
 void UseOwnStream(const c10::Device& device) {

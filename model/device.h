@@ -12,9 +12,11 @@
 
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace convnext {
 
@@ -27,9 +29,41 @@ absl::Status CheckDevice(const c10::Device& device);
 
 // Process-wide settings for models on CUDA, applied when the first one is created: cuDNN's
 // benchmark mode on (each convolution shape gets the fastest algorithm, found on its first run:
-// WarmUp runs every batch size before a model serves), TensorFloat-32 off for cuDNN and cuBLAS
-// (float32 means float32: TF32 rounds the products' inputs to 10 bits). Thread-safe.
+// WarmUp runs every batch size before a model serves). TensorFloat-32 is Float32Mode's.
+// Thread-safe.
 void ConfigureCudaOnce();
+
+// How a float32 model on CUDA computes its convolutions and matrix products: in float32 (kStrict:
+// float32 means float32), or with TensorFloat-32 (kTf32: the products' inputs rounded to 10
+// mantissa bits, float32 accumulation; faster on tensor cores, an opt-in with its own measured
+// agreement, README, Numerics).
+//
+// LibTorch's TF32 switches (cuDNN's and cuBLAS's) are process-wide, read by every kernel launch,
+// so the two modes cannot run side by side in one process. Each float32 CUDA model holds its mode
+// for its lifetime (ConvNeXt::Create takes it): the switches are on exactly while some model holds
+// kTf32, and a model asking for the other mode than the ones loaded is refused. Half-precision
+// models hold nothing (TF32 does not apply to them).
+enum class Float32Mode { kStrict, kTf32 };
+
+class Float32ModeHold {
+ public:
+  ~Float32ModeHold();
+  Float32ModeHold(const Float32ModeHold&) = delete;
+  Float32ModeHold& operator=(const Float32ModeHold&) = delete;
+
+ private:
+  friend absl::StatusOr<std::unique_ptr<Float32ModeHold>> HoldFloat32Mode(Float32Mode,
+                                                                          const std::string&);
+  Float32ModeHold(Float32Mode mode, std::string holder);
+  Float32Mode mode_;
+  std::string holder_;
+};
+
+// Holds `mode` for `holder` (what other holders' messages call it: a model's name) until the
+// result is destroyed, setting LibTorch's TF32 switches to match. FAILED_PRECONDITION, naming a
+// holder of the other mode, if that mode is held. Thread-safe.
+absl::StatusOr<std::unique_ptr<Float32ModeHold>> HoldFloat32Mode(Float32Mode mode,
+                                                                 const std::string& holder);
 
 // Makes the calling thread's current CUDA stream on `device` one of its own, taken from
 // LibTorch's stream pool on the thread's first call for that device, so that threads computing

@@ -15,6 +15,7 @@
 namespace convnext {
 namespace {
 
+using ::testing::AllOf;
 using ::testing::HasSubstr;
 
 // A two-class model of 8 channels with random weights.
@@ -59,6 +60,74 @@ TEST(DeviceTest, ComputeDtypeNames) {
     ASSERT_TRUE(model.ok()) << model.status();
     EXPECT_EQ((*model)->compute_dtype_name(), name);
   }
+}
+
+// Float32Mode: the modes exclude each other, the refusal names the holder, the switches follow
+// the TF32 holders, and a mode is free again once its last holder is gone.
+TEST(DeviceTest, Tf32AndStrictFloat32ExcludeEachOtherProcessWide) {
+  absl::StatusOr<std::unique_ptr<Float32ModeHold>> strict =
+      HoldFloat32Mode(Float32Mode::kStrict, "model 'a' version 1");
+  ASSERT_TRUE(strict.ok()) << strict.status();
+  EXPECT_FALSE(at::globalContext().allowTF32CuDNN());
+  EXPECT_FALSE(at::globalContext().allowTF32CuBLAS());
+  absl::StatusOr<std::unique_ptr<Float32ModeHold>> refused =
+      HoldFloat32Mode(Float32Mode::kTf32, "model 'b' version 1");
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(refused.status().message()),
+              AllOf(HasSubstr("float32 on CUDA with TensorFloat-32 (TF32) cannot load while "
+                              "model 'a' version 1 computes float32 on CUDA without it"),
+                    HasSubstr("process-wide")));
+  strict->reset();
+
+  absl::StatusOr<std::unique_ptr<Float32ModeHold>> tf32 =
+      HoldFloat32Mode(Float32Mode::kTf32, "model 'b' version 1");
+  ASSERT_TRUE(tf32.ok()) << tf32.status();
+  absl::StatusOr<std::unique_ptr<Float32ModeHold>> tf32_too =
+      HoldFloat32Mode(Float32Mode::kTf32, "model 'b' version 2");
+  ASSERT_TRUE(tf32_too.ok()) << tf32_too.status();
+  EXPECT_TRUE(at::globalContext().allowTF32CuDNN());
+  EXPECT_TRUE(at::globalContext().allowTF32CuBLAS());
+  const absl::Status no_strict =
+      HoldFloat32Mode(Float32Mode::kStrict, "model 'c' version 1").status();
+  EXPECT_EQ(no_strict.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(no_strict.message()), HasSubstr("while model 'b' version "));
+  tf32->reset();
+  EXPECT_TRUE(at::globalContext().allowTF32CuDNN()) << "one TF32 holder is left";
+  tf32_too->reset();
+  EXPECT_FALSE(at::globalContext().allowTF32CuDNN());
+  EXPECT_FALSE(at::globalContext().allowTF32CuBLAS());
+  EXPECT_TRUE(HoldFloat32Mode(Float32Mode::kStrict, "model 'c' version 1").ok());
+}
+
+// TF32 is for float32 CUDA models; elsewhere it is a clear error, never silently ignored.
+TEST(DeviceTest, Tf32IsRefusedOutsideFloat32OnCuda) {
+  ModelOptions options;
+  options.allow_tf32 = true;
+  const absl::Status cpu = TinyModel(options).status();
+  EXPECT_EQ(cpu.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(cpu.message()),
+              HasSubstr("TensorFloat-32 applies to float32 models on a CUDA device only"));
+  const std::string name = testing::TestDevice();
+  if (name.rfind("cuda", 0) != 0 || !at::hasCUDA()) {
+    GTEST_SKIP() << "the CUDA half needs a CUDA device (CONVNEXT_TEST_DEVICE=" << name
+                 << "): runs in scripts/gpu_check.sh on the GPU machine";
+  }
+  options.device = c10::Device(name);
+  options.dtype = at::kHalf;
+  EXPECT_EQ(TinyModel(options).status().code(), absl::StatusCode::kInvalidArgument);
+  // A float32 TF32 model and a strict one cannot be alive together.
+  options.dtype = at::kFloat;
+  options.owner = "the TF32 one";
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> tf32 = TinyModel(options);
+  ASSERT_TRUE(tf32.ok()) << tf32.status();
+  EXPECT_EQ((*tf32)->compute_dtype_name(), "tf32");
+  options.allow_tf32 = false;
+  const absl::Status strict = TinyModel(options).status();
+  EXPECT_EQ(strict.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(strict.message()),
+              HasSubstr("while the TF32 one computes float32 on CUDA with it"));
+  tf32->reset();
+  EXPECT_TRUE(TinyModel(options).ok());
 }
 
 // On the CPU nothing is measured; on a CUDA device (the device check) a batch's GPU time and the

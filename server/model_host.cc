@@ -203,6 +203,8 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
     // only these through for CUDA).
     if (config.compute_dtype() == server::FP16) load.model.dtype = at::kHalf;
     if (config.compute_dtype() == server::BF16) load.model.dtype = at::kBFloat16;
+    load.model.allow_tf32 = config.compute_dtype() == server::TF32;
+    load.model.owner = absl::StrCat("model '", config.name(), "' version ", config.version());
     if (config.compute_dtype() == server::AUTO) {
       host->compute_dtype_reason_ =
           "AUTO: float32 on a CUDA device (TensorFloat-32 off); FP16 and BF16 are opt-in";

@@ -262,6 +262,10 @@ absl::Status ValidateModelConfig(const server::ModelConfig& m) {
     return Bad(m, "compute_dtype",
                "FP16 runs on a CUDA device only (device \"cuda\" or \"cuda:N\")");
   }
+  if (m.compute_dtype() == server::TF32 && !cuda) {
+    return Bad(m, "compute_dtype",
+               "TF32 (TensorFloat-32) runs on a CUDA device only (device \"cuda\" or \"cuda:N\")");
+  }
   for (const server::GoldenCase& g : m.golden()) {
     if (g.image().empty() || g.expected().empty()) {
       return Bad(m, "golden", "needs both image and expected");

@@ -158,6 +158,13 @@ TEST(ServerConfigTest, ComputeDtype) {
   EXPECT_THAT(std::string(Check(c).message()), HasSubstr("FP16 runs on a CUDA device only"));
   c.mutable_model(0)->set_device("cuda");
   EXPECT_TRUE(Check(c).ok()) << Check(c);
+  // TF32 (float32 with TensorFloat-32) likewise: CUDA only.
+  c.mutable_model(0)->set_compute_dtype(server::TF32);
+  EXPECT_TRUE(Check(c).ok()) << Check(c);
+  c.mutable_model(0)->set_device("cpu");
+  EXPECT_THAT(
+      std::string(Check(c).message()),
+      HasSubstr("model 'a': compute_dtype TF32 (TensorFloat-32) runs on a CUDA device only"));
 }
 
 TEST(ServerConfigTest, GoldenPathsAreRelativeToTheFile) {

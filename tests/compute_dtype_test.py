@@ -219,7 +219,7 @@ class CudaDeviceWithoutOneTest(unittest.TestCase):
     with the reason, whichever compute dtype it asks for."""
 
     def test_cuda_without_a_usable_device_is_a_clear_startup_error(self):
-        for dtype in ("FP16", "BF16", "AUTO"):
+        for dtype in ("FP16", "BF16", "AUTO", "TF32"):
             text = config_text([("digits", dtype)]).replace(
                 "compute_dtype:", 'device: "cuda" compute_dtype:')
             r = failed_start(text)
@@ -227,6 +227,17 @@ class CudaDeviceWithoutOneTest(unittest.TestCase):
             self.assertIn("model 'digits' version 1: ", r.stderr)
             self.assertRegex(r.stderr, r"device 'cuda': (this build has no CUDA|no CUDA device "
                              r"is visible)", dtype)
+
+class Tf32OffCudaTest(unittest.TestCase):
+    """TF32 (float32 with TensorFloat-32) is for CUDA devices: on the CPU it is a config error,
+    not silently float32."""
+
+    def test_tf32_on_the_cpu_is_a_startup_error(self):
+        r = failed_start(config_text([("digits", "TF32")]))
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("model 'digits': compute_dtype TF32 (TensorFloat-32) runs on a CUDA device "
+                      "only", r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
