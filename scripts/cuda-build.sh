@@ -9,6 +9,7 @@
 #
 #   scripts/cuda-build.sh [BUILD_DIR] [CMAKE_ARGS...]      (default build-cuda)
 #   CONVNEXT_TORCH_VENV=DIR   where the wheel goes (default build/venv-torch-cuda; a few GB)
+#   CONVNEXT_CUDA_BUILD_TARGETS="a b"   build only these targets (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build="${1:-build-cuda}"
@@ -18,4 +19,6 @@ bash scripts/pinned-venv.sh "$venv" scripts/requirements-torch-cuda.txt
 prefix="$("$venv/bin/python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$prefix" "$@"
 grep -q "^CONVNEXT_ONEDNN:BOOL=OFF" "$build/CMakeCache.txt"
-cmake --build "$build"
+targets=()
+for t in ${CONVNEXT_CUDA_BUILD_TARGETS:-}; do targets+=(--target "$t"); done
+cmake --build "$build" "${targets[@]}"
