@@ -311,6 +311,29 @@ absl::StatusOr<at::Tensor> EvalTransform(const View& rgb, const PreprocessConfig
   return out;
 }
 
+// EvalTransform without ToTensor and Normalize: the resized, cropped pixels as uint8 planes.
+absl::StatusOr<at::Tensor> EvalTransformToUint8(const View& rgb, const PreprocessConfig& config) {
+  const int size = config.size;
+  ASSIGN_OR_RETURN(const EvalGeometry g, ComputeEvalGeometry(rgb.width, rgb.height, config));
+  const std::vector<uint8_t> pixels =
+      ResizeWindow(rgb, g.out_w, g.out_h, g.crop, config.interpolation);
+  at::Tensor out;
+  try {
+    out = at::empty({1, 3, size, size}, at::kByte);
+  } catch (const std::exception& e) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot allocate a ", size, "x", size, " input tensor: ", e.what()));
+  }
+  const int64_t plane = int64_t{size} * size;
+  uint8_t* dst = out.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < plane; ++i) {
+    dst[i] = pixels[3 * i];
+    dst[plane + i] = pixels[3 * i + 1];
+    dst[2 * plane + i] = pixels[3 * i + 2];
+  }
+  return out;
+}
+
 absl::StatusOr<at::Tensor> KeepSizeTransform(const View& rgb, const PreprocessConfig& config) {
   const int64_t h32 = (rgb.height + 31) / 32 * 32, w32 = (rgb.width + 31) / 32 * 32;
   ASSIGN_OR_RETURN(at::Tensor out, NewInputTensor(h32, w32, /*zero=*/true));
@@ -447,6 +470,18 @@ absl::StatusOr<at::Tensor> TransformPixelsKeepSize(const uint8_t* data, size_t n
                                                    int height, int channels, bool bgr,
                                                    const PreprocessConfig& config) {
   return TransformRaw(KeepSizeTransform, data, num_bytes, width, height, channels, bgr, config);
+}
+
+absl::StatusOr<at::Tensor> TransformPixelsToUint8(const uint8_t* data, size_t num_bytes, int width,
+                                                  int height, int channels, bool bgr,
+                                                  const PreprocessConfig& config) {
+  return TransformRaw(EvalTransformToUint8, data, num_bytes, width, height, channels, bgr, config);
+}
+
+absl::StatusOr<at::Tensor> TransformImageToUint8(const RgbImage& image,
+                                                 const PreprocessConfig& config) {
+  return TransformPixelsToUint8(image.pixels.data(), image.pixels.size(), image.width, image.height,
+                                3, /*bgr=*/false, config);
 }
 
 absl::StatusOr<at::Tensor> TransformImage(const RgbImage& image, const PreprocessConfig& config) {

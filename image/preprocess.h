@@ -82,6 +82,17 @@ absl::StatusOr<at::Tensor> TransformPixels(const uint8_t* data, size_t num_bytes
                                            int height, int channels, bool bgr,
                                            const PreprocessConfig& config);
 
+// The evaluation transform up to, not including, ToTensor and Normalize: the resized and cropped
+// pixels as a uint8 [1, 3, size, size] tensor (R, G, B planes), a quarter of float32's bytes to
+// hold and to copy to a GPU. (x / 255 - mean[c]) / std[c] in float32, in that order, then gives
+// exactly what TransformImage / TransformPixels give (model/batch.h: PixelNormalization, which a
+// model applies where it runs). Errors as theirs.
+absl::StatusOr<at::Tensor> TransformImageToUint8(const RgbImage& image,
+                                                 const PreprocessConfig& config);
+absl::StatusOr<at::Tensor> TransformPixelsToUint8(const uint8_t* data, size_t num_bytes, int width,
+                                                  int height, int channels, bool bgr,
+                                                  const PreprocessConfig& config);
+
 // "Keep size" variants, for feature extraction at the image's own resolution (the Embed API's
 // KEEP_SIZE policy). No resize and no crop: the image is normalised at its native size into a
 // [1, 3, H32, W32] float32 tensor, H32 = 32 * ceil(height / 32), W32 = 32 * ceil(width / 32).

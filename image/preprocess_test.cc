@@ -240,6 +240,53 @@ TEST(PreprocessPixelsTest, DecodedImageAndItsPixelsGiveTheSameTensor) {
   EXPECT_TRUE(at::equal(*a, *c));
 }
 
+// The uint8 variant stops before ToTensor and Normalize: (x / 255 - mean) / std of its pixels, in
+// float32 in that order, is the float transform exactly, for photos and raw pixels (gray, BGRA),
+// squashed (size >= 384) or cropped, with another mean and std.
+TEST(PreprocessPixelsTest, Uint8PixelsNormalisedGiveTheFloatTransformExactly) {
+  auto normalised = [](const at::Tensor& pixels, const PreprocessConfig& config) {
+    EXPECT_EQ(pixels.scalar_type(), at::kByte);
+    at::Tensor out = at::empty(pixels.sizes(), at::kFloat);
+    const int64_t plane = pixels.size(2) * pixels.size(3);
+    const uint8_t* src = pixels.data_ptr<uint8_t>();
+    float* dst = out.data_ptr<float>();
+    for (int c = 0; c < 3; ++c) {
+      for (int64_t i = 0; i < plane; ++i) {
+        dst[c * plane + i] =
+            (static_cast<float>(src[c * plane + i]) / 255.0f - config.mean[c]) / config.std[c];
+      }
+    }
+    return out;
+  };
+  absl::StatusOr<RgbImage> image = DecodeImage(Photo("china.jpg"), {});
+  ASSERT_TRUE(image.ok());
+  PreprocessConfig other;
+  other.size = 384;
+  other.mean = {0.5f, 0.25f, 0.125f};
+  other.std = {0.3f, 0.7f, 0.11f};
+  for (const PreprocessConfig& config : {PreprocessConfig(), other}) {
+    absl::StatusOr<at::Tensor> want = TransformImage(*image, config);
+    absl::StatusOr<at::Tensor> pixels = TransformImageToUint8(*image, config);
+    ASSERT_TRUE(want.ok() && pixels.ok());
+    EXPECT_EQ(pixels->sizes(), want->sizes());
+    EXPECT_TRUE(at::equal(normalised(*pixels, config), *want)) << config.size;
+  }
+  const int w = 97, h = 61;
+  for (const int channels : {1, 4}) {
+    const std::vector<uint8_t> raw = RandomPixels(w * h * channels, 3);
+    absl::StatusOr<at::Tensor> want =
+        TransformPixels(raw.data(), raw.size(), w, h, channels, /*bgr=*/true, {});
+    absl::StatusOr<at::Tensor> pixels =
+        TransformPixelsToUint8(raw.data(), raw.size(), w, h, channels, /*bgr=*/true, {});
+    ASSERT_TRUE(want.ok() && pixels.ok());
+    EXPECT_TRUE(at::equal(normalised(*pixels, {}), *want)) << channels << " channels";
+  }
+  const std::vector<uint8_t> short_data(300);
+  EXPECT_THAT(
+      InvalidArgumentMessage(TransformPixelsToUint8(short_data.data(), 300, 10, 11, 3, false, {})),
+      HasSubstr("10x11x3 needs 330 bytes, got 300"));
+}
+
 TEST(PreprocessPixelsTest, BadSizesAreInvalidArgument) {
   const std::vector<uint8_t> data(300);
   const PreprocessConfig config;

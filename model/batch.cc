@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <tuple>
 
@@ -15,21 +17,37 @@
 namespace convnext {
 namespace {
 
-// `t` as `dtype`; for kInt8 with a scale per index of `channel_axis` (-1: one scale).
-OutputTensor ToOutput(const at::Tensor& t, OutputDType dtype, int channel_axis = -1) {
+// Tests: outputs leave a CPU model in one copy too (SetOneOutputCopyForTesting).
+std::atomic<bool> one_output_copy_for_testing{false};
+
+// An output converted to its dtype where the model computed it, waiting for its bytes (and int8
+// scales) to be copied into results[image]'s embedding (kind kEmbedding), stages[index] or
+// regions[index] (CopyOutputsToHost).
+struct PendingOutput {
+  enum Kind { kEmbedding, kStage, kRegion };
+  size_t image = 0;
+  Kind kind = kEmbedding;
+  size_t index = 0;
+  at::Tensor data;
+  at::Tensor scales;  // kInt8 only.
+};
+
+// `t` as `dtype` (for kInt8 with a scale per index of `channel_axis`, -1: one scale), converted
+// where `t` is (on a GPU: only the converted bytes leave the device). Returns the OutputTensor
+// without its bytes and scales, and appends what they come from to `pending`.
+OutputTensor Convert(const at::Tensor& t, OutputDType dtype, int channel_axis, PendingOutput where,
+                     std::vector<PendingOutput>* pending) {
   OutputTensor out;
   out.dtype = dtype;
-  // Converted where `t` is (on a GPU: only the converted bytes leave the device), then copied.
-  at::Tensor c;
   switch (dtype) {
     case OutputDType::kFloat32:
-      c = t.to(at::kFloat);
+      where.data = t.to(at::kFloat);
       break;
     case OutputDType::kFloat16:
-      c = t.to(at::kHalf);
+      where.data = t.to(at::kHalf);
       break;
     case OutputDType::kBFloat16:  // Rounded to nearest even, as ATen converts.
-      c = t.to(at::kBFloat16);
+      where.data = t.to(at::kBFloat16);
       break;
     case OutputDType::kInt8: {
       const at::Tensor f = t.to(at::kFloat);
@@ -43,19 +61,72 @@ OutputTensor ToOutput(const at::Tensor& t, OutputDType dtype, int channel_axis =
       scale = at::where(scale > 0, scale / 127, at::ones_like(scale));
       std::vector<int64_t> view(f.dim(), 1);
       if (channel_axis >= 0) view[channel_axis] = f.size(channel_axis);
-      c = at::round(f / (channel_axis < 0 ? scale : scale.view(view)))
-              .clamp(-127, 127)
-              .to(at::kChar);
-      scale = scale.to(at::kCPU).contiguous();
-      out.scales.assign(scale.data_ptr<float>(), scale.data_ptr<float>() + scale.numel());
+      where.data = at::round(f / (channel_axis < 0 ? scale : scale.view(view)))
+                       .clamp(-127, 127)
+                       .to(at::kChar);
+      where.scales = scale;
       out.scale_axis = channel_axis;
       break;
     }
   }
-  c = c.to(at::kCPU).contiguous();
-  out.shape = c.sizes().vec();
-  out.bytes.assign(static_cast<const char*>(c.data_ptr()), c.numel() * c.element_size());
+  out.shape = where.data.sizes().vec();
+  pending->push_back(std::move(where));
   return out;
+}
+
+OutputTensor& SlotOf(std::vector<ImageOutputs>& results, const PendingOutput& p) {
+  ImageOutputs& o = results[p.image];
+  switch (p.kind) {
+    case PendingOutput::kEmbedding:
+      return o.embedding;
+    case PendingOutput::kStage:
+      return o.stages[p.index];
+    case PendingOutput::kRegion:
+      break;
+  }
+  return o.regions[p.index];
+}
+
+// `t`'s elements as contiguous bytes, 1-d.
+at::Tensor BytesOf(const at::Tensor& t) { return t.contiguous().reshape({-1}).view(at::kByte); }
+
+// Fills the results' bytes and scales from `pending`. With `one_copy` (a CUDA model) every output
+// of the batch leaves the device in one copy, and one synchronisation, instead of one per tensor:
+// their bytes are concatenated on the device first. Otherwise each is read where it is.
+void CopyOutputsToHost(const std::vector<PendingOutput>& pending, bool one_copy,
+                       std::vector<ImageOutputs>& results) {
+  if (!one_copy) {
+    for (const PendingOutput& p : pending) {
+      OutputTensor& out = SlotOf(results, p);
+      const at::Tensor data = p.data.to(at::kCPU).contiguous();
+      out.bytes.assign(static_cast<const char*>(data.data_ptr()),
+                       data.numel() * data.element_size());
+      if (p.scales.defined()) {
+        const at::Tensor scales = p.scales.to(at::kCPU).contiguous();
+        out.scales.assign(scales.data_ptr<float>(), scales.data_ptr<float>() + scales.numel());
+      }
+    }
+    return;
+  }
+  std::vector<at::Tensor> parts;
+  for (const PendingOutput& p : pending) {
+    parts.push_back(BytesOf(p.data));
+    if (p.scales.defined()) parts.push_back(BytesOf(p.scales));
+  }
+  if (parts.empty()) return;
+  const at::Tensor host = at::cat(parts).to(at::kCPU).contiguous();
+  const char* next = static_cast<const char*>(host.data_ptr());
+  for (const PendingOutput& p : pending) {
+    OutputTensor& out = SlotOf(results, p);
+    const size_t bytes = p.data.numel() * p.data.element_size();
+    out.bytes.assign(next, bytes);
+    next += bytes;
+    if (p.scales.defined()) {
+      out.scales.resize(p.scales.numel());
+      std::memcpy(out.scales.data(), next, out.scales.size() * sizeof(float));
+      next += out.scales.size() * sizeof(float);
+    }
+  }
 }
 
 int64_t ElementBytes(OutputDType dtype) {
@@ -122,9 +193,27 @@ absl::Status CheckRequest(const ConvNeXt& model, const ImageRequest& r) {
 }
 
 absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
-                                              const std::vector<at::Tensor>& inputs,
+                                              const std::vector<at::Tensor>& given,
                                               const std::vector<ImageRequest>& requests,
-                                              const BeforeForwardFn& before_forward) {
+                                              const BeforeForwardFn& before_forward,
+                                              const PixelNormalization* pixels) {
+  // Pixels are normalised on the model's device when the whole batch is pixels of one shape
+  // (below), else here, on the CPU, first.
+  bool all_pixels = true, any_pixels = false, same_shape = true;
+  for (const at::Tensor& t : given) {
+    const bool is_pixels = t.scalar_type() == at::kByte;
+    all_pixels &= is_pixels;
+    any_pixels |= is_pixels;
+    same_shape &= t.sizes() == given[0].sizes();
+  }
+  std::vector<at::Tensor> normalised;
+  if (any_pixels && !(all_pixels && same_shape)) {
+    normalised = given;
+    for (at::Tensor& t : normalised) {
+      if (t.scalar_type() == at::kByte) t = NormalizePixels(t, *pixels);
+    }
+  }
+  const std::vector<at::Tensor>& inputs = normalised.empty() ? given : normalised;
   OutputRequest what;
   what.logits = false;
   // The heads asked for, each with its images and the largest k asked of it.
@@ -153,13 +242,12 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
   what.last_stage = 1;
   for (const ImageRequest& r : requests)
     what.last_stage = std::max(what.last_stage, DeepestStage(r));
-  bool same_shape = true;
-  for (const at::Tensor& t : inputs) same_shape &= t.sizes() == inputs[0].sizes();
   const c10::Device device = model.options().device;
   UseOwnStream(device);
   at::Tensor batch;
   if (same_shape) {
     batch = StackOnDevice(inputs, device);
+    if (all_pixels) batch = NormalizePixels(batch, *pixels);
   } else {
     // Variable-size batching (RunBatch checked: single 4-d images, sides multiples of 32):
     // zeros beyond each image, its extent in the request.
@@ -197,6 +285,7 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
     }
   }
   std::vector<ImageOutputs> results(requests.size());
+  std::vector<PendingOutput> pending;
   for (size_t j = 0; j < requests.size(); ++j) {
     const ImageRequest& r = requests[j];
     ImageOutputs& o = results[j];
@@ -219,29 +308,45 @@ absl::StatusOr<std::vector<ImageOutputs>> Run(const ConvNeXt& model,
     if (r.embedding) {
       at::Tensor e = h->embeddings[row];
       if (r.normalize) e = e / e.norm().clamp_min(1e-12);
-      o.embedding = ToOutput(e, r.dtype);
+      o.embedding = Convert(e, r.dtype, -1, {j, PendingOutput::kEmbedding, 0, {}, {}}, &pending);
     }
     for (int s : r.stages) {
-      o.stages.push_back(ToOutput(Pool(stage_map(s), r.stage_pooling), r.dtype, 0));
+      o.stages.push_back(Convert(Pool(stage_map(s), r.stage_pooling), r.dtype, 0,
+                                 {j, PendingOutput::kStage, o.stages.size(), {}, {}}, &pending));
     }
     if (!r.boxes.empty()) {
       for (int s : r.region_stages) {
         ASSIGN_OR_RETURN(at::Tensor pooled,
                          RoiAlign(stage_map(s), r.boxes, StageStride(s), r.region_pooling));
         if (r.region_pooling.output_size == 1) pooled = pooled.flatten(1);
-        o.regions.push_back(ToOutput(pooled, r.dtype, 1));
+        o.regions.push_back(Convert(
+            pooled, r.dtype, 1, {j, PendingOutput::kRegion, o.regions.size(), {}, {}}, &pending));
       }
     }
   }
+  CopyOutputsToHost(pending, device.is_cuda() || one_output_copy_for_testing.load(), results);
   return results;
 }
 
 }  // namespace
 
+at::Tensor NormalizePixels(const at::Tensor& pixels, const PixelNormalization& normalization) {
+  const at::TensorOptions options = at::TensorOptions().dtype(at::kFloat).device(pixels.device());
+  // Filled on the device (no copy from the host); a float is exact as the fill's double.
+  at::Tensor mean = at::empty({1, 3, 1, 1}, options);
+  at::Tensor std = at::empty({1, 3, 1, 1}, options);
+  for (int64_t c = 0; c < 3; ++c) {
+    mean[0][c].fill_(normalization.mean[c]);
+    std[0][c].fill_(normalization.std[c]);
+  }
+  return pixels.to(at::kFloat).div_(at::full({1, 1, 1, 1}, 255.0f, options)).sub_(mean).div_(std);
+}
+
 absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
                                                    const std::vector<at::Tensor>& inputs,
                                                    const std::vector<ImageRequest>& requests,
-                                                   const BeforeForwardFn& before_forward) {
+                                                   const BeforeForwardFn& before_forward,
+                                                   const PixelNormalization* pixels) {
   if (inputs.empty() || inputs.size() != requests.size()) {
     return absl::InvalidArgumentError(absl::StrCat("a batch needs one request per input (",
                                                    inputs.size(), " inputs, ", requests.size(),
@@ -260,9 +365,18 @@ absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
           absl::StrJoin(inputs[0].sizes(), ", "), "] and [", absl::StrJoin(t.sizes(), ", "), "]"));
     }
   }
+  for (const at::Tensor& t : inputs) {
+    if (t.scalar_type() != at::kByte) continue;
+    if (pixels == nullptr || t.dim() != 4 || t.size(0) != 1 || t.size(1) != 3) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("uint8 inputs are pixels [1, 3, H, W] with their normalisation; got [",
+                       absl::StrJoin(t.sizes(), ", "), "]",
+                       pixels == nullptr ? " without a normalisation" : ""));
+    }
+  }
   // LibTorch throws; nothing it throws may leave this layer.
   try {
-    return Run(model, inputs, requests, before_forward);
+    return Run(model, inputs, requests, before_forward, pixels);
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("the forward pass failed: ", e.what()));
   }
@@ -355,5 +469,7 @@ absl::Status WarmUp(const ConvNeXt& model, int64_t max_batch_size, int64_t size)
   }
   return absl::OkStatus();
 }
+
+void SetOneOutputCopyForTesting(bool on) { one_output_copy_for_testing.store(on); }
 
 }  // namespace convnext

@@ -8,7 +8,8 @@
 //
 // On a CUDA device (model/device.h) the batch is staged in page-locked memory and copied
 // asynchronously on the calling thread's own stream, softmax and top-k run on the device, and
-// outputs are converted to their dtype there, so that only what is returned leaves it.
+// outputs are converted to their dtype there, so that only what is returned leaves it, in one
+// copy for the whole batch.
 //
 // One forward pass serves the whole batch: it computes the union of what the images ask for
 // (pooled features if any asks for classes or the embedding, stage maps if any does); each head
@@ -23,6 +24,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -106,6 +108,19 @@ struct ImageOutputs {
   std::vector<OutputTensor> regions;
 };
 
+// How uint8 inputs (an image's resized pixels: image/preprocess.h, TransformImageToUint8) become
+// the model's float32 input: (x / 255 - mean[c]) / std[c], computed in float32 in that order
+// (torchvision's ToTensor then Normalize), so exactly what image/ computes on the CPU.
+struct PixelNormalization {
+  std::array<float, 3> mean = {0, 0, 0};
+  std::array<float, 3> std = {1, 1, 1};
+};
+
+// uint8 [N, 3, H, W] pixels, anywhere, as float32 on the same device, normalised as above. Each
+// step an elementwise float32 operation between tensors (on CUDA, ATen divides by a CPU scalar
+// through its reciprocal, which can differ in the last bit: 255 is a tensor on the device).
+at::Tensor NormalizePixels(const at::Tensor& pixels, const PixelNormalization& normalization);
+
 // Called with the stacked batch [N, C, H, W] just before the forward pass, as part of it (tests
 // inject model faults with it: an exception it throws fails the batch as a failing model would).
 using BeforeForwardFn = std::function<void(const at::Tensor& batch)>;
@@ -116,10 +131,15 @@ using BeforeForwardFn = std::function<void(const at::Tensor& batch)>;
 // padded with zeros to the largest height and width among them and run as one batch with their
 // extents (OutputRequest::extents), so that each gets what it would get alone: its stage maps
 // cropped to its own size, and pooled features, logits and regions of its own extent.
+//
+// Inputs may also be uint8 pixels [1, 3, H, W] (TransformImageToUint8), normalised as `pixels`
+// says (required then): where the model runs when the whole batch is pixels of one shape (a
+// quarter of float32's bytes staged and copied to a GPU), else each on the CPU first.
 absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
                                                    const std::vector<at::Tensor>& inputs,
                                                    const std::vector<ImageRequest>& requests,
-                                                   const BeforeForwardFn& before_forward = {});
+                                                   const BeforeForwardFn& before_forward = {},
+                                                   const PixelNormalization* pixels = nullptr);
 
 // Memory estimates, for admission before any work is done (server/model_host.cc). Estimates on
 // the safe side, in bytes, per image of a batch: a batch of n images of one shape needs n times
@@ -143,6 +163,11 @@ std::string BatchShapeKey(const at::Tensor& input);
 // computed, for cuDNN's benchmark mode), so that no request pays for first-use work. Logits for a
 // classifier, stage maps for a backbone.
 absl::Status WarmUp(const ConvNeXt& model, int64_t max_batch_size, int64_t size);
+
+// Outputs leave a CUDA model in one copy per batch: every output's bytes concatenated on the
+// device, then copied (one synchronisation instead of one per tensor). Tests turn that way on for
+// CPU models too, to check it against the direct one where no GPU is. Process-wide.
+void SetOneOutputCopyForTesting(bool on);
 
 }  // namespace convnext
 

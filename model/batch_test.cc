@@ -10,6 +10,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <string>
 #include <thread>
 #include <tuple>
 #include <utility>
@@ -463,6 +464,126 @@ TEST(BatchTest, StagePoolingAveragesMaximaAndGeneralisedMeansOfBins) {
   EXPECT_EQ(RunBatch(*model, {input}, {bad}).status().code(), absl::StatusCode::kInvalidArgument);
   bad.stage_pooling = {StagePooling::Kind::kGeM, 2, -1};
   EXPECT_EQ(RunBatch(*model, {input}, {bad}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// A CUDA model's outputs leave the device in one copy per batch (all their bytes concatenated
+// there first): run that way on the CPU, every byte and scale of every output of a mixed batch is
+// what the direct copies give.
+TEST(BatchTest, OneCopyPerBatchGivesTheSameBytes) {
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  ASSERT_NE(model, nullptr);
+  const std::vector<at::Tensor> inputs = {at::randn({1, 3, 64, 64}), at::randn({1, 3, 64, 64}),
+                                          at::randn({1, 3, 64, 64})};
+  std::vector<ImageRequest> requests(3);
+  requests[0].top_k = 2;
+  requests[0].embedding = true;
+  requests[0].normalize = true;
+  requests[0].dtype = OutputDType::kFloat16;
+  requests[1].stages = {1, 3};
+  requests[1].dtype = OutputDType::kInt8;
+  requests[1].embedding = true;
+  requests[2].boxes = {{0, 0, 64, 64}, {3, 4, 30, 50}};
+  requests[2].region_stages = {2, 4};
+  requests[2].stages = {4};
+  requests[2].dtype = OutputDType::kBFloat16;
+  absl::StatusOr<std::vector<ImageOutputs>> direct = RunBatch(*model, inputs, requests);
+  SetOneOutputCopyForTesting(true);
+  absl::StatusOr<std::vector<ImageOutputs>> one_copy = RunBatch(*model, inputs, requests);
+  SetOneOutputCopyForTesting(false);
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  ASSERT_TRUE(one_copy.ok()) << one_copy.status();
+  auto same = [](const OutputTensor& a, const OutputTensor& b, const std::string& what) {
+    EXPECT_EQ(a.shape, b.shape) << what;
+    EXPECT_EQ(a.dtype, b.dtype) << what;
+    EXPECT_EQ(a.bytes, b.bytes) << what;
+    EXPECT_EQ(a.scales, b.scales) << what;
+    EXPECT_EQ(a.scale_axis, b.scale_axis) << what;
+  };
+  int tensors = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const ImageOutputs& a = (*one_copy)[i];
+    const ImageOutputs& b = (*direct)[i];
+    EXPECT_EQ(a.class_indices, b.class_indices);
+    EXPECT_EQ(a.class_scores, b.class_scores);
+    same(a.embedding, b.embedding, "embedding " + std::to_string(i));
+    tensors += !b.embedding.bytes.empty();
+    ASSERT_EQ(a.stages.size(), b.stages.size());
+    ASSERT_EQ(a.regions.size(), b.regions.size());
+    for (size_t s = 0; s < b.stages.size(); ++s) {
+      same(a.stages[s], b.stages[s], "stage " + std::to_string(s));
+      ++tensors;
+    }
+    for (size_t s = 0; s < b.regions.size(); ++s) {
+      same(a.regions[s], b.regions[s], "regions " + std::to_string(s));
+      ++tensors;
+    }
+  }
+  EXPECT_EQ(tensors, 7);  // 2 embeddings, 3 stage maps, 2 region features: all compared.
+  EXPECT_EQ((*direct)[1].stages[0].scales.size(), 16u);  // int8 scales, one per channel.
+}
+
+// Pixels (uint8) become the model's input as torchvision's ToTensor and Normalize make it, bit for
+// bit: every value of every channel, on the CPU and, in the device check, on the GPU.
+TEST(BatchTest, PixelsNormaliseExactlyAsTorchvisionDoes) {
+  const PixelNormalization n{{0.485f, 0.456f, 0.406f}, {0.229f, 0.224f, 0.225f}};
+  const at::Tensor values = at::arange(256, at::kInt).to(at::kByte);
+  const at::Tensor pixels = values.view({1, 1, 16, 16}).expand({2, 3, 16, 16}).contiguous();
+  at::Tensor want = at::empty({2, 3, 16, 16}, at::kFloat);
+  for (int64_t i = 0; i < 2; ++i) {
+    for (int64_t c = 0; c < 3; ++c) {
+      for (int64_t v = 0; v < 256; ++v) {
+        want[i][c][v / 16][v % 16] = (static_cast<float>(v) / 255.0f - n.mean[c]) / n.std[c];
+      }
+    }
+  }
+  const at::Tensor cpu = NormalizePixels(pixels, n);
+  EXPECT_EQ(cpu.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::equal(cpu, want));
+  const std::string name = testing::TestDevice();
+  if (name.rfind("cuda", 0) != 0 || !at::hasCUDA()) {
+    GTEST_SKIP() << "the CUDA half needs a CUDA device (CONVNEXT_TEST_DEVICE=" << name
+                 << "): runs in scripts/gpu_check.sh on the GPU machine";
+  }
+  EXPECT_TRUE(at::equal(NormalizePixels(pixels.to(c10::Device(name)), n).cpu(), want));
+}
+
+// A batch of pixels (normalised where the model runs), and a batch mixing pixels with float
+// inputs (normalised on the CPU first), give what the float inputs give; pixels need their
+// normalisation.
+TEST(BatchTest, PixelInputsGiveWhatTheirNormalisedFloatsGive) {
+  std::unique_ptr<ConvNeXt> model = SmallModel();
+  ASSERT_NE(model, nullptr);
+  const PixelNormalization n{{0.5f, 0.4f, 0.3f}, {0.2f, 0.25f, 0.3f}};
+  std::vector<at::Tensor> pixels, floats;
+  for (int i = 0; i < 3; ++i) {
+    pixels.push_back(at::randint(0, 256, {1, 3, 64, 64}, at::kByte));
+    floats.push_back(NormalizePixels(pixels.back(), n));
+  }
+  std::vector<ImageRequest> requests(3);
+  for (ImageRequest& r : requests) {
+    r.top_k = 3;
+    r.embedding = true;
+    r.stages = {2};
+  }
+  absl::StatusOr<std::vector<ImageOutputs>> want = RunBatch(*model, floats, requests);
+  ASSERT_TRUE(want.ok()) << want.status();
+  std::vector<at::Tensor> mixed = {pixels[0], floats[1], pixels[2]};
+  for (const auto* inputs : {&pixels, &mixed}) {
+    absl::StatusOr<std::vector<ImageOutputs>> got = RunBatch(*model, *inputs, requests, {}, &n);
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (size_t i = 0; i < requests.size(); ++i) {
+      EXPECT_EQ((*got)[i].class_indices, (*want)[i].class_indices);
+      EXPECT_EQ((*got)[i].class_scores, (*want)[i].class_scores);
+      EXPECT_EQ((*got)[i].embedding.bytes, (*want)[i].embedding.bytes);
+      EXPECT_EQ((*got)[i].stages[0].bytes, (*want)[i].stages[0].bytes);
+    }
+  }
+  absl::StatusOr<std::vector<ImageOutputs>> bare = RunBatch(*model, pixels, requests);
+  EXPECT_EQ(bare.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bare.status().message()), HasSubstr("without a normalisation"));
+  absl::StatusOr<std::vector<ImageOutputs>> gray =
+      RunBatch(*model, {at::zeros({1, 1, 64, 64}, at::kByte)}, {requests[0]}, {}, &n);
+  EXPECT_EQ(gray.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 // The compact dtypes: bfloat16 is float32 rounded to nearest even; int8 has one scale per channel

@@ -57,8 +57,8 @@ absl::StatusOr<PreparedImage> PrepareImage(const v1::Image& image, const Preproc
   switch (image.source_case()) {
     case v1::Image::kEncoded: {
       ASSIGN_OR_RETURN(RgbImage rgb, DecodeImage(image.encoded(), config));
-      ASSIGN_OR_RETURN(
-          out.input, keep_size ? TransformImageKeepSize(rgb, config) : TransformImage(rgb, config));
+      ASSIGN_OR_RETURN(out.input, keep_size ? TransformImageKeepSize(rgb, config)
+                                            : TransformImageToUint8(rgb, config));
       out.width = rgb.width;
       out.height = rgb.height;
       break;
@@ -78,8 +78,8 @@ absl::StatusOr<PreparedImage> PrepareImage(const v1::Image& image, const Preproc
       ASSIGN_OR_RETURN(
           out.input, keep_size ? TransformPixelsKeepSize(data, raw.pixels().size(), raw.width(),
                                                          raw.height(), raw.channels(), bgr, config)
-                               : TransformPixels(data, raw.pixels().size(), raw.width(),
-                                                 raw.height(), raw.channels(), bgr, config));
+                               : TransformPixelsToUint8(data, raw.pixels().size(), raw.width(),
+                                                        raw.height(), raw.channels(), bgr, config));
       out.width = raw.width();
       out.height = raw.height();
       break;

@@ -26,7 +26,11 @@ absl::StatusOr<InputPlan> PlanImage(const v1::Image& image, const PreprocessConf
 
 // A model input and where it came from.
 struct PreparedImage {
-  at::Tensor input;               // [1, 3, H, W] float32.
+  // [1, 3, H, W]: for encoded and raw images with the CLASSIFICATION resize, uint8 pixels (a
+  // quarter of float32's bytes to queue and to copy to a GPU), which the model normalises where
+  // it runs (model/batch.h, PixelNormalization, with the preprocessing's mean and std: exactly
+  // what normalising here would give); else float32, normalised.
+  at::Tensor input;
   int64_t width = 0, height = 0;  // The source image as decoded (a tensor: its columns, rows).
   InputTransform transform;       // Source pixel coordinates to input pixel coordinates.
 };

@@ -557,8 +557,10 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
   }
   const c10::Device device = loaded_.model->options().device;
   DeviceTimer device_timer(device);  // Measures on CUDA only.
+  // Images prepared as pixels (PrepareImage) are normalised where the model runs.
+  const PixelNormalization pixels{preprocess_.mean, preprocess_.std};
   absl::StatusOr<std::vector<ImageOutputs>> out =
-      RunBatch(*loaded_.model, inputs, requests, options_.before_forward_for_testing);
+      RunBatch(*loaded_.model, inputs, requests, options_.before_forward_for_testing, &pixels);
   inputs.clear();
   const int64_t compute_us = Micros(absl::Now() - start);
   if (device.is_cuda()) {
@@ -648,8 +650,9 @@ absl::Status ModelHost::CheckGolden(const server::GoldenCase& golden) const {
   } else {
     request.embedding = true;
   }
+  const PixelNormalization pixels{preprocess_.mean, preprocess_.std};
   absl::StatusOr<std::vector<ImageOutputs>> out =
-      RunBatch(*loaded_.model, {input->input}, {request}, nullptr);
+      RunBatch(*loaded_.model, {input->input}, {request}, nullptr, &pixels);
   if (!out.ok()) return out.status();
   std::vector<float> actual;
   const ImageOutputs& o = (*out)[0];
