@@ -4,7 +4,8 @@
 // bfloat16). Prints, per variant, dtype and batch size: our images/s and ms per batch, PyTorch's,
 // and the ratio; and, for every dtype other than float32, its agreement with float32 on the same
 // device (top-1 agreement and the lowest cosine of the logits, TF32 off). Not a test: it asserts
-// nothing.
+// nothing. On CUDA, also the pooled pass eager against replaying a CUDA graph at --graph_batches
+// (batch-1 latency is what graphs are for).
 //
 //   build/bin/device_throughput --device cuda [--dtypes float16,bfloat16]
 //       [--variants convnext_tiny,convnext_small,convnext_base,convnext_large,convnext_xlarge]
@@ -16,12 +17,15 @@
 #include <ATen/ATen.h>
 #include <torch/version.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -30,6 +34,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "model/batch.h"
 #include "model/convnext.h"
 #include "model/convnext_config.h"
 #include "model/process_tuning.h"
@@ -48,6 +53,11 @@ ABSL_FLAG(std::string, python, "python3", "The Python that has torch and torchvi
 ABSL_FLAG(std::string, reference_script, CONVNEXT_SOURCE_DIR "/bench/torch_device_eager.py",
           "The reference benchmark script.");
 ABSL_FLAG(bool, json, false, "After the table, one JSON line per figure.");
+ABSL_FLAG(std::string, graph_batches, "1,8",
+          "CUDA only: batch sizes also measured replaying CUDA graphs "
+          "(ModelOptions::cuda_graph_max_batch), next to the same pass eager; empty: none.");
+ABSL_FLAG(std::string, graph_variants, "convnext_tiny",
+          "The variants measured with CUDA graphs too (of --variants).");
 
 namespace convnext {
 namespace {
@@ -76,7 +86,7 @@ std::vector<int> ParseInts(const std::string& list) {
 }
 
 std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, c10::Device device,
-                                      c10::ScalarType dtype) {
+                                      c10::ScalarType dtype, int64_t graph_max_batch = 0) {
   at::manual_seed(0);
   StateDict weights;
   for (const auto& [name, shape] : ExpectedParameters(config)) {
@@ -90,6 +100,7 @@ std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, c10::Device 
   ModelOptions options;
   options.device = device;
   options.dtype = dtype;
+  options.cuda_graph_max_batch = graph_max_batch;
   absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
@@ -108,14 +119,30 @@ at::Tensor RunOnce(const ConvNeXt& model, const at::Tensor& x) {
   return out->logits.to(at::kCPU, at::kFloat);
 }
 
-Figure Measure(const ConvNeXt& model, const at::Tensor& x, double seconds) {
+// The pooled features (a CUDA graph's part when the model has one for x's shape), then the head
+// eagerly, as RunBatch computes classes: logits copied to the CPU.
+at::Tensor RunPooledThenHead(const ConvNeXt& model, const at::Tensor& x) {
+  OutputRequest request;
+  request.logits = false;
+  request.pooled = true;
+  absl::StatusOr<ForwardOutputs> out = model.Forward(x, request);
+  if (!out.ok()) {
+    std::fprintf(stderr, "%s\n", out.status().ToString().c_str());
+    std::exit(1);
+  }
+  return model.head().Classify(model.head().Embed(out->pooled)).to(at::kCPU, at::kFloat);
+}
+
+using RunFn = at::Tensor (*)(const ConvNeXt&, const at::Tensor&);
+
+Figure Measure(const ConvNeXt& model, const at::Tensor& x, double seconds, RunFn run = RunOnce) {
   using Clock = std::chrono::steady_clock;
-  for (int i = 0; i < 3; ++i) RunOnce(model, x);  // Warm-up (cuDNN's choices, allocator).
+  for (int i = 0; i < 3; ++i) run(model, x);  // Warm-up (cuDNN's choices, allocator).
   int calls = 0;
   double elapsed = 0;
   const auto start = Clock::now();
   do {
-    RunOnce(model, x);
+    run(model, x);
     ++calls;
     elapsed = std::chrono::duration<double>(Clock::now() - start).count();
   } while (elapsed < seconds || calls < 3);
@@ -175,6 +202,12 @@ int Main() {
 
   std::map<Key, Figure> ours;
   std::vector<std::string> agreement;
+  const std::vector<int> graph_batches = ParseInts(absl::GetFlag(FLAGS_graph_batches));
+  // Per variant, dtype and batch: the pooled pass eager, then replaying a CUDA graph.
+  std::map<Key, std::pair<Figure, Figure>> graphs;
+  std::vector<std::string> graph_notes;
+  const std::set<std::string> graph_variants =
+      absl::StrSplit(absl::GetFlag(FLAGS_graph_variants), ',', absl::SkipEmpty());
   for (const std::string& variant : variants) {
     absl::StatusOr<ConvNeXtConfig> config = ConfigForVariant(variant);
     if (!config.ok()) {
@@ -208,6 +241,19 @@ int Main() {
         ours[{variant, name, batch}] = Measure(*model, x, seconds);
         std::fflush(stdout);
       }
+      if (!graph_batches.empty() && device->is_cuda() && graph_variants.count(variant) > 0) {
+        const int top = *std::max_element(graph_batches.begin(), graph_batches.end());
+        std::unique_ptr<ConvNeXt> graphed = RandomModel(*config, *device, *dtype, top);
+        if (const absl::Status s = WarmUp(*graphed, top, size); !s.ok()) {
+          graph_notes.push_back(absl::StrCat(variant, " ", name, ": ", s.ToString()));
+          continue;
+        }
+        for (int batch : graph_batches) {
+          const at::Tensor x = at::randn({batch, 3, size, size}).to(*device, *dtype);
+          graphs[{variant, name, batch}] = {Measure(*model, x, seconds, RunPooledThenHead),
+                                            Measure(*graphed, x, seconds, RunPooledThenHead)};
+        }
+      }
     }
   }
   std::map<Key, Figure> theirs;
@@ -226,6 +272,19 @@ int Main() {
                     : absl::StrFormat("%.2fx", f.images_per_s / it->second.images_per_s).c_str());
   }
   for (const std::string& line : agreement) std::printf("%s\n", line.c_str());
+  if (!graphs.empty()) {
+    std::printf("CUDA graphs (pooled features then the head, as RunBatch; ms per batch):\n");
+    std::printf("%-16s %-9s %6s %10s %10s %8s\n", "variant", "dtype", "batch", "eager ms",
+                "graph ms", "speedup");
+    for (const auto& [key, f] : graphs) {
+      const auto& [variant, dtype, batch] = key;
+      std::printf("%-16s %-9s %6d %10.3f %10.3f %7.2fx\n", variant.c_str(), dtype.c_str(), batch,
+                  f.first.ms_per_batch, f.second.ms_per_batch,
+                  f.first.ms_per_batch / f.second.ms_per_batch);
+    }
+  }
+  for (const std::string& line : graph_notes)
+    std::printf("CUDA graphs not measured: %s\n", line.c_str());
   if (absl::GetFlag(FLAGS_json)) {
     for (const auto& [key, f] : ours) {
       const auto& [variant, dtype, batch] = key;
@@ -235,6 +294,13 @@ int Main() {
           "\"ms_per_batch\": %.4f, \"pytorch_images_per_s\": %.3f}\n",
           variant.c_str(), dtype.c_str(), batch, f.images_per_s, f.ms_per_batch,
           it == theirs.end() ? 0.0 : it->second.images_per_s);
+    }
+    for (const auto& [key, f] : graphs) {
+      const auto& [variant, dtype, batch] = key;
+      std::printf(
+          "{\"variant\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"eager_ms\": %.4f, "
+          "\"graph_ms\": %.4f}\n",
+          variant.c_str(), dtype.c_str(), batch, f.first.ms_per_batch, f.second.ms_per_batch);
     }
   }
   return 0;

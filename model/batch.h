@@ -161,7 +161,8 @@ std::string BatchShapeKey(const at::Tensor& input);
 // Runs batches of zeros of every size in 1..max_batch_size at size x size (on the CPU the first
 // and the last computed, the others' kernels prepared without running them; on CUDA every one
 // computed, for cuDNN's benchmark mode), so that no request pays for first-use work. Logits for a
-// classifier, stage maps for a backbone.
+// classifier, stage maps for a backbone. Then captures the model's CUDA graphs, if it asks for
+// them (ModelOptions::cuda_graph_max_batch; ConvNeXt::CaptureGraphs).
 absl::Status WarmUp(const ConvNeXt& model, int64_t max_batch_size, int64_t size);
 
 // Outputs leave a CUDA model in one copy per batch: every output's bytes concatenated on the

@@ -364,6 +364,75 @@ TEST(BatchTest, OnTheTestDeviceEachImageGetsWhatTheCpuGives) {
   for (std::thread& t : threads) t.join();
 }
 
+// CUDA graphs (ModelOptions::cuda_graph_max_batch): WarmUp captures one graph per batch size and
+// copy; batches that ask for classes and embeddings at the captured size replay them, from several
+// threads at once, and get what the same weights give eagerly; other batches (stage maps, larger
+// batches, another size) run eagerly. On a CUDA device (the device check) with real graphs;
+// elsewhere with the CPU stand-in (SetCpuGraphsForTesting), which runs everything but the capture.
+TEST(BatchTest, CudaGraphsGiveWhatEagerGives) {
+  const std::string name = testing::TestDevice();
+  const bool cuda = name.rfind("cuda", 0) == 0 && at::hasCUDA();
+  SetCpuGraphsForTesting(!cuda);
+  ConvNeXtConfig config;
+  config.depths = {1, 1, 2, 1};
+  config.dims = {16, 24, 32, 48};
+  config.num_classes = 10;
+  StateDict weights;
+  for (const auto& [n, shape] : ExpectedParameters(config)) weights[n] = at::randn(shape);
+  ModelOptions options;
+  options.device = c10::Device(cuda ? name : "cpu");
+  options.cpu_fast_path = false;  // The graphs run the ATen path.
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> eager = ConvNeXt::Create(config, weights, options);
+  options.cuda_graph_max_batch = 3;
+  options.cuda_graph_copies = 2;
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> graphed = ConvNeXt::Create(config, weights, options);
+  ASSERT_TRUE(eager.ok()) << eager.status();
+  ASSERT_TRUE(graphed.ok()) << graphed.status();
+  ASSERT_TRUE(WarmUp(**eager, 4, 64).ok());
+  const absl::Status warm = WarmUp(**graphed, 4, 64);
+  ASSERT_TRUE(warm.ok()) << warm;
+  EXPECT_EQ((*graphed)->captured_graphs(), 6);  // Sizes 1..3, two copies each.
+  auto check = [&](int64_t n, int64_t size, bool stages) {
+    std::vector<at::Tensor> inputs;
+    for (int64_t i = 0; i < n; ++i) inputs.push_back(at::randn({1, 3, size, size}));
+    std::vector<ImageRequest> requests(n);
+    for (ImageRequest& r : requests) {
+      r.top_k = 3;
+      r.embedding = true;
+      if (stages) r.stages = {4};
+    }
+    absl::StatusOr<std::vector<ImageOutputs>> want = RunBatch(**eager, inputs, requests);
+    absl::StatusOr<std::vector<ImageOutputs>> got = RunBatch(**graphed, inputs, requests);
+    ASSERT_TRUE(want.ok()) << want.status();
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ((*got)[i].class_indices, (*want)[i].class_indices) << n << " images, image " << i;
+      for (size_t k = 0; k < (*want)[i].class_scores.size(); ++k) {
+        EXPECT_NEAR((*got)[i].class_scores[k], (*want)[i].class_scores[k], 1e-5);
+      }
+      EXPECT_LE(RelativeDiff(FloatsOf((*got)[i].embedding), FloatsOf((*want)[i].embedding)), 1e-5);
+    }
+  };
+  for (int64_t n = 1; n <= 4; ++n) check(n, 64, false);  // 4: larger than the graphs, eager.
+  check(2, 64, true);                                    // Stage maps: eager.
+  check(2, 96, false);                                   // Another size: eager.
+  EXPECT_EQ((*graphed)->graph_replays(), 3);             // Batches of 1, 2 and 3 at 64.
+  EXPECT_EQ((*eager)->graph_replays(), 0);
+  // A graph comes back when its batch's outputs are done: one size, more batches than copies.
+  for (int rep = 0; rep < 3; ++rep) check(1, 64, false);
+  EXPECT_EQ((*graphed)->graph_replays(), 6);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int rep = 0; rep < 5; ++rep) check(1 + (t + rep) % 3, 64, false);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  // Four threads, two graphs of each size: most replay, some may have run eagerly.
+  EXPECT_GT((*graphed)->graph_replays(), 6);
+  SetCpuGraphsForTesting(false);
+}
+
 TEST(BatchTest, ShapeKeyAndWarmUp) {
   EXPECT_EQ(BatchShapeKey(at::zeros({1, 3, 64, 96})), BatchShapeKey(at::ones({1, 3, 64, 96})));
   EXPECT_NE(BatchShapeKey(at::zeros({1, 3, 64, 96})), BatchShapeKey(at::zeros({1, 3, 96, 64})));

@@ -4,13 +4,18 @@
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
+#include <atomic>
 #include <exception>
+#include <map>
+#include <memory>
 #include <set>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/synchronization/mutex.h"
 #include "base/status_macros.h"
 #include "model/device.h"
 #include "model/grn.h"
@@ -79,8 +84,91 @@ ModelOptions WithDeviceDefaults(ModelOptions options) {
 
 }  // namespace
 
+// Captured graphs, each with its input and output tensors (the graph rewrites them), lent to one
+// forward pass at a time.
+struct ConvNeXt::GraphPool {
+  struct Graph {
+    std::unique_ptr<CapturedGraph> graph;
+    at::Tensor input;   // [n, C, size, size], the model's dtype and layout.
+    at::Tensor pooled;  // [n, dims[3]].
+    bool lent = false;
+  };
+
+  // A graph for `n` images of height x width that is not lent, now lent; null if there is none.
+  Graph* Lend(int64_t n, int64_t height, int64_t width) {
+    absl::MutexLock lock(&mu);
+    if (height != size || width != size) return nullptr;
+    auto it = by_batch.find(n);
+    if (it == by_batch.end()) return nullptr;
+    for (const std::unique_ptr<Graph>& g : it->second) {
+      if (!g->lent) {
+        g->lent = true;
+        return g.get();
+      }
+    }
+    return nullptr;
+  }
+  void GiveBack(Graph* g) {
+    absl::MutexLock lock(&mu);
+    g->lent = false;
+  }
+
+  std::atomic<int64_t> replays{0};
+
+  absl::Mutex mu;
+  int64_t size ABSL_GUARDED_BY(mu) = 0;
+  std::map<int64_t, std::vector<std::unique_ptr<Graph>>> by_batch ABSL_GUARDED_BY(mu);
+};
+
 ConvNeXt::ConvNeXt(ConvNeXtConfig config, ModelOptions options)
-    : config_(std::move(config)), options_(WithDeviceDefaults(std::move(options))) {}
+    : config_(std::move(config)),
+      options_(WithDeviceDefaults(std::move(options))),
+      graphs_(std::make_unique<GraphPool>()) {}
+
+ConvNeXt::~ConvNeXt() = default;
+
+absl::Status ConvNeXt::CaptureGraphs(int64_t max_batch, int64_t size) const {
+  const int64_t top = std::min(max_batch, options_.cuda_graph_max_batch);
+  if (top <= 0 || captured_graphs() > 0) return absl::OkStatus();
+  if (size < 32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CUDA graphs need inputs of at least 32x32, got ", size, "x", size));
+  }
+  std::map<int64_t, std::vector<std::unique_ptr<GraphPool::Graph>>> captured;
+  try {
+    c10::InferenceMode guard;
+    const at::TensorOptions like =
+        at::TensorOptions().device(options_.device).dtype(options_.dtype);
+    for (int64_t n = 1; n <= top; ++n) {
+      for (int64_t copy = 0; copy < std::max<int64_t>(1, options_.cuda_graph_copies); ++copy) {
+        auto g = std::make_unique<GraphPool::Graph>();
+        g->input = at::zeros({n, config_.in_channels, size, size}, like);
+        if (options_.channels_last) g->input = g->input.contiguous(at::MemoryFormat::ChannelsLast);
+        GraphPool::Graph* raw = g.get();
+        ASSIGN_OR_RETURN(g->graph, CapturedGraph::Capture(options_.device, [this, raw] {
+                           c10::InferenceMode inference;
+                           raw->pooled = RunStagesAten(raw->input, kNumStages, nullptr, {});
+                         }));
+        captured[n].push_back(std::move(g));
+      }
+    }
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("capturing CUDA graphs failed: ", e.what()));
+  }
+  absl::MutexLock lock(&graphs_->mu);
+  graphs_->size = size;
+  graphs_->by_batch = std::move(captured);
+  return absl::OkStatus();
+}
+
+int64_t ConvNeXt::graph_replays() const { return graphs_->replays.load(); }
+
+int64_t ConvNeXt::captured_graphs() const {
+  absl::MutexLock lock(&graphs_->mu);
+  int64_t count = 0;
+  for (const auto& [n, graphs] : graphs_->by_batch) count += static_cast<int64_t>(graphs.size());
+  return count;
+}
 
 absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig& config,
                                                            StateDict weights,
@@ -139,6 +227,11 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
     return absl::InvalidArgumentError(
         absl::StrCat("TensorFloat-32 applies to float32 models on a CUDA device only, not to ",
                      c10::toString(options.dtype), " on ", options.device.str()));
+  }
+  if (options.cuda_graph_max_batch > 0 && !options.device.is_cuda() &&
+      !(options.device.is_cpu() && CpuGraphsForTesting())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CUDA graphs need a CUDA device, not ", options.device.str()));
   }
   std::unique_ptr<Float32ModeHold> float32_mode;
   if (cuda_float32) {
@@ -419,6 +512,30 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
   }
 
   ForwardOutputs out;
+  // The pooled features alone of a batch whose shape has a captured graph: replayed.
+  if (request.pooled && !request.logits && !request.embedding && !request.stages &&
+      request.last_stage == kNumStages && request.extents.empty()) {
+    if (GraphPool::Graph* g = graphs_->Lend(images.size(0), images.size(2), images.size(3))) {
+      try {
+        c10::InferenceMode guard;
+        g->graph->Acquire();
+        g->input.copy_(images);
+        g->graph->Replay();
+        graphs_->replays.fetch_add(1, std::memory_order_relaxed);
+      } catch (const std::exception& e) {
+        graphs_->GiveBack(g);
+        return absl::InternalError(
+            absl::StrCat("ConvNeXt forward (CUDA graph) failed: ", e.what()));
+      }
+      out.pooled = g->pooled;
+      GraphPool* pool = graphs_.get();
+      out.graph_lease = std::shared_ptr<void>(nullptr, [pool, g](void*) {
+        g->graph->Release();
+        pool->GiveBack(g);
+      });
+      return out;
+    }
+  }
   std::vector<at::Tensor>* stages = request.stages ? &out.stages : nullptr;
   at::Tensor pooled;
   try {

@@ -59,6 +59,15 @@ struct ModelOptions {
   // What messages call this model when they name it to another (a Float32Mode conflict). Default:
   // its variant.
   std::string owner;
+  // CUDA graphs: batches of 1..cuda_graph_max_batch images of the warm-up's size (WarmUp's
+  // `size`: the CLASSIFICATION resize's fixed input) that ask for the pooled features only (what
+  // RunBatch asks for top-k classes and embeddings) replay a graph captured by WarmUp
+  // (CaptureGraphs) instead of launching each kernel: cuda_graph_copies graphs of each size, so
+  // that as many threads (a model's instances) replay one size at once. Anything else (stage
+  // maps, padded batches, other sizes, every copy in use) runs eagerly. 0: no graphs. Create
+  // fails with INVALID_ARGUMENT for a positive value off a CUDA device.
+  int64_t cuda_graph_max_batch = 0;
+  int64_t cuda_graph_copies = 1;
 };
 
 // Whether a model with these options runs its blocks on the CPU fast path: a build that has it
@@ -122,6 +131,11 @@ struct ForwardOutputs {
   at::Tensor embedding;            // [N, dims[3]], if requested.
   at::Tensor pooled;               // [N, dims[3]], if requested.
   std::vector<at::Tensor> stages;  // last_stage tensors, if requested; else empty.
+  // Set when a CUDA graph computed `pooled` (ModelOptions::cuda_graph_max_batch): `pooled` is
+  // then the graph's own output, valid while these outputs live (their destruction hands the
+  // graph back, after the work queued on the thread's stream until then): copy what must outlive
+  // them, and let them go before the model.
+  std::shared_ptr<void> graph_lease;
 };
 
 class ConvNeXt {
@@ -138,6 +152,7 @@ class ConvNeXt {
 
   ConvNeXt(const ConvNeXt&) = delete;
   ConvNeXt& operator=(const ConvNeXt&) = delete;
+  ~ConvNeXt();
 
   // Runs the model on a batch of preprocessed images [N, in_channels, H, W] (any floating dtype,
   // any device: converted as needed). H and W must be at least 32. Sides that are not multiples of
@@ -152,6 +167,16 @@ class ConvNeXt {
   // would otherwise create on the fly (the fast path's kernels for its activation shapes), so
   // that no request pays for it. A no-op on the ATen path. INTERNAL if that fails.
   absl::Status Prepare(int64_t batch, int64_t height, int64_t width) const;
+
+  // Captures the CUDA graphs ModelOptions::cuda_graph_max_batch asks for: batch sizes 1 to the
+  // lesser of `max_batch` and it, size x size inputs, cuda_graph_copies of each. WarmUp calls it,
+  // after running every size eagerly. OK, doing nothing, when no graphs are asked for or they are
+  // captured already; INTERNAL if a capture fails. Not to be called from two threads at once
+  // (Forward may run meanwhile).
+  absl::Status CaptureGraphs(int64_t max_batch, int64_t size) const;
+  // How many CUDA graphs are captured, and how many forward passes replayed one so far.
+  int64_t captured_graphs() const;
+  int64_t graph_replays() const;
 
   // Whether the blocks run on the CPU fast path (ModelOptions::cpu_fast_path, CPU, float32).
   bool uses_fast_path() const { return stages_[0].fast != nullptr; }
@@ -209,6 +234,9 @@ class ConvNeXt {
   ConvNeXtHead head_;
   // A float32 model on CUDA: its Float32Mode, held while it lives.
   std::unique_ptr<Float32ModeHold> float32_mode_;
+  // The CUDA graphs (ModelOptions::cuda_graph_max_batch), by batch size; never null.
+  struct GraphPool;
+  std::unique_ptr<GraphPool> graphs_;
 };
 
 }  // namespace convnext

@@ -4,17 +4,22 @@
 #include <ATen/Context.h>
 #include <torch/version.h>
 
+#include <atomic>
+#include <exception>
 #include <mutex>
 #include <set>
 #include <string>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 
 #if CONVNEXT_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
 
@@ -176,6 +181,115 @@ int64_t DeviceTimer::ElapsedMicros() {
   return -1;
 #endif
 }
+
+namespace {
+std::atomic<bool> cpu_graphs_for_testing{false};
+
+// SetCpuGraphsForTesting's stand-in for a graph: the work, run again.
+absl::StatusOr<std::function<void()>> CpuStandIn(const c10::Device& device,
+                                                 const std::function<void()>& work) {
+  if (!device.is_cpu() || !cpu_graphs_for_testing.load()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("CUDA graphs need a CUDA device, not '", device.str(), "'"));
+  }
+  try {
+    work();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("capturing a CUDA graph failed: ", e.what()));
+  }
+  return work;
+}
+}  // namespace
+
+void SetCpuGraphsForTesting(bool on) { cpu_graphs_for_testing.store(on); }
+bool CpuGraphsForTesting() { return cpu_graphs_for_testing.load(); }
+
+#if CONVNEXT_WITH_CUDA
+struct CapturedGraph::Impl {
+  std::function<void()> cpu_work;  // SetCpuGraphsForTesting's stand-in; else empty.
+  c10::DeviceIndex device = 0;
+  // Made for a CUDA capture only (its constructor initialises CUDA).
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  at::cuda::CUDAEvent released;  // Recorded by Release; never recorded: nothing to wait for.
+};
+
+absl::StatusOr<std::unique_ptr<CapturedGraph>> CapturedGraph::Capture(
+    const c10::Device& device, const std::function<void()>& work) {
+  if (!device.is_cuda()) {
+    ASSIGN_OR_RETURN(std::function<void()> stand_in, CpuStandIn(device, work));
+    auto impl = std::make_unique<Impl>();
+    impl->cpu_work = std::move(stand_in);
+    return std::unique_ptr<CapturedGraph>(new CapturedGraph(std::move(impl)));
+  }
+  RETURN_IF_ERROR(CheckDevice(device));
+  auto impl = std::make_unique<Impl>();
+  try {
+    const c10::DeviceIndex index =
+        device.has_index() ? device.index() : c10::cuda::current_device();
+    impl->device = index;
+    const c10::cuda::CUDAGuard device_guard(index);
+    const c10::cuda::CUDAStream stream = c10::cuda::getStreamFromPool(false, index);
+    at::cuda::CUDAEvent ready;
+    ready.record(c10::cuda::getCurrentCUDAStream(index));
+    ready.block(stream);
+    const c10::cuda::CUDAStreamGuard stream_guard(stream);
+    work();
+    stream.synchronize();
+    impl->graph = std::make_unique<at::cuda::CUDAGraph>();
+    impl->graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+    try {
+      work();
+    } catch (...) {
+      try {
+        impl->graph->capture_end();
+      } catch (...) {
+      }
+      throw;
+    }
+    impl->graph->capture_end();
+    stream.synchronize();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("capturing a CUDA graph failed: ", e.what()));
+  }
+  return std::unique_ptr<CapturedGraph>(new CapturedGraph(std::move(impl)));
+}
+
+void CapturedGraph::Acquire() {
+  if (impl_->cpu_work) return;
+  impl_->released.block(c10::cuda::getCurrentCUDAStream(impl_->device));
+}
+
+void CapturedGraph::Replay() {
+  if (impl_->cpu_work) return impl_->cpu_work();
+  const c10::cuda::CUDAGuard device_guard(impl_->device);
+  impl_->graph->replay();
+}
+
+void CapturedGraph::Release() {
+  if (impl_->cpu_work) return;
+  impl_->released.record(c10::cuda::getCurrentCUDAStream(impl_->device));
+}
+#else
+struct CapturedGraph::Impl {
+  std::function<void()> cpu_work;  // SetCpuGraphsForTesting's stand-in.
+};
+
+absl::StatusOr<std::unique_ptr<CapturedGraph>> CapturedGraph::Capture(
+    const c10::Device& device, const std::function<void()>& work) {
+  RETURN_IF_ERROR(CheckDevice(device));
+  ASSIGN_OR_RETURN(std::function<void()> stand_in, CpuStandIn(device, work));
+  auto impl = std::make_unique<Impl>();
+  impl->cpu_work = std::move(stand_in);
+  return std::unique_ptr<CapturedGraph>(new CapturedGraph(std::move(impl)));
+}
+
+void CapturedGraph::Acquire() {}
+void CapturedGraph::Replay() { impl_->cpu_work(); }
+void CapturedGraph::Release() {}
+#endif
+
+CapturedGraph::CapturedGraph(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CapturedGraph::~CapturedGraph() = default;
 
 std::optional<DeviceMemory> MemoryOf(const c10::Device& device) {
 #if CONVNEXT_WITH_CUDA

@@ -10,6 +10,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -97,6 +98,44 @@ class DeviceTimer {
   struct Events;
   std::unique_ptr<Events> events_;
 };
+
+// Work captured once as a CUDA graph and replayed with one launch (ModelOptions::
+// cuda_graph_max_batch). The tensors the work makes while it is captured live in the graph's own
+// memory pool and keep their addresses: every replay rewrites them, so their readers must be done
+// before the next replay (Acquire / Release).
+class CapturedGraph {
+ public:
+  // Runs `work` once eagerly on a stream of its own on `device` (after the work the calling
+  // thread's stream was given), which initialises what it sets up lazily, then captures it there
+  // in thread-local capture mode (other threads' CUDA calls go on meanwhile). `work` must stay on
+  // the device (no copy to or from the host, no synchronisation). FAILED_PRECONDITION without
+  // CUDA, INTERNAL if the capture fails.
+  static absl::StatusOr<std::unique_ptr<CapturedGraph>> Capture(const c10::Device& device,
+                                                                const std::function<void()>& work);
+  ~CapturedGraph();
+  CapturedGraph(const CapturedGraph&) = delete;
+  CapturedGraph& operator=(const CapturedGraph&) = delete;
+
+  // Makes the calling thread's current stream wait until the previous replay's readers are done
+  // (the point Release marked), before it rewrites the graph's input.
+  void Acquire();
+  // Replays the graph on the calling thread's current stream.
+  void Replay();
+  // Marks the point on the calling thread's current stream after which the outputs have no more
+  // readers.
+  void Release();
+
+ private:
+  struct Impl;
+  explicit CapturedGraph(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Tests: on the CPU, CapturedGraph::Capture keeps the work (after running it once) and Replay
+// runs it again, and models on the CPU accept cuda_graph_max_batch, so that what captures and
+// lends out graphs runs where there is no GPU. Process-wide; off by default.
+void SetCpuGraphsForTesting(bool on);
+bool CpuGraphsForTesting();
 
 // Bytes the caching allocator holds on a CUDA device: in tensors, and reserved from the driver
 // (what nvidia-smi shows of this process, less the CUDA context).

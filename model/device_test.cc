@@ -130,6 +130,23 @@ TEST(DeviceTest, Tf32IsRefusedOutsideFloat32OnCuda) {
   EXPECT_TRUE(TinyModel(options).ok());
 }
 
+// CUDA graphs are for CUDA devices: asked for elsewhere, a clear error; not asked for, nothing.
+TEST(DeviceTest, CudaGraphsAreRefusedOffCuda) {
+  ModelOptions options;
+  options.cuda_graph_max_batch = 4;
+  const absl::Status cpu = TinyModel(options).status();
+  EXPECT_EQ(cpu.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(cpu.message()), HasSubstr("CUDA graphs need a CUDA device, not cpu"));
+  const absl::Status capture = CapturedGraph::Capture(c10::Device("cpu"), [] {}).status();
+  EXPECT_EQ(capture.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(capture.message()), HasSubstr("CUDA graphs need a CUDA device"));
+  options.cuda_graph_max_batch = 0;
+  absl::StatusOr<std::unique_ptr<ConvNeXt>> model = TinyModel(options);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_TRUE((*model)->CaptureGraphs(8, 64).ok());
+  EXPECT_EQ((*model)->captured_graphs(), 0);
+}
+
 // On the CPU nothing is measured; on a CUDA device (the device check) a batch's GPU time and the
 // allocator's bytes are.
 TEST(DeviceTest, TimerAndMemoryMeasureCudaOnly) {

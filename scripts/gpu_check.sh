@@ -22,7 +22,8 @@
 #               bfloat16 agreement (CudaTest, GPU only), and every other model test.
 #   throughput  bench/device_throughput: every variant in float16 and bfloat16 at batch 1, 8, 64,
 #               256 against PyTorch eager (channels_last, autocast) measured in the same run
-#               (CPU: convnext_tiny, float32, batch 1, briefly).
+#               (CPU: convnext_tiny, float32, batch 1, briefly); on the GPU also convnext_tiny's
+#               pooled pass at batch 1 and 8 eager against replaying a CUDA graph.
 #   compile     torch.compile's figure for convnext_tiny (GPU only, if time remains).
 # Exit status: 0 when configure, build and tests passed (the figures are figures, not checks).
 set -uo pipefail

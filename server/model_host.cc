@@ -204,6 +204,8 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
     if (config.compute_dtype() == server::FP16) load.model.dtype = at::kHalf;
     if (config.compute_dtype() == server::BF16) load.model.dtype = at::kBFloat16;
     load.model.allow_tf32 = config.compute_dtype() == server::TF32;
+    load.model.cuda_graph_max_batch = config.cuda_graph_max_batch();
+    load.model.cuda_graph_copies = std::max<int64_t>(1, config.batching().instances());
     load.model.owner = absl::StrCat("model '", config.name(), "' version ", config.version());
     if (config.compute_dtype() == server::AUTO) {
       host->compute_dtype_reason_ =

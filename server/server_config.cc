@@ -262,6 +262,11 @@ absl::Status ValidateModelConfig(const server::ModelConfig& m) {
     return Bad(m, "compute_dtype",
                "FP16 runs on a CUDA device only (device \"cuda\" or \"cuda:N\")");
   }
+  if (m.cuda_graph_max_batch() > 0 && !cuda) {
+    return Bad(m, "cuda_graph_max_batch",
+               "CUDA graphs run on a CUDA device only (device \"cuda\" or \"cuda:N\")");
+  }
+  if (m.cuda_graph_max_batch() > 64) return Bad(m, "cuda_graph_max_batch", "must be <= 64");
   if (m.compute_dtype() == server::TF32 && !cuda) {
     return Bad(m, "compute_dtype",
                "TF32 (TensorFloat-32) runs on a CUDA device only (device \"cuda\" or \"cuda:N\")");

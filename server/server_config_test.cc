@@ -165,6 +165,15 @@ TEST(ServerConfigTest, ComputeDtype) {
   EXPECT_THAT(
       std::string(Check(c).message()),
       HasSubstr("model 'a': compute_dtype TF32 (TensorFloat-32) runs on a CUDA device only"));
+  // CUDA graphs likewise, and at most 64 batch sizes.
+  c.mutable_model(0)->set_compute_dtype(server::FP32);
+  c.mutable_model(0)->set_cuda_graph_max_batch(8);
+  EXPECT_THAT(std::string(Check(c).message()),
+              HasSubstr("model 'a': cuda_graph_max_batch CUDA graphs run on a CUDA device only"));
+  c.mutable_model(0)->set_device("cuda:0");
+  EXPECT_TRUE(Check(c).ok()) << Check(c);
+  c.mutable_model(0)->set_cuda_graph_max_batch(65);
+  EXPECT_THAT(std::string(Check(c).message()), HasSubstr("cuda_graph_max_batch must be <= 64"));
 }
 
 TEST(ServerConfigTest, GoldenPathsAreRelativeToTheFile) {
