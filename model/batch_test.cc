@@ -26,16 +26,27 @@ namespace {
 
 using ::testing::HasSubstr;
 
-std::unique_ptr<ConvNeXt> SmallModel(bool backbone = false, bool grn = false,
-                                     bool fast_path = true) {
+// A small four-stage architecture: a classifier of 10 classes, or a detection backbone.
+ConvNeXtConfig SmallConfig(bool backbone = false, bool grn = false) {
   ConvNeXtConfig config;
   config.depths = {1, 1, 2, 1};
   config.dims = {16, 24, 32, 48};
   config.num_classes = backbone ? 0 : 10;
   config.stage_norms = backbone;
   config.grn = grn;
+  return config;
+}
+
+StateDict RandomWeights(const ConvNeXtConfig& config) {
   StateDict weights;
   for (const auto& [name, shape] : ExpectedParameters(config)) weights[name] = at::randn(shape);
+  return weights;
+}
+
+std::unique_ptr<ConvNeXt> SmallModel(bool backbone = false, bool grn = false,
+                                     bool fast_path = true) {
+  const ConvNeXtConfig config = SmallConfig(backbone, grn);
+  StateDict weights = RandomWeights(config);
   ModelOptions options;
   options.cpu_fast_path = fast_path;
   absl::StatusOr<std::unique_ptr<ConvNeXt>> model =
@@ -301,12 +312,8 @@ TEST(BatchTest, OnTheTestDeviceEachImageGetsWhatTheCpuGives) {
                  << (at::hasCUDA() ? "sees" : "sees no")
                  << " GPU): runs in scripts/gpu_check.sh on the GPU machine";
   }
-  ConvNeXtConfig config;
-  config.depths = {1, 1, 2, 1};
-  config.dims = {16, 24, 32, 48};
-  config.num_classes = 10;
-  StateDict weights;
-  for (const auto& [n, shape] : ExpectedParameters(config)) weights[n] = at::randn(shape);
+  const ConvNeXtConfig config = SmallConfig();
+  const StateDict weights = RandomWeights(config);
   ModelOptions cpu_options;
   cpu_options.cpu_fast_path = false;
   absl::StatusOr<std::unique_ptr<ConvNeXt>> cpu = ConvNeXt::Create(config, weights, cpu_options);
@@ -373,12 +380,8 @@ TEST(BatchTest, CudaGraphsGiveWhatEagerGives) {
   const std::string name = testing::TestDevice();
   const bool cuda = name.rfind("cuda", 0) == 0 && at::hasCUDA();
   SetCpuGraphsForTesting(!cuda);
-  ConvNeXtConfig config;
-  config.depths = {1, 1, 2, 1};
-  config.dims = {16, 24, 32, 48};
-  config.num_classes = 10;
-  StateDict weights;
-  for (const auto& [n, shape] : ExpectedParameters(config)) weights[n] = at::randn(shape);
+  const ConvNeXtConfig config = SmallConfig();
+  const StateDict weights = RandomWeights(config);
   ModelOptions options;
   options.device = c10::Device(cuda ? name : "cpu");
   options.cpu_fast_path = false;  // The graphs run the ATen path.
