@@ -232,10 +232,10 @@ absl::Status CheckPixels(int64_t width, int64_t height, int64_t max_pixels) {
                                                  max_pixels));
 }
 
-absl::StatusOr<at::Tensor> NewInputTensor(int64_t height, int64_t width, bool zero) {
+absl::StatusOr<at::Tensor> NewInputTensor(int64_t height, int64_t width, bool zero,
+                                          c10::ScalarType dtype = at::kFloat) {
   try {
-    return zero ? at::zeros({1, 3, height, width}, at::kFloat)
-                : at::empty({1, 3, height, width}, at::kFloat);
+    return zero ? at::zeros({1, 3, height, width}, dtype) : at::empty({1, 3, height, width}, dtype);
   } catch (const std::exception& e) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot allocate a ", height, "x", width, " input tensor: ", e.what()));
@@ -300,30 +300,25 @@ absl::StatusOr<EvalGeometry> ComputeEvalGeometry(int64_t width, int64_t height,
   return g;
 }
 
+// The evaluation transform's resized and cropped pixels: size x size, RGB interleaved.
+absl::StatusOr<std::vector<uint8_t>> EvalPixels(const View& rgb, const PreprocessConfig& config) {
+  ASSIGN_OR_RETURN(const EvalGeometry g, ComputeEvalGeometry(rgb.width, rgb.height, config));
+  return ResizeWindow(rgb, g.out_w, g.out_h, g.crop, config.interpolation);
+}
+
 absl::StatusOr<at::Tensor> EvalTransform(const View& rgb, const PreprocessConfig& config) {
   const int size = config.size;
-  ASSIGN_OR_RETURN(const EvalGeometry g, ComputeEvalGeometry(rgb.width, rgb.height, config));
-  const int64_t out_w = g.out_w, out_h = g.out_h;
-  const Window crop = g.crop;
-  const std::vector<uint8_t> pixels = ResizeWindow(rgb, out_w, out_h, crop, config.interpolation);
+  ASSIGN_OR_RETURN(const std::vector<uint8_t> pixels, EvalPixels(rgb, config));
   ASSIGN_OR_RETURN(at::Tensor out, NewInputTensor(size, size, /*zero=*/false));
   Normalize(View{pixels.data(), static_cast<ptrdiff_t>(size) * 3, size, size}, config, out);
   return out;
 }
 
-// EvalTransform without ToTensor and Normalize: the resized, cropped pixels as uint8 planes.
+// EvalTransform without ToTensor and Normalize: the same pixels as uint8 planes.
 absl::StatusOr<at::Tensor> EvalTransformToUint8(const View& rgb, const PreprocessConfig& config) {
   const int size = config.size;
-  ASSIGN_OR_RETURN(const EvalGeometry g, ComputeEvalGeometry(rgb.width, rgb.height, config));
-  const std::vector<uint8_t> pixels =
-      ResizeWindow(rgb, g.out_w, g.out_h, g.crop, config.interpolation);
-  at::Tensor out;
-  try {
-    out = at::empty({1, 3, size, size}, at::kByte);
-  } catch (const std::exception& e) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot allocate a ", size, "x", size, " input tensor: ", e.what()));
-  }
+  ASSIGN_OR_RETURN(const std::vector<uint8_t> pixels, EvalPixels(rgb, config));
+  ASSIGN_OR_RETURN(at::Tensor out, NewInputTensor(size, size, /*zero=*/false, at::kByte));
   const int64_t plane = int64_t{size} * size;
   uint8_t* dst = out.data_ptr<uint8_t>();
   for (int64_t i = 0; i < plane; ++i) {

@@ -233,14 +233,12 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
     return absl::InvalidArgumentError(
         absl::StrCat("CUDA graphs need a CUDA device, not ", options.device.str()));
   }
+  if (options.device.is_cuda()) ConfigureCudaOnce();
   std::unique_ptr<Float32ModeHold> float32_mode;
   if (cuda_float32) {
-    ConfigureCudaOnce();
     ASSIGN_OR_RETURN(float32_mode,
                      HoldFloat32Mode(options.allow_tf32 ? Float32Mode::kTf32 : Float32Mode::kStrict,
                                      options.owner.empty() ? who : options.owner));
-  } else if (options.device.is_cuda()) {
-    ConfigureCudaOnce();
   }
   std::unique_ptr<ConvNeXt> model(new ConvNeXt(config, options));
   model->float32_mode_ = std::move(float32_mode);
@@ -512,9 +510,11 @@ absl::StatusOr<ForwardOutputs> ConvNeXt::Forward(const at::Tensor& images,
   }
 
   ForwardOutputs out;
-  // The pooled features alone of a batch whose shape has a captured graph: replayed.
-  if (request.pooled && !request.logits && !request.embedding && !request.stages &&
-      request.last_stage == kNumStages && request.extents.empty()) {
+  // The pooled features alone of a batch whose shape has a captured graph: replayed. (Models
+  // without graphs do not look.)
+  if (options_.cuda_graph_max_batch > 0 && request.pooled && !request.logits &&
+      !request.embedding && !request.stages && request.last_stage == kNumStages &&
+      request.extents.empty()) {
     if (GraphPool::Graph* g = graphs_->Lend(images.size(0), images.size(2), images.size(3))) {
       try {
         c10::InferenceMode guard;

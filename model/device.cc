@@ -204,25 +204,25 @@ absl::StatusOr<std::function<void()>> CpuStandIn(const c10::Device& device,
 void SetCpuGraphsForTesting(bool on) { cpu_graphs_for_testing.store(on); }
 bool CpuGraphsForTesting() { return cpu_graphs_for_testing.load(); }
 
-#if CONVNEXT_WITH_CUDA
 struct CapturedGraph::Impl {
   std::function<void()> cpu_work;  // SetCpuGraphsForTesting's stand-in; else empty.
+#if CONVNEXT_WITH_CUDA
   c10::DeviceIndex device = 0;
   // Made for a CUDA capture only (its constructor initialises CUDA).
   std::unique_ptr<at::cuda::CUDAGraph> graph;
   at::cuda::CUDAEvent released;  // Recorded by Release; never recorded: nothing to wait for.
+#endif
 };
 
 absl::StatusOr<std::unique_ptr<CapturedGraph>> CapturedGraph::Capture(
     const c10::Device& device, const std::function<void()>& work) {
+  auto impl = std::make_unique<Impl>();
   if (!device.is_cuda()) {
-    ASSIGN_OR_RETURN(std::function<void()> stand_in, CpuStandIn(device, work));
-    auto impl = std::make_unique<Impl>();
-    impl->cpu_work = std::move(stand_in);
+    ASSIGN_OR_RETURN(impl->cpu_work, CpuStandIn(device, work));
     return std::unique_ptr<CapturedGraph>(new CapturedGraph(std::move(impl)));
   }
-  RETURN_IF_ERROR(CheckDevice(device));
-  auto impl = std::make_unique<Impl>();
+  RETURN_IF_ERROR(CheckDevice(device));  // Always an error in a build without CUDA.
+#if CONVNEXT_WITH_CUDA
   try {
     const c10::DeviceIndex index =
         device.has_index() ? device.index() : c10::cuda::current_device();
@@ -251,42 +251,29 @@ absl::StatusOr<std::unique_ptr<CapturedGraph>> CapturedGraph::Capture(
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("capturing a CUDA graph failed: ", e.what()));
   }
+#endif
   return std::unique_ptr<CapturedGraph>(new CapturedGraph(std::move(impl)));
 }
 
 void CapturedGraph::Acquire() {
-  if (impl_->cpu_work) return;
-  impl_->released.block(c10::cuda::getCurrentCUDAStream(impl_->device));
+#if CONVNEXT_WITH_CUDA
+  if (!impl_->cpu_work) impl_->released.block(c10::cuda::getCurrentCUDAStream(impl_->device));
+#endif
 }
 
 void CapturedGraph::Replay() {
   if (impl_->cpu_work) return impl_->cpu_work();
+#if CONVNEXT_WITH_CUDA
   const c10::cuda::CUDAGuard device_guard(impl_->device);
   impl_->graph->replay();
+#endif
 }
 
 void CapturedGraph::Release() {
-  if (impl_->cpu_work) return;
-  impl_->released.record(c10::cuda::getCurrentCUDAStream(impl_->device));
-}
-#else
-struct CapturedGraph::Impl {
-  std::function<void()> cpu_work;  // SetCpuGraphsForTesting's stand-in.
-};
-
-absl::StatusOr<std::unique_ptr<CapturedGraph>> CapturedGraph::Capture(
-    const c10::Device& device, const std::function<void()>& work) {
-  RETURN_IF_ERROR(CheckDevice(device));
-  ASSIGN_OR_RETURN(std::function<void()> stand_in, CpuStandIn(device, work));
-  auto impl = std::make_unique<Impl>();
-  impl->cpu_work = std::move(stand_in);
-  return std::unique_ptr<CapturedGraph>(new CapturedGraph(std::move(impl)));
-}
-
-void CapturedGraph::Acquire() {}
-void CapturedGraph::Replay() { impl_->cpu_work(); }
-void CapturedGraph::Release() {}
+#if CONVNEXT_WITH_CUDA
+  if (!impl_->cpu_work) impl_->released.record(c10::cuda::getCurrentCUDAStream(impl_->device));
 #endif
+}
 
 CapturedGraph::CapturedGraph(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CapturedGraph::~CapturedGraph() = default;
