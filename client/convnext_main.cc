@@ -239,18 +239,20 @@ int Models(Client& client) {
   if (absl::GetFlag(FLAGS_json)) {
     nlohmann::ordered_json models = nlohmann::ordered_json::array();
     for (const v1::ModelInfo& m : r->models()) {
-      models.push_back({{"name", m.name()},
-                        {"version", m.version()},
-                        {"state", StateName(m.state())},
-                        {"variant", m.variant()},
-                        {"num_classes", m.num_classes()},
-                        {"parameters", m.parameter_count()},
-                        {"input_size", m.preprocessing().size()},
-                        {"device", m.device()},
-                        {"ready", m.ready()},
-                        {"embedding_space", m.embedding_space()},
-                        {"default_version", m.default_version()},
-                        {"default", is_default(m)}});
+      models.push_back(
+          {{"name", m.name()},
+           {"version", m.version()},
+           {"state", StateName(m.state())},
+           {"variant", m.variant()},
+           {"num_classes", m.num_classes()},
+           {"parameters", m.parameter_count()},
+           {"input_size", m.preprocessing().size()},
+           {"device", m.device()},
+           {"devices", std::vector<std::string>(m.devices().begin(), m.devices().end())},
+           {"ready", m.ready()},
+           {"embedding_space", m.embedding_space()},
+           {"default_version", m.default_version()},
+           {"default", is_default(m)}});
     }
     PrintJson(models);
     return 0;

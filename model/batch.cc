@@ -377,6 +377,14 @@ absl::StatusOr<std::vector<ImageOutputs>> RunBatch(const ConvNeXt& model,
   // LibTorch throws; nothing it throws may leave this layer.
   try {
     return Run(model, inputs, requests, before_forward, pixels);
+  } catch (const c10::OutOfMemoryError& e) {  // A GPU's allocator; the batch is too large now.
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the forward pass ran out of memory on ", model.options().device.str(),
+        " (send fewer or smaller images at once, or retry later): ", e.what_without_backtrace()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the forward pass ran out of memory on ", model.options().device.str(),
+                     " (send fewer or smaller images at once, or retry later)"));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("the forward pass failed: ", e.what()));
   }

@@ -143,6 +143,9 @@ at::Tensor StackOnDevice(const std::vector<at::Tensor>& inputs, const c10::Devic
 
 #if CONVNEXT_WITH_CUDA
 struct DeviceTimer::Events {
+  // The device's current stream, not the thread's current device's: with several devices
+  // (ModelConfig.devices) one thread computes on each in turn.
+  c10::DeviceIndex device = 0;
   at::cuda::CUDAEvent start{cudaEventDefault};
   at::cuda::CUDAEvent end{cudaEventDefault};
 };
@@ -156,7 +159,8 @@ DeviceTimer::DeviceTimer(const c10::Device& device) {
   UseOwnStream(device);
   try {
     events_ = std::make_unique<Events>();
-    events_->start.record();
+    events_->device = device.has_index() ? device.index() : c10::cuda::current_device();
+    events_->start.record(c10::cuda::getCurrentCUDAStream(events_->device));
   } catch (const std::exception&) {
     events_.reset();
   }
@@ -171,7 +175,7 @@ int64_t DeviceTimer::ElapsedMicros() {
 #if CONVNEXT_WITH_CUDA
   if (events_ == nullptr) return -1;
   try {
-    events_->end.record();
+    events_->end.record(c10::cuda::getCurrentCUDAStream(events_->device));
     events_->end.synchronize();
     return static_cast<int64_t>(1000.0 * events_->start.elapsed_time(events_->end));
   } catch (const std::exception&) {

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <tuple>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
@@ -114,10 +115,16 @@ struct State {
   prometheus::Family<prometheus::Gauge>* load_seconds = nullptr;
   prometheus::Family<prometheus::Counter>* loads = nullptr;
   prometheus::Family<prometheus::Gauge>* last_load_ok = nullptr;
+  prometheus::Family<prometheus::Counter>* replica_batches = nullptr;
+  prometheus::Family<prometheus::Counter>* replica_images = nullptr;
+  prometheus::Family<prometheus::Counter>* graph_replays = nullptr;
   absl::Mutex mu;
   // By (model, version).
   std::map<std::pair<std::string, std::string>, std::unique_ptr<ModelMetrics>> models
       ABSL_GUARDED_BY(mu);
+  // By (model, version, replica, device).
+  std::map<std::tuple<std::string, std::string, int, std::string>, std::unique_ptr<ReplicaMetrics>>
+      replicas ABSL_GUARDED_BY(mu);
 };
 
 State* g_state = nullptr;  // Set once by Metrics::Start; lives until exit.
@@ -206,6 +213,22 @@ absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Start(const std::string& bind_
                          .Name("convnext_model_last_load_success")
                          .Help("1 if the model's last load or reload succeeded, else 0.")
                          .Register(r);
+  s->replica_batches = &prometheus::BuildCounter()
+                            .Name("convnext_replica_batches_total")
+                            .Help(
+                                "Forward passes by replica: one per entry of the model's devices, "
+                                "each batch computed by the least busy one.")
+                            .Register(r);
+  s->replica_images = &prometheus::BuildCounter()
+                           .Name("convnext_replica_images_total")
+                           .Help("Images computed, by replica (the model's devices).")
+                           .Register(r);
+  s->graph_replays = &prometheus::BuildCounter()
+                          .Name("convnext_cuda_graph_replays_total")
+                          .Help(
+                              "Batches that replayed a CUDA graph captured at warm-up instead of "
+                              "running eagerly (cuda_graph_max_batch), by replica.")
+                          .Register(r);
   prometheus::BuildGauge()
       .Name("convnext_build_info")
       .Help("Always 1; the labels describe the build.")
@@ -263,6 +286,24 @@ ModelMetrics* Metrics::ForModel(const std::string& model, const std::string& ver
   return m.get();
 }
 
+ReplicaMetrics* Metrics::ForReplica(const std::string& model, const std::string& version,
+                                    int replica, const std::string& device) {
+  State* s = g_state;
+  if (s == nullptr) return nullptr;
+  absl::MutexLock lock(&s->mu);
+  std::unique_ptr<ReplicaMetrics>& m = s->replicas[{model, version, replica, device}];
+  if (m != nullptr) return m.get();
+  m = std::make_unique<ReplicaMetrics>();
+  const prometheus::Labels labels = {{"model", model},
+                                     {"version", version},
+                                     {"replica", absl::StrCat(replica)},
+                                     {"device", device}};
+  m->batches = &s->replica_batches->Add(labels);
+  m->images = &s->replica_images->Add(labels);
+  m->graph_replays = &s->graph_replays->Add(labels);
+  return m.get();
+}
+
 void RecordModelLoad(const std::string& model, bool ok) {
   State* s = g_state;
   if (s == nullptr) return;
@@ -290,6 +331,13 @@ void RecordBatch(ModelMetrics* m, int batch_size, int64_t compute_us) {
   m->batch_size->Observe(batch_size);
   m->compute->Observe(static_cast<double>(compute_us));
   m->images->Increment(batch_size);
+}
+
+void RecordReplicaBatch(ReplicaMetrics* m, int batch_size, uint64_t graph_replays) {
+  if (m == nullptr) return;
+  m->batches->Increment();
+  m->images->Increment(batch_size);
+  if (graph_replays > 0) m->graph_replays->Increment(static_cast<double>(graph_replays));
 }
 
 void EnableDeviceMetrics(ModelMetrics* m, const std::string& model, const std::string& version) {

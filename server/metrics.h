@@ -68,6 +68,13 @@ struct ModelMetrics {
   prometheus::Histogram* device_compute = nullptr;
 };
 
+// The metrics of one replica of a model version (ModelConfig.devices): what it computed.
+struct ReplicaMetrics {
+  prometheus::Counter* batches = nullptr;
+  prometheus::Counter* images = nullptr;
+  prometheus::Counter* graph_replays = nullptr;  // Batches that replayed a CUDA graph.
+};
+
 class Metrics {
  public:
   struct BuildInfo {
@@ -89,6 +96,11 @@ class Metrics {
   // kUnknownModelLabel and ""), created on first use. Never null while metrics run; null
   // otherwise. The label set is bounded by the versions ever loaded.
   static ModelMetrics* ForModel(const std::string& model, const std::string& version);
+  // The metrics of replica `replica` (its index in ModelConfig.devices) of a model version, on
+  // `device` (labels model, version, replica, device), created on first use. Null when metrics
+  // are off.
+  static ReplicaMetrics* ForReplica(const std::string& model, const std::string& version,
+                                    int replica, const std::string& device);
 
  private:
   Metrics() = default;
@@ -102,6 +114,8 @@ void RecordRequest(ModelMetrics* m, Method method, grpc::StatusCode code, int64_
 void RecordImage(ModelMetrics* m, int64_t queue_us, int64_t preprocess_us);
 // One forward pass.
 void RecordBatch(ModelMetrics* m, int batch_size, int64_t compute_us);
+// One forward pass on a replica, and the CUDA graph replays it made since the last call.
+void RecordReplicaBatch(ReplicaMetrics* m, int batch_size, uint64_t graph_replays);
 // Makes the GPU metrics of a model on a CUDA device: its batches' device time. Call before the
 // model serves.
 void EnableDeviceMetrics(ModelMetrics* m, const std::string& model, const std::string& version);

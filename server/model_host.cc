@@ -194,8 +194,14 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   load.model.cpu_fast_path = !config.disable_cpu_fast_path();
   load.max_checkpoint_bytes = config.max_checkpoint_bytes();
   load.fingerprint_trunk = !config.head().empty();
-  absl::StatusOr<c10::Device> device = ParseDevice(config.device());
-  if (!device.ok()) return annotate(device.status());
+  std::vector<c10::Device> devices;
+  for (const std::string& name : config.devices()) {
+    absl::StatusOr<c10::Device> device = ParseDevice(name);
+    if (!device.ok()) return annotate(device.status());
+    devices.push_back(*device);
+  }
+  // Config validation let through one or more devices, all of one kind.
+  const c10::Device* device = &devices[0];
   load.model.device = *device;
   if (device->is_cuda()) {
     EnableDeviceMetrics(host->metrics_, config.name(), config.version());
@@ -244,6 +250,29 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   absl::StatusOr<LoadedModel> loaded = LoadModel(load);
   if (!loaded.ok()) return annotate(loaded.status());
   host->loaded_ = *std::move(loaded);
+  // One replica per device: the first is the model just loaded, the others load the same
+  // checkpoint onto theirs. A replica's failure names it when there are several.
+  auto on_replica = [&](size_t r, const absl::Status& s) {
+    if (devices.size() == 1) return annotate(s);
+    return annotate(absl::Status(
+        s.code(), absl::StrCat("replica ", r, " on ", devices[r].str(), ": ", s.message())));
+  };
+  host->replicas_.resize(devices.size());
+  for (size_t r = 0; r < devices.size(); ++r) {
+    Replica& replica = host->replicas_[r];
+    if (r == 0) {
+      replica.model = host->loaded_.model.get();
+    } else {
+      load.model.device = devices[r];
+      load.fingerprint_trunk = false;
+      absl::StatusOr<LoadedModel> copy = LoadModel(load);
+      if (!copy.ok()) return on_replica(r, copy.status());
+      replica.owned = std::move(copy->model);
+      replica.model = replica.owned.get();
+    }
+    replica.metrics =
+        Metrics::ForReplica(config.name(), config.version(), static_cast<int>(r), devices[r].str());
+  }
   absl::StatusOr<std::vector<std::string>> labels =
       ReadLabels(config.labels_file(), host->architecture().num_classes, host->loaded_.labels);
   if (!labels.ok()) return annotate(labels.status());
@@ -258,17 +287,21 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   host->preprocess_ = *preprocess;
   host->memory_ = std::make_unique<MemoryBudget>(
       static_cast<int64_t>(config.batching().max_memory_bytes()), options.process_memory);
-  if (absl::Status s = WarmUp(*host->loaded_.model, config.batching().max_batch_size(),
-                              config.preprocessing().size());
-      !s.ok()) {
-    return annotate(s);
+  // Every replica warmed up and golden-checked on its own device.
+  for (size_t r = 0; r < host->replicas_.size(); ++r) {
+    const ConvNeXt& model = *host->replicas_[r].model;
+    if (absl::Status s =
+            WarmUp(model, config.batching().max_batch_size(), config.preprocessing().size());
+        !s.ok()) {
+      return on_replica(r, s);
+    }
+    for (const server::GoldenCase& golden : config.golden()) {
+      if (absl::Status s = host->CheckGolden(golden, model); !s.ok()) return on_replica(r, s);
+    }
   }
   for (int normalized = 0; normalized < 2; ++normalized) {
     host->embedding_space_[normalized] =
         EmbeddingSpace(host->checkpoint_sha256_, config.preprocessing(), normalized != 0);
-  }
-  for (const server::GoldenCase& golden : config.golden()) {
-    if (absl::Status s = host->CheckGolden(golden); !s.ok()) return annotate(s);
   }
   for (int i = 0; i < config.head_size(); ++i) {
     if (absl::Status s = host->AddHead(i); !s.ok()) return annotate(s);
@@ -279,7 +312,7 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   batcher.queue.max_batch_size = config.batching().max_batch_size();
   batcher.queue.max_queue_delay = absl::Microseconds(config.batching().max_queue_delay_us());
   batcher.queue.max_queue_size = config.batching().max_queue_size();
-  batcher.num_executors = static_cast<int>(config.batching().instances());
+  batcher.num_executors = static_cast<int>(config.batching().instances() * host->replicas_.size());
   ModelHost* raw = host.get();
   absl::StatusOr<std::unique_ptr<Batcher<WorkPtr>>> b = Batcher<WorkPtr>::Create(
       batcher,
@@ -307,6 +340,12 @@ absl::Status ModelHost::AddHead(int index) {
   load.max_checkpoint_bytes = options_.config.max_checkpoint_bytes();
   absl::StatusOr<LoadedHead> loaded = LoadHead(load, *loaded_.model, loaded_.trunk);
   if (!loaded.ok()) return annotate(loaded.status());
+  std::vector<ConvNeXtHead> per_replica = {std::move(loaded->head)};
+  for (size_t r = 1; r < replicas_.size(); ++r) {  // The same head on each replica's device.
+    absl::StatusOr<LoadedHead> copy = LoadHead(load, *replicas_[r].model, loaded_.trunk);
+    if (!copy.ok()) return annotate(copy.status());
+    per_replica.push_back(std::move(copy->head));
+  }
 
   ModelHostOptions options = options_;
   server::ModelConfig& config = options.config;
@@ -317,13 +356,13 @@ absl::Status ModelHost::AddHead(int index) {
   config.clear_golden();
   std::unique_ptr<ModelHost> view(new ModelHost(options));
   view->trunk_ = this;
-  view->head_ = std::move(loaded->head);
+  view->head_ = std::move(per_replica);
   view->head_architecture_ = architecture();
-  view->head_architecture_.num_classes = view->head_.num_classes;
+  view->head_architecture_.num_classes = view->head_[0].num_classes;
   view->loaded_.format = loaded->format;
   view->loaded_.layout = loaded->layout;
   absl::StatusOr<std::vector<std::string>> labels =
-      ReadLabels(h.labels_file(), view->head_.num_classes, std::move(loaded->labels));
+      ReadLabels(h.labels_file(), view->head_[0].num_classes, std::move(loaded->labels));
   if (!labels.ok()) return annotate(labels.status());
   view->labels_ = *std::move(labels);
   absl::StatusOr<std::string> sha = Sha256File(h.checkpoint());
@@ -546,8 +585,39 @@ void ModelHost::End(const Work& work, const absl::Status& status) {
   work.request->ImageDone(status);
 }
 
+int ModelHost::AcquireReplica() {
+  if (replicas_.size() == 1) return 0;
+  absl::MutexLock lock(&replicas_mu_);
+  int best = 0;
+  for (int r = 1; r < static_cast<int>(replicas_.size()); ++r) {
+    if (replicas_[r].busy < replicas_[best].busy) best = r;
+  }
+  ++replicas_[best].busy;
+  return best;
+}
+
+void ModelHost::ReleaseReplica(int r, int images) {
+  Replica& replica = replicas_[r];
+  uint64_t replays = 0;
+  {
+    absl::MutexLock lock(&replicas_mu_);
+    if (replicas_.size() > 1) --replica.busy;
+    ++replica.batches;
+    replica.images += images;
+    if (options_.config.cuda_graph_max_batch() > 0) {
+      // The model counts its replays; read under the lock, each is counted once.
+      const uint64_t total = static_cast<uint64_t>(replica.model->graph_replays());
+      replays = total - replica.graph_replays;
+      replica.graph_replays = total;
+    }
+  }
+  RecordReplicaBatch(replica.metrics, images, replays);
+}
+
 void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
   const absl::Time start = absl::Now();
+  const int r = AcquireReplica();
+  const ConvNeXt& model = *replicas_[r].model;
   std::vector<at::Tensor> inputs;
   std::vector<ImageRequest> requests;
   for (const auto& item : batch) {
@@ -555,15 +625,16 @@ void ModelHost::ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch) {
     // The mapped boxes (and their masks) are not needed after the batch: moved, not copied.
     requests.push_back(
         ToImageRequest(item.payload->request->params(), std::move(item.payload->boxes)));
-    if (item.payload->served != this) requests.back().head = &item.payload->served->head_;
+    if (item.payload->served != this) requests.back().head = &item.payload->served->head_[r];
   }
-  const c10::Device device = loaded_.model->options().device;
+  const c10::Device device = model.options().device;
   DeviceTimer device_timer(device);  // Measures on CUDA only.
   // Images prepared as pixels (PrepareImage) are normalised where the model runs.
   const PixelNormalization pixels{preprocess_.mean, preprocess_.std};
   absl::StatusOr<std::vector<ImageOutputs>> out =
-      RunBatch(*loaded_.model, inputs, requests, options_.before_forward_for_testing, &pixels);
+      RunBatch(model, inputs, requests, options_.before_forward_for_testing, &pixels);
   inputs.clear();
+  ReleaseReplica(r, static_cast<int>(batch.size()));
   const int64_t compute_us = Micros(absl::Now() - start);
   if (device.is_cuda()) {
     if (const int64_t device_us = device_timer.ElapsedMicros(); device_us >= 0) {
@@ -629,7 +700,7 @@ void ModelHost::WriteResult(const Work& w, ImageOutputs& o) const {
   }
 }
 
-absl::Status ModelHost::CheckGolden(const server::GoldenCase& golden) const {
+absl::Status ModelHost::CheckGolden(const server::GoldenCase& golden, const ConvNeXt& model) const {
   std::ifstream in(golden.image(), std::ios::binary);
   if (!in)
     return absl::NotFoundError(absl::StrCat("golden image '", golden.image(), "' cannot be read"));
@@ -654,7 +725,7 @@ absl::Status ModelHost::CheckGolden(const server::GoldenCase& golden) const {
   }
   const PixelNormalization pixels{preprocess_.mean, preprocess_.std};
   absl::StatusOr<std::vector<ImageOutputs>> out =
-      RunBatch(*loaded_.model, {input->input}, {request}, nullptr, &pixels);
+      RunBatch(model, {input->input}, {request}, nullptr, &pixels);
   if (!out.ok()) return out.status();
   std::vector<float> actual;
   const ImageOutputs& o = (*out)[0];
@@ -701,11 +772,11 @@ v1::ModelInfo ModelHost::Info() const {
     v1::ModelInfo info = trunk_->Info();
     const int64_t dims = architecture().dims.back();
     info.set_parameter_count(info.parameter_count() - info.num_classes() * (dims + 1) +
-                             head_.num_classes * (dims + 1));
+                             head_[0].num_classes * (dims + 1));
     info.set_name(name());
     info.clear_heads();
     info.set_trunk_model(trunk_->name());
-    info.set_num_classes(head_.num_classes);
+    info.set_num_classes(head_[0].num_classes);
     info.set_has_labels(!labels_.empty());
     info.set_checkpoint_path(options_.config.checkpoint());
     info.set_checkpoint_sha256(checkpoint_sha256_);
@@ -749,6 +820,7 @@ v1::ModelInfo ModelHost::Info() const {
   info.set_checkpoint_format(loaded_.format);
   info.set_checkpoint_layout(loaded_.layout);
   info.set_device(loaded_.model->options().device.str());
+  for (const Replica& r : replicas_) info.add_devices(r.model->options().device.str());
   info.set_cpu_fast_path(loaded_.model->uses_fast_path());
   info.set_compute_dtype(loaded_.model->compute_dtype_name());
   info.set_compute_dtype_reason(compute_dtype_reason_);
@@ -770,6 +842,14 @@ v1::ModelInfo ModelHost::Info() const {
     batches += count;
   }
   stats->set_batches(batches);
+  absl::MutexLock replicas_lock(&replicas_mu_);
+  for (const Replica& r : replicas_) {
+    v1::ReplicaStats* replica = stats->add_replicas();
+    replica->set_device(r.model->options().device.str());
+    replica->set_batches(r.batches);
+    replica->set_images(r.images);
+    replica->set_graph_replays(r.graph_replays);
+  }
   return info;
 }
 

@@ -148,6 +148,16 @@ class ModelHost {
     std::vector<RegionBox> boxes;  // Its regions in model-input pixels, once preprocessed.
   };
   using WorkPtr = std::unique_ptr<Work>;
+  // One per ModelConfig.devices entry (a model's; a view has none): a copy of the weights on that
+  // device. Every executor computes on any replica: each batch takes the least busy one.
+  struct Replica {
+    std::unique_ptr<ConvNeXt> owned;  // Replicas after the first (the first is loaded_.model).
+    ConvNeXt* model = nullptr;
+    ReplicaMetrics* metrics = nullptr;
+    // Guarded by replicas_mu_.
+    int busy = 0;  // Batches computing on it now.
+    uint64_t batches = 0, images = 0, graph_replays = 0;
+  };
 
   explicit ModelHost(const ModelHostOptions& options) : options_(options) {}
   // Loads head `index` of the config (ModelConfig.head) into a view of this host.
@@ -158,12 +168,16 @@ class ModelHost {
                      ModelHost& served);
   void Preprocess(WorkPtr work, const v1::Image* image);
   void ProcessBatch(std::vector<Batcher<WorkPtr>::Item> batch);
+  // The replica a batch computes on: the least busy (ties to the first listed), marked busy.
+  int AcquireReplica();
+  // Marks replica `r` done with a batch of `images`; counts its batches and graph replays.
+  void ReleaseReplica(int r, int images);
   // Writes one image's outputs into its call's response. May throw (allocation).
   void WriteResult(const Work& work, ImageOutputs& outputs) const;
   void End(const Work& work, const absl::Status& status);
   // Preprocesses and computes one golden case as a Classify/Embed call would; OK if every value is
   // within its tolerance.
-  absl::Status CheckGolden(const server::GoldenCase& golden) const;
+  absl::Status CheckGolden(const server::GoldenCase& golden, const ConvNeXt& model) const;
 
   const ModelHostOptions options_;
   LoadedModel loaded_;
@@ -174,6 +188,8 @@ class ModelHost {
   std::string compute_dtype_reason_;
   std::string embedding_space_[2];  // Unnormalised, L2-normalised.
   std::unique_ptr<Batcher<WorkPtr>> batcher_;
+  std::vector<Replica> replicas_;  // Fixed once the host serves.
+  mutable absl::Mutex replicas_mu_;
   std::unique_ptr<MemoryBudget> memory_;  // batching.max_memory_bytes, nested in the process's.
   mutable absl::Mutex pending_mu_;
   int64_t pending_images_ ABSL_GUARDED_BY(pending_mu_) = 0;  // Admitted and not yet ended.
@@ -185,7 +201,7 @@ class ModelHost {
   // (loaded_.model is null) or batcher of its own.
   std::vector<std::unique_ptr<ModelHost>> heads_;
   ModelHost* trunk_ = nullptr;
-  ConvNeXtHead head_;
+  std::vector<ConvNeXtHead> head_;  // One per trunk replica, on its device.
   ConvNeXtConfig head_architecture_;
 
   mutable absl::Mutex stats_mu_;

@@ -24,6 +24,8 @@
 namespace convnext::server {
 namespace {
 
+constexpr int kMaxDevices = 16;  // ModelConfig.devices.
+
 // Collects text-format parse errors with their line and column.
 class ErrorCollector : public google::protobuf::io::ErrorCollector {
  public:
@@ -151,7 +153,10 @@ void NormalizeModelConfig(server::ModelConfig* m, const server::ServerConfig& se
     if (g.output().empty()) g.set_output("probabilities");
     if (g.tolerance() == 0) g.set_tolerance(1e-4f);
   }
-  if (m->device().empty()) m->set_device("cpu");
+  // `device` and `devices` name the same thing: both are filled (a mismatch is left for
+  // ValidateModelConfig to name).
+  if (m->devices_size() == 0) m->add_devices(m->device().empty() ? "cpu" : m->device());
+  if (m->device().empty()) m->set_device(m->devices(0));
   if (m->max_checkpoint_bytes() == 0) {
     m->set_max_checkpoint_bytes(std::min<uint64_t>(
         kDefaultMaxCheckpointBytes, static_cast<uint64_t>(std::max<int64_t>(memory_bytes, 2) / 2)));
@@ -251,7 +256,24 @@ absl::Status ValidateModelConfig(const server::ModelConfig& m) {
     return Bad(m, "batching.max_queue_size", "must be at least max_batch_size");
   }
   if (b.instances() > 64) return Bad(m, "batching.instances", "must be <= 64");
+  if (m.devices_size() > kMaxDevices) {
+    return Bad(m, "devices",
+               absl::StrCat("lists ", m.devices_size(), " devices, at most ", kMaxDevices,
+                            " (one replica each)"));
+  }
+  if (m.devices_size() == 0 || m.device() != m.devices(0)) {
+    return Bad(m, "device",
+               absl::StrCat("'", absl::CEscape(m.device()), "' is not the first of devices ['",
+                            absl::StrJoin(m.devices(), "', '"), "']; set one or the other"));
+  }
   const bool cuda = m.device().rfind("cuda", 0) == 0;
+  for (const std::string& d : m.devices()) {
+    if ((d.rfind("cuda", 0) == 0) != cuda) {
+      return Bad(m, "devices",
+                 absl::StrCat("mixes '", absl::CEscape(m.devices(0)), "' and '", absl::CEscape(d),
+                              "': a model's replicas are all on the CPU or all on CUDA devices"));
+    }
+  }
   if (m.compute_dtype() == server::BF16 && !cuda &&
       (m.disable_cpu_fast_path() || m.device() != "cpu")) {
     return Bad(m, "compute_dtype",

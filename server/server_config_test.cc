@@ -176,6 +176,61 @@ TEST(ServerConfigTest, ComputeDtype) {
   EXPECT_THAT(std::string(Check(c).message()), HasSubstr("cuda_graph_max_batch must be <= 64"));
 }
 
+TEST(ServerConfigTest, DevicesOneReplicaEach) {
+  absl::StatusOr<server::ServerConfig> config = ReadConfigFile(Write("devices.textproto", R"pb(
+    model { name: "a" checkpoint: "/m/a.pth" }
+    model { name: "b" checkpoint: "/m/b.pth" device: "cuda:1" }
+    model {
+      name: "c"
+      checkpoint: "/m/c.pth"
+      devices: [ "cuda:0", "cuda:1" ]
+    }
+    model {
+      name: "d"
+      checkpoint: "/m/d.pth"
+      device: "cuda:0"
+      devices: [ "cuda:0", "cuda:1" ]
+    }
+  )pb"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  server::ServerConfig c = *config;
+  NormalizeConfig(&c, 2, int64_t{8} << 30);
+  ASSERT_TRUE(ValidateServerConfig(c).ok()) << ValidateServerConfig(c);
+  // Either field fills the other.
+  EXPECT_THAT(c.model(0).devices(), ::testing::ElementsAre("cpu"));
+  EXPECT_EQ(c.model(0).device(), "cpu");
+  EXPECT_THAT(c.model(1).devices(), ::testing::ElementsAre("cuda:1"));
+  EXPECT_EQ(c.model(2).device(), "cuda:0");
+  EXPECT_THAT(c.model(3).devices(), ::testing::ElementsAre("cuda:0", "cuda:1"));
+  // Normalising twice changes nothing (a reload normalises an applied config again).
+  server::ServerConfig again = c;
+  NormalizeConfig(&again, 2, int64_t{8} << 30);
+  EXPECT_EQ(again.DebugString(), c.DebugString());
+
+  server::ServerConfig bad = *config;
+  bad.mutable_model(3)->set_device("cuda:1");
+  EXPECT_THAT(std::string(Check(bad).message()),
+              HasSubstr("model 'd': device 'cuda:1' is not the first of devices ['cuda:0', "
+                        "'cuda:1']; set one or the other"));
+  bad = *config;
+  bad.mutable_model(2)->add_devices("cpu");
+  EXPECT_THAT(std::string(Check(bad).message()),
+              HasSubstr("model 'c': devices mixes 'cuda:0' and 'cpu': a model's replicas are all "
+                        "on the CPU or all on CUDA devices"));
+  bad = *config;
+  for (int i = 0; i < 17; ++i) bad.mutable_model(0)->add_devices("cpu");
+  EXPECT_THAT(std::string(Check(bad).message()),
+              HasSubstr("model 'a': devices lists 17 devices, at most 16"));
+  // A device listed twice is two replicas there.
+  bad.mutable_model(0)->mutable_devices()->DeleteSubrange(0, 15);
+  EXPECT_TRUE(Check(bad).ok()) << Check(bad);
+  // CUDA-only settings hold for every replica.
+  bad = *config;
+  bad.mutable_model(2)->set_compute_dtype(server::FP16);
+  bad.mutable_model(2)->set_cuda_graph_max_batch(8);
+  EXPECT_TRUE(Check(bad).ok()) << Check(bad);
+}
+
 TEST(ServerConfigTest, GoldenPathsAreRelativeToTheFile) {
   absl::StatusOr<server::ServerConfig> config = ParseConfigText(
       R"pb(model {

@@ -96,6 +96,7 @@ class CliTest(unittest.TestCase):
         self.assertIn("(default)", r.stdout)
         models = json.loads(self.cli("models", "--json", self.target).stdout)
         self.assertEqual(sorted(m["name"] for m in models), ["custom", "digits"])
+        self.assertEqual([m["devices"] for m in models], [["cpu"], ["cpu"]])
         r = self.cli("health", self.target)
         self.assertEqual((r.returncode, r.stdout.strip()), (0, "SERVING"))
 

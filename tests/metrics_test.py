@@ -101,6 +101,17 @@ class MetricsTest(unittest.TestCase):
         self.assertEqual(value(after_m, "convnext_batch_size_sum", model="custom") -
                          value(before_m, "convnext_batch_size_sum", model="custom"), 24)
         self.assertLess(batches, 24)  # Some batches held more than one image.
+        # One replica (device cpu): its counters moved with the model's, as GetModel says.
+        self.assertEqual(len(after.replicas), 1)
+        replica = dict(model="custom", replica="0", device="cpu")
+        self.assertEqual(value(after_m, "convnext_replica_batches_total", **replica) -
+                         value(before_m, "convnext_replica_batches_total", **replica), batches)
+        self.assertEqual(value(after_m, "convnext_replica_images_total", **replica) -
+                         value(before_m, "convnext_replica_images_total", **replica), 24)
+        self.assertEqual(after.replicas[0].batches - before.replicas[0].batches, batches)
+        graphs = ("convnext_cuda_graph_replays_total",
+                  frozenset(dict(replica, version="1").items()))
+        self.assertEqual(after_m.get(graphs), 0)  # Exported, and no graphs on the CPU.
         # Bucket le="1" grew by exactly the single-image batches.
         singles = after.batch_sizes.get(1, 0) - before.batch_sizes.get(1, 0)
         self.assertEqual(value(after_m, "convnext_batch_size_bucket", model="custom", le="1") -

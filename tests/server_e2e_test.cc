@@ -481,6 +481,9 @@ class ModelFaultTest : public ::testing::Test {
       if (batch.eq(7).flatten(1).all(1).any().item<bool>()) {
         throw std::runtime_error("injected fault");
       }
+      if (batch.eq(8).flatten(1).all(1).any().item<bool>()) {  // As LibTorch's allocators throw.
+        TORCH_CHECK_WITH(OutOfMemoryError, false, "injected: out of device memory");
+      }
     };
     server_ = StartServer(config, options);
     ASSERT_NE(server_, nullptr);
@@ -520,6 +523,18 @@ TEST_F(ModelFaultTest, OnlyTheFailingBatchGetsInternalAndServingContinues) {
   for (const grpc::Status& s : others) EXPECT_TRUE(s.ok()) << s.error_message();
   // Unharmed afterwards, and the failure can repeat without consequence.
   EXPECT_EQ(Classify(poison_).error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_TRUE(Classify(normal_).ok());
+}
+
+// Running out of memory inside a forward pass (a GPU's, which admission does not bound: README,
+// GPU) fails that batch's calls with RESOURCE_EXHAUSTED, not INTERNAL, and serving goes on.
+TEST_F(ModelFaultTest, OutOfMemoryInTheForwardPassIsResourceExhausted) {
+  Start(/*max_batch_size=*/1);
+  const grpc::Status oom = Classify(at::full({3, 64, 64}, 8.0f));
+  EXPECT_EQ(oom.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << oom.error_message();
+  EXPECT_THAT(oom.error_message(),
+              ::testing::HasSubstr("the forward pass ran out of memory on cpu"));
+  EXPECT_THAT(oom.error_message(), ::testing::HasSubstr("injected: out of device memory"));
   EXPECT_TRUE(Classify(normal_).ok());
 }
 
@@ -901,6 +916,98 @@ TEST(SharedTrunkE2eTest, AHeadOfAnotherTrunkAndClashingNamesAreRefused) {
   EXPECT_THAT(ValidateServerConfig(config).message(), ::testing::HasSubstr("also a head of model"));
 }
 
+// One model on several devices (ModelConfig.devices), here two replicas on the CPU (an entry listed
+// twice is two copies of the weights): the batches of one queue go to the least busy replica, a
+// head computes on the replica its batch took, and the answers are the model's own. Each phase's
+// two calls are held inside their forward passes until both are there: two batches computing at
+// once, so each phase has used both replicas.
+TEST(ReplicasE2eTest, BatchesGoToTheLeastBusyReplicaWithTheirHeads) {
+  at::manual_seed(7);
+  const std::string birds = testing::WriteHeadCheckpoint("replica_birds.safetensors", 7);
+  ServerConfig config;
+  ModelConfig* m = config.add_model();
+  m->set_name("custom");
+  m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
+  m->add_devices("cpu");
+  m->add_devices("cpu");
+  m->mutable_batching()->set_max_batch_size(1);
+  HeadConfig* h = m->add_head();
+  h->set_name("birds");
+  h->set_checkpoint(birds);
+  absl::Mutex mu;
+  int entered = 0;
+  bool paired = true;
+  ServerOptions options;
+  options.before_forward_for_testing = [&](const at::Tensor&) {
+    absl::MutexLock lock(&mu);
+    // Calls 1-2 wait for each other, then 3-4.
+    std::pair<int*, int> pair_done(&entered, (++entered + 1) / 2 * 2);
+    if (!mu.AwaitWithTimeout(
+            absl::Condition(
+                +[](std::pair<int*, int>* p) { return *p->first >= p->second; }, &pair_done),
+            absl::Seconds(60))) {
+      paired = false;
+    }
+  };
+  std::unique_ptr<Server> server = StartServer(config, options);
+  ASSERT_NE(server, nullptr);
+  const v1::ModelInfo loaded = server->model("custom")->Info();
+  EXPECT_THAT(loaded.devices(), ::testing::ElementsAre("cpu", "cpu"));
+  EXPECT_EQ(loaded.device(), "cpu");
+
+  std::map<std::string, std::unique_ptr<ConvNeXt>> own;
+  for (const auto& [name, path] : std::vector<std::pair<std::string, std::string>>{
+           {"custom", testing::TestdataPath("custom.safetensors")}, {"birds", birds}}) {
+    LoadOptions load;
+    load.path = path;
+    absl::StatusOr<LoadedModel> model = LoadModel(load);
+    ASSERT_TRUE(model.ok()) << model.status();
+    own[name] = std::move(model->model);
+  }
+  client::ClientOptions client_options;
+  client_options.target = absl::StrCat("127.0.0.1:", server->port());
+  for (const char* served : {"birds", "custom"}) {
+    SCOPED_TRACE(served);
+    const std::vector<at::Tensor> inputs = {at::randn({3, 64, 64}), at::randn({3, 64, 64})};
+    std::vector<absl::StatusOr<v1::ClassifyResponse>> responses(2, absl::UnknownError("not run"));
+    std::vector<std::thread> clients;
+    for (int i = 0; i < 2; ++i) {
+      clients.emplace_back([&, i] {
+        absl::StatusOr<std::unique_ptr<client::Client>> c = client::Client::Create(client_options);
+        v1::ClassifyRequest r;
+        r.set_model(served);
+        *r.add_images() = ServerE2eTest::TensorImageFor(inputs[i]);
+        r.set_top_k(3);
+        responses[i] = c.ok() ? (*c)->Classify(r) : c.status();
+      });
+    }
+    for (std::thread& t : clients) t.join();
+    for (int i = 0; i < 2; ++i) {
+      ASSERT_TRUE(responses[i].ok()) << responses[i].status();
+      ImageRequest what;
+      what.top_k = 3;
+      absl::StatusOr<std::vector<ImageOutputs>> alone =
+          RunBatch(*own[served], {inputs[i].unsqueeze(0)}, {what});
+      ASSERT_TRUE(alone.ok()) << alone.status();
+      ASSERT_EQ(responses[i]->results(0).classes_size(), 3);
+      for (int k = 0; k < 3; ++k) {
+        EXPECT_EQ(responses[i]->results(0).classes(k).index(), (*alone)[0].class_indices[k]);
+        EXPECT_NEAR(responses[i]->results(0).classes(k).score(), (*alone)[0].class_scores[k], 1e-5);
+      }
+    }
+    // Both replicas computed this phase's batches: one each.
+    const v1::ModelStats stats = server->model("custom")->Info().stats();
+    ASSERT_EQ(stats.replicas_size(), 2);
+    for (const v1::ReplicaStats& replica : stats.replicas()) {
+      EXPECT_EQ(replica.device(), "cpu");
+      EXPECT_EQ(replica.batches(), served == std::string("birds") ? 1u : 2u);
+      EXPECT_EQ(replica.images(), replica.batches());
+      EXPECT_EQ(replica.graph_replays(), 0u);
+    }
+  }
+  absl::MutexLock lock(&mu);
+  EXPECT_TRUE(paired) << "two batches never computed at once";
+}
 // The repository on its own: lookup by version, label and "name:version"; a version released
 // while a caller still holds it keeps answering that caller, shows as DRAINING, and is freed
 // once the caller lets go; loads and unloads from several threads at once (run under TSan).
