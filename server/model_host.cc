@@ -194,6 +194,10 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
   load.model.cpu_fast_path = !config.disable_cpu_fast_path();
   load.max_checkpoint_bytes = config.max_checkpoint_bytes();
   load.fingerprint_trunk = !config.head().empty();
+  // CUDA only (config validation refuses it elsewhere; the model layer's CPU stand-in for tests,
+  // SetCpuGraphsForTesting, takes it too). One graph per batch size for each executor.
+  load.model.cuda_graph_max_batch = config.cuda_graph_max_batch();
+  load.model.cuda_graph_copies = std::max<int64_t>(1, config.batching().instances());
   std::vector<c10::Device> devices;
   for (const std::string& name : config.devices()) {
     absl::StatusOr<c10::Device> device = ParseDevice(name);
@@ -210,8 +214,6 @@ absl::StatusOr<std::unique_ptr<ModelHost>> ModelHost::Create(const ModelHostOpti
     if (config.compute_dtype() == server::FP16) load.model.dtype = at::kHalf;
     if (config.compute_dtype() == server::BF16) load.model.dtype = at::kBFloat16;
     load.model.allow_tf32 = config.compute_dtype() == server::TF32;
-    load.model.cuda_graph_max_batch = config.cuda_graph_max_batch();
-    load.model.cuda_graph_copies = std::max<int64_t>(1, config.batching().instances());
     load.model.owner = absl::StrCat("model '", config.name(), "' version ", config.version());
     if (config.compute_dtype() == server::AUTO) {
       host->compute_dtype_reason_ =

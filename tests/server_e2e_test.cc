@@ -19,6 +19,7 @@
 #include "convnext/v1/image_model.grpc.pb.h"
 #include "image/preprocess.h"
 #include "model/batch.h"
+#include "model/device.h"
 #include "model/load_model.h"
 #include "server/memory_budget.h"
 #include "server/model_repository.h"
@@ -1008,6 +1009,56 @@ TEST(ReplicasE2eTest, BatchesGoToTheLeastBusyReplicaWithTheirHeads) {
   absl::MutexLock lock(&mu);
   EXPECT_TRUE(paired) << "two batches never computed at once";
 }
+// CUDA graph replays are counted per replica, as GetModel's stats and the metrics show them. Here
+// with the model layer's CPU stand-in for graphs (the work run again: model/device.h), which the
+// server takes when the config is not validated (validation refuses graphs off CUDA): batches of
+// the captured shapes that want classes replay, others run eagerly.
+TEST(ReplicasE2eTest, GraphReplaysAreCountedPerReplica) {
+  SetCpuGraphsForTesting(true);
+  ServerConfig config;
+  ModelConfig* m = config.add_model();
+  m->set_name("custom");
+  m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
+  m->add_devices("cpu");
+  m->add_devices("cpu");
+  m->mutable_preprocessing()->set_size(64);
+  m->mutable_batching()->set_max_batch_size(2);
+  m->set_cuda_graph_max_batch(2);
+  NormalizeConfig(&config, 2, int64_t{8} << 30);
+  EXPECT_THAT(ValidateServerConfig(config).message(),
+              ::testing::HasSubstr("CUDA graphs run on a CUDA device only"));
+  ServerOptions options;
+  options.host = "127.0.0.1";
+  options.port = 0;
+  options.metrics_port = -1;
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(config, options);
+  SetCpuGraphsForTesting(false);
+  ASSERT_TRUE(server.ok()) << server.status();
+  client::ClientOptions client_options;
+  client_options.target = absl::StrCat("127.0.0.1:", (*server)->port());
+  absl::StatusOr<std::unique_ptr<client::Client>> c = client::Client::Create(client_options);
+  ASSERT_TRUE(c.ok()) << c.status();
+  // One call at a time: each batch takes the first replica (both idle, ties to the first).
+  for (int i = 0; i < 3; ++i) {
+    v1::ClassifyRequest r;
+    *r.add_images() = ServerE2eTest::TensorImageFor(at::randn({3, 64, 64}));
+    ASSERT_TRUE((*c)->Classify(r).ok());
+  }
+  v1::EmbedRequest stages;  // Stage maps run eagerly.
+  *stages.add_images() = ServerE2eTest::TensorImageFor(at::randn({3, 64, 64}));
+  stages.add_stages(2);
+  ASSERT_TRUE((*c)->Embed(stages).ok());
+  v1::ClassifyRequest other_size;  // Not the captured size: eager.
+  *other_size.add_images() = ServerE2eTest::TensorImageFor(at::randn({3, 96, 96}));
+  ASSERT_TRUE((*c)->Classify(other_size).ok());
+  const v1::ModelStats stats = (*server)->model("custom")->Info().stats();
+  ASSERT_EQ(stats.replicas_size(), 2);
+  EXPECT_EQ(stats.replicas(0).batches(), 5u);
+  EXPECT_EQ(stats.replicas(0).graph_replays(), 3u);
+  EXPECT_EQ(stats.replicas(1).batches(), 0u);
+  EXPECT_EQ(stats.replicas(1).graph_replays(), 0u);
+}
+
 // The repository on its own: lookup by version, label and "name:version"; a version released
 // while a caller still holds it keeps answering that caller, shows as DRAINING, and is freed
 // once the caller lets go; loads and unloads from several threads at once (run under TSan).
