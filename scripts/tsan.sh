@@ -27,7 +27,7 @@ rm -rf "$reports" && mkdir -p "$reports"
 # LibTorch (not instrumented, synchronised in ways TSan cannot see) are not checked; our code is.
 export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ignore_noninstrumented_modules=1 suppressions=$PWD/tests/tsan/tsan.supp log_path=$reports/report ${TSAN_OPTIONS:-}"
 ctest --test-dir build-tsan --output-on-failure -j2 \
-  -R '^(tsan_canary_.*|reference_data|BatchQueueTest\..*|BatcherTest\..*|InferenceRequestTest\..*|ServerE2eTest\..*|SharedTrunkE2eTest\..*|ModelFaultTest\..*|ModelRepositoryTest\..*|server_e2e|overload_e2e|model_lifecycle_e2e|heads_e2e)$' \
+  -R '^(tsan_canary_.*|reference_data|BatchQueueTest\..*|BatcherTest\..*|InferenceRequestTest\..*|ServerE2eTest\..*|SharedTrunkE2eTest\..*|ModelFaultTest\..*|ReplicasE2eTest\..*|ModelRepositoryTest\..*|server_e2e|overload_e2e|model_lifecycle_e2e|heads_e2e)$' \
   "$@" || status=$?
 if compgen -G "$reports/report.*" >/dev/null; then
   cat "$reports"/report.*
