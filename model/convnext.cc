@@ -297,6 +297,14 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
                        OneDnnStage::Create(std::move(stage.blocks), config.layer_norm_eps,
                                            options.cpu_precision));
       stage.blocks.clear();
+      // The stem reads the image and stays float32; the downsampling layers compute in the
+      // blocks' precision.
+      ASSIGN_OR_RETURN(stage.fast_ds, OneDnnPatchConv::Create(
+                                          stage.ds_conv_weight, stage.ds_conv_bias,
+                                          &stage == &model->stages_[0] ? BlockPrecision::kFloat32
+                                                                       : options.cpu_precision));
+      stage.ds_conv_weight = at::Tensor();
+      stage.ds_conv_bias = at::Tensor();
     }
     if (config.stage_norms) {
       for (int i = 0; i < kNumStages; ++i) {
@@ -405,22 +413,20 @@ absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x, int last_stage,
                                                    std::vector<at::Tensor>* stages,
                                                    const std::vector<ImageExtent>& extents) const {
   // Between stages x is a contiguous NHWC tensor [N, H, W, C]: the LayerNorms normalise its last
-  // dimension with no permute copy, and the strided convolutions read it as a channels-last NCHW
-  // view.
+  // dimension with no permute copy, and the stem and downsampling convolutions (OneDnnPatchConv)
+  // write it and read it as it is.
   auto norm_last = [this](const at::Tensor& t, const at::Tensor& weight, const at::Tensor& bias) {
     return at::layer_norm(t, {t.size(3)}, weight, bias, config_.layer_norm_eps);
   };
-  auto to_nhwc = [](const at::Tensor& nchw) { return nchw.permute({0, 2, 3, 1}).contiguous(); };
   auto to_nchw = [](const at::Tensor& nhwc) { return nhwc.permute({0, 3, 1, 2}); };
   for (int i = 0; i < last_stage; ++i) {
     const Stage& stage = stages_[i];
     if (i == 0) {
-      x = to_nhwc(at::conv2d(x, stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{4, 4}));
+      ASSIGN_OR_RETURN(x, stage.fast_ds->Run(x.contiguous(), /*nhwc=*/false));
       x = norm_last(x, stage.ds_norm_weight, stage.ds_norm_bias);
     } else {
       x = norm_last(x, stage.ds_norm_weight, stage.ds_norm_bias);
-      x = to_nhwc(
-          at::conv2d(to_nchw(x), stage.ds_conv_weight, stage.ds_conv_bias, /*stride=*/{2, 2}));
+      ASSIGN_OR_RETURN(x, stage.fast_ds->Run(x.contiguous(), /*nhwc=*/true));
     }
     at::Tensor mask;
     if (!extents.empty()) {
@@ -441,13 +447,15 @@ absl::StatusOr<at::Tensor> ConvNeXt::RunStagesFast(at::Tensor x, int last_stage,
 }
 
 absl::Status ConvNeXt::Prepare(int64_t batch, int64_t height, int64_t width) const {
-  int64_t h = height / 4, w = width / 4;  // After the stem.
+  // The input of the convolution before each stage: the image (stem, NCHW), then the previous
+  // stage's output (NHWC).
+  int64_t h = height, w = width;
   for (int i = 0; i < kNumStages && uses_fast_path(); ++i) {
-    if (i > 0) {
-      h /= 2;
-      w /= 2;
-    }
-    if (h < 1 || w < 1) break;
+    const int64_t k = i == 0 ? 4 : 2;
+    if (h < k || w < k) break;
+    RETURN_IF_ERROR(stages_[i].fast_ds->Prepare(batch, h, w));
+    h /= k;
+    w /= k;
     RETURN_IF_ERROR(stages_[i].fast->Prepare(batch, h, w));
   }
   return absl::OkStatus();

@@ -34,16 +34,17 @@ struct ModelOptions {
   c10::Device device = c10::Device(c10::DeviceType::CPU);
   // Compute dtype. Weights of any floating dtype are converted to it at load.
   c10::ScalarType dtype = c10::ScalarType::Float;
-  // On the CPU in float32, run the blocks with fused oneDNN kernels (model/onednn_stage.h), faster
-  // than the ATen operators (figures: README, Performance). Off: the ATen path, the same on every
-  // device.
+  // On the CPU in float32, run the blocks with fused oneDNN kernels, and the stem and
+  // downsampling convolutions with weights packed once (model/onednn_stage.h), faster than the
+  // ATen operators (figures: README, Performance). Off: the ATen path, the same on every device.
   bool cpu_fast_path = true;
   // What the fast path's blocks compute in: float32, or bfloat16 on a CPU with native bfloat16
   // (model/onednn_stage.h: activations and matrix-product weights in bfloat16, accumulation,
-  // LayerNorm statistics and the residual stream in float32; the stem, downsampling layers, final
-  // norm and head stay float32, and so do every output). bfloat16 needs the fast path (CPU,
-  // float32 dtype): Create fails with INVALID_ARGUMENT otherwise, and with FAILED_PRECONDITION on
-  // a CPU without native bfloat16.
+  // LayerNorm statistics and the residual stream in float32; the downsampling convolutions too
+  // read bfloat16 and accumulate and write float32; the stem, every LayerNorm outside the
+  // blocks, the final norm and the head stay float32, and so do every output). bfloat16 needs the
+  // fast path (CPU, float32 dtype): Create fails with INVALID_ARGUMENT otherwise, and with
+  // FAILED_PRECONDITION on a CPU without native bfloat16.
   BlockPrecision cpu_precision = BlockPrecision::kFloat32;
   // The ATen path keeps its activations and convolution weights channels-last (NHWC in memory,
   // NCHW in shape): what cuDNN's fast kernels want, and the LayerNorms and pointwise layers then
@@ -202,10 +203,14 @@ class ConvNeXt {
     // Downsampling before the stage: LayerNorm (channels first) then conv. For stage 0 this is
     // the stem: conv 4x4/4 then LayerNorm.
     at::Tensor ds_norm_weight, ds_norm_bias;
+    // The ATen path's convolution; undefined when `fast_ds` runs it.
     at::Tensor ds_conv_weight, ds_conv_bias;
     // The ATen path's blocks; empty when `fast` runs them.
     std::vector<Block> blocks;
+    // The fast path: the blocks, and the stem or downsampling convolution (float32 for the stem,
+    // the blocks' precision for the downsampling layers).
     std::unique_ptr<OneDnnStage> fast;
+    std::unique_ptr<OneDnnPatchConv> fast_ds;
     // Detection backbones only: LayerNorm on the stage's output.
     at::Tensor out_norm_weight, out_norm_bias;
   };

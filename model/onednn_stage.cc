@@ -354,4 +354,161 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
   return absl::OkStatus();
 }
 
+struct OneDnnPatchConv::Impl {
+  int64_t in_channels = 0, out_channels = 0, kernel = 0;
+  BlockPrecision precision = BlockPrecision::kFloat32;
+  memory weight;  // Packed in the layout chosen for `weight_desc`.
+  memory::desc weight_desc;
+  at::Tensor bias;  // float32 [O].
+
+  DType act() const { return precision == BlockPrecision::kBFloat16 ? kBf16 : kF32; }
+
+  // One input shape's primitive, and the weights repacked for it if it wants another layout than
+  // the one they were packed in (not seen: the layout depends on the channels, data type and
+  // instruction set).
+  struct Made {
+    dnnl::convolution_forward conv;
+    memory weight;
+  };
+  mutable absl::Mutex mu;
+  mutable std::map<std::tuple<int64_t, int64_t, int64_t>, std::shared_ptr<const Made>> cache
+      ABSL_GUARDED_BY(mu);
+
+  // The input's descriptor: a contiguous NHWC tensor [n, h, w, I] cropped to whole patches
+  // (oh * k, ow * k) by its strides.
+  memory::desc SrcDesc(int64_t n, int64_t h, int64_t w) const {
+    const int64_t oh = h / kernel, ow = w / kernel, c = in_channels;
+    return memory::desc({n, c, oh * kernel, ow * kernel}, act(),
+                        memory::dims{h * w * c, 1, w * c, c});
+  }
+
+  dnnl::convolution_forward::primitive_desc Describe(int64_t n, int64_t h, int64_t w,
+                                                     const memory::desc& weights) const {
+    const int64_t oh = h / kernel, ow = w / kernel;
+    const dnnl::convolution_forward::desc d(
+        dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, SrcDesc(n, h, w),
+        weights, memory::desc({out_channels}, kF32, Tag::x),
+        memory::desc({n, out_channels, oh, ow}, kF32, Tag::nhwc), {kernel, kernel}, {0, 0}, {0, 0});
+    return dnnl::convolution_forward::primitive_desc(d, CpuEngine());
+  }
+
+  std::shared_ptr<const Made> PrimitiveFor(int64_t n, int64_t h, int64_t w) const {
+    const auto key = std::make_tuple(n, h, w);
+    {
+      absl::MutexLock lock(&mu);
+      auto it = cache.find(key);
+      if (it != cache.end()) return it->second;
+    }
+    const auto pd = Describe(n, h, w, memory::desc(weight_desc.dims(), act(), Tag::any));
+    auto made = std::make_shared<Made>();
+    made->conv = dnnl::convolution_forward(pd);
+    if (pd.weights_desc() == weight_desc) {
+      made->weight = weight;
+    } else {
+      made->weight = memory(pd.weights_desc(), CpuEngine());
+      dnnl::stream stream(CpuEngine());
+      memory packed = weight;
+      dnnl::reorder(packed, made->weight).execute(stream, packed, made->weight);
+      stream.wait();
+    }
+    absl::MutexLock lock(&mu);
+    if (cache.size() >= kMaxCachedShapes) cache.clear();
+    return cache.emplace(key, std::move(made)).first->second;
+  }
+};
+
+OneDnnPatchConv::OneDnnPatchConv(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+OneDnnPatchConv::~OneDnnPatchConv() = default;
+
+absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> OneDnnPatchConv::Create(const at::Tensor& weight,
+                                                                         const at::Tensor& bias,
+                                                                         BlockPrecision precision) {
+  if (weight.dim() != 4 || weight.size(2) != weight.size(3) || weight.size(2) < 1 ||
+      bias.dim() != 1 || bias.size(0) != weight.size(0)) {
+    return absl::InvalidArgumentError(
+        "a patchify convolution needs weights [O, I, k, k] and a bias [O]");
+  }
+  const bool bf16 = precision == BlockPrecision::kBFloat16;
+  if (bf16 && !CpuHasNativeBf16()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("bfloat16 convolutions need a CPU with native bfloat16 (AVX512-BF16 or "
+                     "AMX-BF16); oneDNN runs this one as ",
+                     OneDnnIsaName()));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->out_channels = weight.size(0);
+  impl->in_channels = weight.size(1);
+  impl->kernel = weight.size(2);
+  impl->precision = precision;
+  try {
+    const int64_t o = impl->out_channels, i = impl->in_channels, k = impl->kernel;
+    // Let oneDNN choose the weights' layout (on a representative shape: the layout depends on
+    // the channels, data type and instruction set), then pack them in it once.
+    const auto chosen = impl->Describe(/*n=*/1, /*h=*/8 * k, /*w=*/8 * k,
+                                       memory::desc({o, i, k, k}, impl->act(), Tag::any));
+    impl->weight_desc = chosen.weights_desc();
+    const at::Tensor plain = weight.to(at::kFloat).contiguous();
+    impl->weight = Pack(plain, memory::desc({o, i, k, k}, kF32, Tag::oihw), impl->weight_desc);
+    impl->bias = bias.to(at::kFloat).contiguous().clone();
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("preparing a oneDNN ", BlockPrecisionName(precision),
+                                            " patchify convolution: ", e.what()));
+  }
+  return std::unique_ptr<OneDnnPatchConv>(new OneDnnPatchConv(std::move(impl)));
+}
+
+absl::Status OneDnnPatchConv::Prepare(int64_t n, int64_t h, int64_t w) const {
+  if (h < impl_->kernel || w < impl_->kernel) return absl::OkStatus();  // Run refuses these.
+  try {
+    impl_->PrimitiveFor(n, h, w);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("oneDNN patchify convolution: preparing [", n, ", ",
+                                            impl_->in_channels, ", ", h, ", ", w, "]: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<at::Tensor> OneDnnPatchConv::Run(const at::Tensor& x, bool nhwc) const {
+  const int64_t c = impl_->in_channels, k = impl_->kernel;
+  if (!x.defined() || x.dim() != 4 || x.size(nhwc ? 3 : 1) != c || x.scalar_type() != at::kFloat ||
+      !x.is_contiguous() || !x.device().is_cpu()) {
+    return absl::InternalError(
+        absl::StrCat("oneDNN patchify convolution needs a contiguous float32 CPU tensor with ", c,
+                     " channels ", nhwc ? "last" : "first"));
+  }
+  const int64_t n = x.size(0);
+  const int64_t h = x.size(nhwc ? 1 : 2), w = x.size(nhwc ? 2 : 3);
+  if (h < k || w < k) {
+    return absl::InvalidArgumentError(absl::StrCat("an input of ", h, "x", w,
+                                                   " is smaller than the ", k, "x", k,
+                                                   " patches of a ConvNeXt downsampling layer"));
+  }
+  try {
+    at::internal::lazy_init_num_threads();
+    std::shared_ptr<const Impl::Made> made = impl_->PrimitiveFor(n, h, w);
+    const bool bf16 = impl_->precision == BlockPrecision::kBFloat16;
+    // oneDNN's fast kernels read NHWC (an NCHW source with an NHWC destination gets its reference
+    // kernel): the image is permuted, once, as it is rounded in bfloat16.
+    at::Tensor src = nhwc ? x : x.permute({0, 2, 3, 1});
+    src = bf16 ? src.to(at::kBFloat16, /*non_blocking=*/false, /*copy=*/false,
+                        at::MemoryFormat::Contiguous)
+               : src.contiguous();
+    at::Tensor y = at::empty({n, h / k, w / k, impl_->out_channels}, x.options());
+    memory src_mem(impl_->SrcDesc(n, h, w), CpuEngine(), const_cast<void*>(src.data_ptr()));
+    memory bias_mem = Wrap(impl_->bias, memory::desc({impl_->out_channels}, kF32, Tag::x));
+    memory dst_mem = Wrap(y, memory::desc({n, impl_->out_channels, h / k, w / k}, kF32, Tag::nhwc));
+    dnnl::stream stream(CpuEngine());
+    made->conv.execute(stream, {{DNNL_ARG_SRC, src_mem},
+                                {DNNL_ARG_WEIGHTS, made->weight},
+                                {DNNL_ARG_BIAS, bias_mem},
+                                {DNNL_ARG_DST, dst_mem}});
+    stream.wait();
+    return y;
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("oneDNN ", BlockPrecisionName(impl_->precision),
+                                            " patchify convolution on [", n, ", ", c, ", ", h, ", ",
+                                            w, "]: ", e.what()));
+  }
+}
+
 }  // namespace convnext

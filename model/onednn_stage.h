@@ -125,6 +125,41 @@ class OneDnnStage {
   std::unique_ptr<Impl> impl_;
 };
 
+// The fast path's patchify convolutions: ConvNeXt's stem (kernel 4x4, stride 4, on the NCHW
+// image) and downsampling layers (2x2, stride 2, on the NHWC activations between stages); kernel
+// equal to stride, no padding, sizes floored as ATen's convolution floors them. The weights are
+// packed once into oneDNN's layout (ATen's convolution reorders them on every call) and the output
+// is written as the contiguous NHWC float32 tensor the stages run on (no permute copy). In
+// bfloat16 the input is rounded to bfloat16 and the weights are packed as bfloat16 (AMX runs the
+// product); accumulation, bias and output stay float32. The primitives are created per input
+// shape and cached, as OneDnnStage's. Thread safety: Run() may be called from several threads at
+// once.
+class OneDnnPatchConv {
+ public:
+  // weight [O, I, k, k] and bias [O], float32 CPU tensors (copied). FAILED_PRECONDITION for
+  // bfloat16 without native bfloat16; INTERNAL if oneDNN has no kernel for them.
+  static absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> Create(
+      const at::Tensor& weight, const at::Tensor& bias,
+      BlockPrecision precision = BlockPrecision::kFloat32);
+  ~OneDnnPatchConv();
+
+  OneDnnPatchConv(const OneDnnPatchConv&) = delete;
+  OneDnnPatchConv& operator=(const OneDnnPatchConv&) = delete;
+
+  // x: a contiguous float32 CPU tensor, NHWC [N, H, W, I] if `nhwc`, else NCHW [N, I, H, W].
+  // Returns a contiguous float32 tensor [N, H / k, W / k, O]. INVALID_ARGUMENT if H or W is below
+  // k; INTERNAL if oneDNN fails.
+  absl::StatusOr<at::Tensor> Run(const at::Tensor& x, bool nhwc) const;
+
+  // Creates (and caches) the primitive for an input of [n, I, h, w] (either layout).
+  absl::Status Prepare(int64_t n, int64_t h, int64_t w) const;
+
+ private:
+  struct Impl;
+  explicit OneDnnPatchConv(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
 }  // namespace convnext
 
 #endif  // CONVNEXT_MODEL_ONEDNN_STAGE_H_

@@ -10,9 +10,11 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "model/convnext.h"
 #include "model/convnext_config.h"
 
@@ -344,6 +346,59 @@ TEST(Bf16Test, ConcurrentCallsOfDifferentShapes) {
     ASSERT_TRUE(got[t].defined()) << "thread " << t;
     EXPECT_LE(MaxAbsDiff(got[t], expected[t]), 1e-6) << "thread " << t;
   }
+}
+
+// The stem and downsampling convolutions on their own, against ATen's conv2d: both layouts,
+// sides that are not multiples of the patch (floored), a batch, and the primitive cache reused.
+TEST(PatchConvTest, MatchesAtenConvolutionInBothLayouts) {
+  SKIP_WITHOUT_FAST_PATH();
+  at::manual_seed(3);
+  for (const int64_t k : {2, 4}) {
+    const at::Tensor weight = at::randn({24, 8, k, k}) * 0.2;
+    const at::Tensor bias = at::randn({24});
+    absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> conv = OneDnnPatchConv::Create(weight, bias);
+    ASSERT_TRUE(conv.ok()) << conv.status();
+    ASSERT_TRUE((*conv)->Prepare(2, 16, 16).ok());
+    for (const auto& [n, h, w] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 16, 16}, {2, 16, 16}, {3, 17, 23}, {1, k, 5 * k + 1}, {2, 16, 16}}) {
+      const at::Tensor nchw = at::randn({n, 8, h, w});
+      const at::Tensor expected = at::conv2d(nchw, weight, bias, {k, k}).permute({0, 2, 3, 1});
+      for (const bool nhwc : {false, true}) {
+        const std::string where =
+            absl::StrCat("k ", k, " [", n, ", 8, ", h, ", ", w, "] ", nhwc ? "NHWC" : "NCHW");
+        const at::Tensor input = nhwc ? nchw.permute({0, 2, 3, 1}).contiguous() : nchw;
+        absl::StatusOr<at::Tensor> got = (*conv)->Run(input, nhwc);
+        ASSERT_TRUE(got.ok()) << where << ": " << got.status();
+        ASSERT_EQ(got->sizes(), expected.sizes()) << where;
+        EXPECT_TRUE(got->is_contiguous()) << where;
+        EXPECT_LE(MaxAbsDiff(*got, expected), 1e-5) << where;
+      }
+    }
+    // Smaller than one patch: refused, not computed.
+    absl::StatusOr<at::Tensor> small = (*conv)->Run(at::randn({1, 8, k - 1, 8}), false);
+    ASSERT_FALSE(small.ok());
+    EXPECT_EQ(small.status().code(), absl::StatusCode::kInvalidArgument) << small.status();
+  }
+}
+
+TEST(PatchConvTest, Bfloat16AgreesWithFloat32) {
+  SKIP_WITHOUT_NATIVE_BF16();
+  at::manual_seed(4);
+  const at::Tensor weight = at::randn({64, 32, 2, 2}) * 0.1;
+  const at::Tensor bias = at::randn({64});
+  absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> conv =
+      OneDnnPatchConv::Create(weight, bias, BlockPrecision::kBFloat16);
+  ASSERT_TRUE(conv.ok()) << conv.status();
+  const at::Tensor nchw = at::randn({2, 32, 15, 20});
+  const at::Tensor expected = at::conv2d(nchw, weight, bias, {2, 2}).permute({0, 2, 3, 1});
+  absl::StatusOr<at::Tensor> got = (*conv)->Run(nchw.permute({0, 2, 3, 1}).contiguous(), true);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->scalar_type(), at::kFloat);
+  ASSERT_EQ(got->sizes(), expected.sizes());
+  EXPECT_GE(Cosine(*got, expected), 0.9999);
+  EXPECT_LE(RelativeError(*got, expected), 0.02);
+  // Really bfloat16: float32 agrees to about 1e-6.
+  EXPECT_GT(MaxAbsDiff(*got, expected), 1e-4);
 }
 
 TEST(Bf16Test, RefusedOffTheFastPath) {

@@ -3,7 +3,9 @@
 // created, so ConvNeXt never selects the fast path (ConvNeXt::Create checks kHaveOneDnnFastPath
 // first) and every model runs the ATen path; bfloat16 blocks are refused as on a CPU without
 // native bfloat16.
+#include <memory>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "model/onednn_stage.h"
@@ -34,6 +36,26 @@ absl::Status OneDnnStage::Prepare(int64_t, int64_t, int64_t) const {
 }
 
 absl::Status OneDnnStage::Run(at::Tensor&, const at::Tensor&) const {
+  return absl::FailedPreconditionError("no oneDNN CPU fast path in this build");
+}
+
+struct OneDnnPatchConv::Impl {};
+
+OneDnnPatchConv::OneDnnPatchConv(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+OneDnnPatchConv::~OneDnnPatchConv() = default;
+
+absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> OneDnnPatchConv::Create(const at::Tensor&,
+                                                                         const at::Tensor&,
+                                                                         BlockPrecision) {
+  return absl::FailedPreconditionError(
+      "this build has no oneDNN CPU fast path (CONVNEXT_ONEDNN=OFF)");
+}
+
+absl::StatusOr<at::Tensor> OneDnnPatchConv::Run(const at::Tensor&, bool) const {
+  return absl::FailedPreconditionError("no oneDNN CPU fast path in this build");
+}
+
+absl::Status OneDnnPatchConv::Prepare(int64_t, int64_t, int64_t) const {
   return absl::FailedPreconditionError("no oneDNN CPU fast path in this build");
 }
 
