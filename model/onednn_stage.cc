@@ -51,8 +51,10 @@ memory Pack(const at::Tensor& plain, const memory::desc& plain_md, const memory:
 }
 
 // The primitive descriptors of one block for activations [n, h, w, c], with the weight layouts
-// given (`any` lets oneDNN choose them). `to_act` (bfloat16 only) rounds the residual stream to
-// the activations' type.
+// given (`any` lets oneDNN choose them). The depthwise convolution and the LayerNorm are float32
+// whichever the activations (oneDNN's float32 depthwise kernel measured the faster one, see
+// onednn_stage.h); `to_act` (bfloat16 only) rounds the normalised rows to the activations' type for
+// the matrix products.
 struct Descriptors {
   dnnl::reorder::primitive_desc to_act;
   dnnl::convolution_forward::primitive_desc dwconv;
@@ -79,17 +81,18 @@ Descriptors MakeDescriptors(int64_t n, int64_t h, int64_t w, int64_t c, float ep
   const dnnl::engine& engine = CpuEngine();
   const int64_t m = n * h * w;
   const memory::desc x_nhwc({n, c, h, w}, kF32, Tag::nhwc);
-  const memory::desc act_nhwc({n, c, h, w}, act, Tag::nhwc);
   const memory::desc bias_c({c}, kF32, Tag::x);
   const dnnl::convolution_forward::desc dwconv(
-      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, act_nhwc, weights.dw,
-      bias_c, act_nhwc, /*strides=*/{1, 1}, /*padding_l=*/{3, 3},
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct, x_nhwc, weights.dw,
+      bias_c, x_nhwc, /*strides=*/{1, 1}, /*padding_l=*/{3, 3},
       /*padding_r=*/{3, 3});
 
-  const memory::desc rows_c({m, c}, act, Tag::ab);
+  const memory::desc rows_c_f32({m, c}, kF32, Tag::ab);
   const dnnl::layer_normalization_forward::desc norm(
-      dnnl::prop_kind::forward_inference, rows_c, eps,
+      dnnl::prop_kind::forward_inference, rows_c_f32, eps,
       dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift);
+
+  const memory::desc rows_c({m, c}, act, Tag::ab);
 
   const memory::desc rows_4c({m, 4 * c}, act, Tag::ab);
   dnnl::post_ops gelu;
@@ -114,7 +117,7 @@ Descriptors MakeDescriptors(int64_t n, int64_t h, int64_t w, int64_t c, float ep
       dnnl::matmul::primitive_desc(fc1, fc1_attr, engine),
       dnnl::matmul::primitive_desc(fc2, fc2_attr, engine),
   };
-  if (act != kF32) d.to_act = dnnl::reorder::primitive_desc(engine, x_nhwc, engine, act_nhwc);
+  if (act != kF32) d.to_act = dnnl::reorder::primitive_desc(engine, rows_c_f32, engine, rows_c);
   return d;
 }
 
@@ -230,7 +233,7 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
     // Let oneDNN choose the layouts of the weights it repacks, then pack every block's in them
     // once.
     const DType t = impl->act();
-    const WeightDescs any{memory::desc({c, 1, 1, 7, 7}, t, Tag::any),
+    const WeightDescs any{memory::desc({c, 1, 1, 7, 7}, kF32, Tag::any),
                           bf16 ? memory::desc({c, 4 * c}, t, Tag::any) : Fc1WeightDesc(c, t),
                           bf16 ? memory::desc({4 * c, c}, t, Tag::any) : Fc2WeightDesc(c, t)};
     const Descriptors chosen = MakeDescriptors(/*n=*/1, /*h=*/14, /*w=*/14, c, impl->eps, t, any);
@@ -303,32 +306,30 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
     at::internal::lazy_init_num_threads();
     std::shared_ptr<const Primitives> prims = impl_->PrimitivesFor(n, h, w);
     const at::TensorOptions act_options = x.options().dtype(bf16 ? at::kBFloat16 : at::kFloat);
-    at::Tensor y = at::empty({m, c}, act_options);
+    // The depthwise convolution's output, normalised in place: float32 whichever the
+    // activations; bfloat16 rounds it into y16 for the matrix products.
+    at::Tensor y = at::empty({m, c}, x.options());
+    at::Tensor y16 = bf16 ? at::empty({m, c}, act_options) : at::Tensor();
     at::Tensor hidden = at::empty({m, 4 * c}, act_options);
-    // bfloat16: the block's input, rounded from x.
-    at::Tensor x16 = bf16 ? at::empty({m, c}, act_options) : at::Tensor();
-    const memory::desc act_nhwc({n, c, h, w}, act, Tag::nhwc);
-    const memory::desc rows_c({m, c}, act, Tag::ab);
     const memory::desc rows_4c({m, 4 * c}, act, Tag::ab);
-    // x is float32 whichever the activations: the source of the rounding (bfloat16) or the
-    // block's input itself (float32).
-    memory x_act = Wrap(x, memory::desc({n, c, h, w}, kF32, Tag::nhwc));
+    memory x_nhwc = Wrap(x, memory::desc({n, c, h, w}, kF32, Tag::nhwc));
     memory x_rows = Wrap(x, memory::desc({m, c}, kF32, Tag::ab));
-    memory in_act = bf16 ? Wrap(x16, act_nhwc) : x_act;
-    memory y_act = Wrap(y, act_nhwc), y_rows = Wrap(y, rows_c);
+    memory y_nhwc = Wrap(y, memory::desc({n, c, h, w}, kF32, Tag::nhwc));
+    memory y_rows = Wrap(y, memory::desc({m, c}, kF32, Tag::ab));
+    memory fc1_src = bf16 ? Wrap(y16, memory::desc({m, c}, act, Tag::ab)) : y_rows;
     memory h_rows = Wrap(hidden, rows_4c);
     dnnl::stream stream(CpuEngine());
     for (const PackedBlock& b : impl_->blocks) {
-      if (bf16) prims->to_act.execute(stream, x_act, in_act);
-      prims->dwconv.execute(stream, {{DNNL_ARG_SRC, in_act},
+      prims->dwconv.execute(stream, {{DNNL_ARG_SRC, x_nhwc},
                                      {DNNL_ARG_WEIGHTS, b.dw_weight},
                                      {DNNL_ARG_BIAS, b.dw_bias},
-                                     {DNNL_ARG_DST, y_act}});
+                                     {DNNL_ARG_DST, y_nhwc}});
       prims->norm.execute(stream, {{DNNL_ARG_SRC, y_rows},
                                    {DNNL_ARG_DST, y_rows},
                                    {DNNL_ARG_SCALE, b.norm_weight},
                                    {DNNL_ARG_SHIFT, b.norm_bias}});
-      prims->fc1.execute(stream, {{DNNL_ARG_SRC, y_rows},
+      if (bf16) prims->to_act.execute(stream, y_rows, fc1_src);
+      prims->fc1.execute(stream, {{DNNL_ARG_SRC, fc1_src},
                                   {DNNL_ARG_WEIGHTS, b.fc1_weight},
                                   {DNNL_ARG_BIAS, b.fc1_bias},
                                   {DNNL_ARG_DST, h_rows}});

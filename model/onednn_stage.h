@@ -25,14 +25,15 @@
 // parity tests hold both paths to 1e-4 against torchvision).
 //
 // bfloat16 (BlockPrecision::kBFloat16, on CPUs with native bfloat16: AVX512-BF16 or AMX-BF16):
-// the residual stream x stays float32; each block rounds it to bfloat16 once, and the depthwise
-// convolution, the LayerNorm and both matrix products read and write bfloat16 activations with
-// bfloat16 weights (converted once, at load), while every accumulation, the LayerNorm's
-// statistics and the residual sum are float32 (fc2 adds its float32 result into x):
+// the residual stream x stays float32, and so do the depthwise convolution and the LayerNorm
+// (oneDNN 2.6's float32 depthwise kernel measured faster than its bfloat16 one on an AMX Xeon:
+// 0.15 against 0.23 ms on [1, 56, 56, 96]; the model 5-10% faster); the normalised rows are rounded
+// to bfloat16 once, and both matrix products read and write bfloat16 activations with bfloat16
+// weights (converted once, at load), accumulating in float32 (fc2 adds its float32 result into x):
 //
-//   x (f32) -> x16                            (reorder)
-//   depthwise conv 7x7 + bias                 x16 -> y16
-//   LayerNorm over channels, in place         y16 -> y16   (statistics in f32)
+//   depthwise conv 7x7 + bias                 x -> y       (float32)
+//   LayerNorm over channels, in place         y -> y       (float32)
+//   y (f32) -> y16                            (reorder)
 //   fc1 + bias + GELU                         y16 -> h16
 //   fc2 + bias + x                            h16 -> x (f32, in place)
 //
