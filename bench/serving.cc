@@ -6,7 +6,7 @@
 //
 //   build/bin/serving_bench [--checkpoint CKPT] [--image samples/chelsea.jpg]
 //       [--max_batch_size 8] [--concurrency 16] [--seconds 20] [--rounds 4]
-//       [--max_queue_delay_us 5000]
+//       [--max_queue_delay_us 5000] [--bf16]
 //
 // The server (server/server.h, the same Server object as convnext-server) runs in this process on a
 // loopback port; the clients are synchronous C++ stubs on their own threads. Without
@@ -43,6 +43,9 @@ ABSL_FLAG(double, seconds, 20, "Measuring time for each side.");
 ABSL_FLAG(int, rounds, 4, "Alternations of the in-process and gRPC sides.");
 ABSL_FLAG(int, threads, 2, "Intra-op threads.");
 ABSL_FLAG(bool, metrics, true, "Record Prometheus metrics, as the server does by default.");
+ABSL_FLAG(bool, bf16, false,
+          "compute_dtype BF16 on both sides (the fast path's bfloat16 blocks; needs a CPU with "
+          "native bfloat16).");
 
 namespace convnext::server {
 namespace {
@@ -80,6 +83,7 @@ int Main() {
   m->mutable_batching()->set_max_batch_size(batch);
   m->mutable_batching()->set_max_queue_delay_us(absl::GetFlag(FLAGS_max_queue_delay_us));
   m->mutable_batching()->set_max_queue_size(std::max(64, 4 * concurrency));
+  if (absl::GetFlag(FLAGS_bf16)) m->set_compute_dtype(BF16);
   config.set_intra_op_threads(absl::GetFlag(FLAGS_threads));
   config.set_preprocess_threads(2);
   NormalizeConfig(&config, 2, int64_t{8} << 30);
@@ -108,6 +112,7 @@ int Main() {
   }
   LoadOptions load;
   load.path = checkpoint;
+  if (absl::GetFlag(FLAGS_bf16)) load.model.cpu_precision = BlockPrecision::kBFloat16;
   absl::StatusOr<LoadedModel> direct = LoadModel(load);
   if (!direct.ok()) {
     std::fprintf(stderr, "%s\n", direct.status().ToString().c_str());

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <stdexcept>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -145,9 +146,18 @@ absl::Status ConvNeXt::CaptureGraphs(int64_t max_batch, int64_t size) const {
         g->input = at::zeros({n, config_.in_channels, size, size}, like);
         if (options_.channels_last) g->input = g->input.contiguous(at::MemoryFormat::ChannelsLast);
         GraphPool::Graph* raw = g.get();
+        // The stages as Forward runs them: graphs are CUDA's, where the ATen path runs; the CPU
+        // stand-in (tests) may hold a fast-path model, whose stages run on oneDNN.
         ASSIGN_OR_RETURN(g->graph, CapturedGraph::Capture(options_.device, [this, raw] {
                            c10::InferenceMode inference;
-                           raw->pooled = RunStagesAten(raw->input, kNumStages, nullptr, {});
+                           if (!uses_fast_path()) {
+                             raw->pooled = RunStagesAten(raw->input, kNumStages, nullptr, {});
+                             return;
+                           }
+                           absl::StatusOr<at::Tensor> pooled =
+                               RunStagesFast(raw->input, kNumStages, nullptr, {});
+                           if (!pooled.ok()) throw std::runtime_error(pooled.status().ToString());
+                           raw->pooled = *std::move(pooled);
                          }));
         captured[n].push_back(std::move(g));
       }
