@@ -917,6 +917,17 @@ TEST(SharedTrunkE2eTest, AHeadOfAnotherTrunkAndClashingNamesAreRefused) {
   EXPECT_THAT(ValidateServerConfig(config).message(), ::testing::HasSubstr("also a head of model"));
 }
 
+// The test model ("custom") on two replicas, both on the CPU (an entry listed twice is two copies
+// of the weights).
+ModelConfig* AddTwoCpuReplicas(ServerConfig* config) {
+  ModelConfig* m = config->add_model();
+  m->set_name("custom");
+  m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
+  m->add_devices("cpu");
+  m->add_devices("cpu");
+  return m;
+}
+
 // One model on several devices (ModelConfig.devices), here two replicas on the CPU (an entry listed
 // twice is two copies of the weights): the batches of one queue go to the least busy replica, a
 // head computes on the replica its batch took, and the answers are the model's own. Each phase's
@@ -926,11 +937,7 @@ TEST(ReplicasE2eTest, BatchesGoToTheLeastBusyReplicaWithTheirHeads) {
   at::manual_seed(7);
   const std::string birds = testing::WriteHeadCheckpoint("replica_birds.safetensors", 7);
   ServerConfig config;
-  ModelConfig* m = config.add_model();
-  m->set_name("custom");
-  m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
-  m->add_devices("cpu");
-  m->add_devices("cpu");
+  ModelConfig* m = AddTwoCpuReplicas(&config);
   m->mutable_batching()->set_max_batch_size(1);
   HeadConfig* h = m->add_head();
   h->set_name("birds");
@@ -1016,11 +1023,7 @@ TEST(ReplicasE2eTest, BatchesGoToTheLeastBusyReplicaWithTheirHeads) {
 TEST(ReplicasE2eTest, GraphReplaysAreCountedPerReplica) {
   SetCpuGraphsForTesting(true);
   ServerConfig config;
-  ModelConfig* m = config.add_model();
-  m->set_name("custom");
-  m->set_checkpoint(testing::TestdataPath("custom.safetensors"));
-  m->add_devices("cpu");
-  m->add_devices("cpu");
+  ModelConfig* m = AddTwoCpuReplicas(&config);
   m->mutable_preprocessing()->set_size(64);
   m->mutable_batching()->set_max_batch_size(2);
   m->set_cuda_graph_max_batch(2);
