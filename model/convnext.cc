@@ -307,12 +307,9 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
                        OneDnnStage::Create(std::move(stage.blocks), config.layer_norm_eps,
                                            options.cpu_precision));
       stage.blocks.clear();
-      // The stem reads the image and stays float32; the downsampling layers compute in the
-      // blocks' precision.
-      ASSIGN_OR_RETURN(stage.fast_ds, OneDnnPatchConv::Create(
-                                          stage.ds_conv_weight, stage.ds_conv_bias,
-                                          &stage == &model->stages_[0] ? BlockPrecision::kFloat32
-                                                                       : options.cpu_precision));
+      // Float32 whatever the blocks compute in (see OneDnnPatchConv).
+      ASSIGN_OR_RETURN(stage.fast_ds,
+                       OneDnnPatchConv::Create(stage.ds_conv_weight, stage.ds_conv_bias));
       stage.ds_conv_weight = at::Tensor();
       stage.ds_conv_bias = at::Tensor();
     }

@@ -40,11 +40,10 @@ struct ModelOptions {
   bool cpu_fast_path = true;
   // What the fast path's blocks compute in: float32, or bfloat16 on a CPU with native bfloat16
   // (model/onednn_stage.h: activations and matrix-product weights in bfloat16, accumulation,
-  // LayerNorm statistics and the residual stream in float32; the downsampling convolutions too
-  // read bfloat16 and accumulate and write float32; the stem, every LayerNorm outside the
-  // blocks, the final norm and the head stay float32, and so do every output). bfloat16 needs the
-  // fast path (CPU, float32 dtype): Create fails with INVALID_ARGUMENT otherwise, and with
-  // FAILED_PRECONDITION on a CPU without native bfloat16.
+  // LayerNorm statistics and the residual stream in float32; the stem, downsampling layers, final
+  // norm and head stay float32, and so do every output). bfloat16 needs the fast path (CPU,
+  // float32 dtype): Create fails with INVALID_ARGUMENT otherwise, and with FAILED_PRECONDITION on
+  // a CPU without native bfloat16.
   BlockPrecision cpu_precision = BlockPrecision::kFloat32;
   // The ATen path keeps its activations and convolution weights channels-last (NHWC in memory,
   // NCHW in shape): what cuDNN's fast kernels want, and the LayerNorms and pointwise layers then
@@ -207,8 +206,7 @@ class ConvNeXt {
     at::Tensor ds_conv_weight, ds_conv_bias;
     // The ATen path's blocks; empty when `fast` runs them.
     std::vector<Block> blocks;
-    // The fast path: the blocks, and the stem or downsampling convolution (float32 for the stem,
-    // the blocks' precision for the downsampling layers).
+    // The fast path: the blocks, and the stem or downsampling convolution (float32).
     std::unique_ptr<OneDnnStage> fast;
     std::unique_ptr<OneDnnPatchConv> fast_ds;
     // Detection backbones only: LayerNorm on the stage's output.

@@ -357,12 +357,9 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
 
 struct OneDnnPatchConv::Impl {
   int64_t in_channels = 0, out_channels = 0, kernel = 0;
-  BlockPrecision precision = BlockPrecision::kFloat32;
   memory weight;  // Packed in the layout chosen for `weight_desc`.
   memory::desc weight_desc;
   at::Tensor bias;  // float32 [O].
-
-  DType act() const { return precision == BlockPrecision::kBFloat16 ? kBf16 : kF32; }
 
   // One input shape's primitive, and the weights repacked for it if it wants another layout than
   // the one they were packed in (not seen: the layout depends on the channels, data type and
@@ -379,7 +376,7 @@ struct OneDnnPatchConv::Impl {
   // (oh * k, ow * k) by its strides.
   memory::desc SrcDesc(int64_t n, int64_t h, int64_t w) const {
     const int64_t oh = h / kernel, ow = w / kernel, c = in_channels;
-    return memory::desc({n, c, oh * kernel, ow * kernel}, act(),
+    return memory::desc({n, c, oh * kernel, ow * kernel}, kF32,
                         memory::dims{h * w * c, 1, w * c, c});
   }
 
@@ -400,7 +397,7 @@ struct OneDnnPatchConv::Impl {
       auto it = cache.find(key);
       if (it != cache.end()) return it->second;
     }
-    const auto pd = Describe(n, h, w, memory::desc(weight_desc.dims(), act(), Tag::any));
+    const auto pd = Describe(n, h, w, memory::desc(weight_desc.dims(), kF32, Tag::any));
     auto made = std::make_shared<Made>();
     made->conv = dnnl::convolution_forward(pd);
     if (pd.weights_desc() == weight_desc) {
@@ -422,38 +419,28 @@ OneDnnPatchConv::OneDnnPatchConv(std::unique_ptr<Impl> impl) : impl_(std::move(i
 OneDnnPatchConv::~OneDnnPatchConv() = default;
 
 absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> OneDnnPatchConv::Create(const at::Tensor& weight,
-                                                                         const at::Tensor& bias,
-                                                                         BlockPrecision precision) {
+                                                                         const at::Tensor& bias) {
   if (weight.dim() != 4 || weight.size(2) != weight.size(3) || weight.size(2) < 1 ||
       bias.dim() != 1 || bias.size(0) != weight.size(0)) {
     return absl::InvalidArgumentError(
         "a patchify convolution needs weights [O, I, k, k] and a bias [O]");
   }
-  const bool bf16 = precision == BlockPrecision::kBFloat16;
-  if (bf16 && !CpuHasNativeBf16()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("bfloat16 convolutions need a CPU with native bfloat16 (AVX512-BF16 or "
-                     "AMX-BF16); oneDNN runs this one as ",
-                     OneDnnIsaName()));
-  }
   auto impl = std::make_unique<Impl>();
   impl->out_channels = weight.size(0);
   impl->in_channels = weight.size(1);
   impl->kernel = weight.size(2);
-  impl->precision = precision;
   try {
     const int64_t o = impl->out_channels, i = impl->in_channels, k = impl->kernel;
     // Let oneDNN choose the weights' layout (on a representative shape: the layout depends on
     // the channels, data type and instruction set), then pack them in it once.
     const auto chosen = impl->Describe(/*n=*/1, /*h=*/8 * k, /*w=*/8 * k,
-                                       memory::desc({o, i, k, k}, impl->act(), Tag::any));
+                                       memory::desc({o, i, k, k}, kF32, Tag::any));
     impl->weight_desc = chosen.weights_desc();
     const at::Tensor plain = weight.to(at::kFloat).contiguous();
     impl->weight = Pack(plain, memory::desc({o, i, k, k}, kF32, Tag::oihw), impl->weight_desc);
     impl->bias = bias.to(at::kFloat).contiguous().clone();
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("preparing a oneDNN ", BlockPrecisionName(precision),
-                                            " patchify convolution: ", e.what()));
+    return absl::InternalError(absl::StrCat("preparing a oneDNN patchify convolution: ", e.what()));
   }
   return std::unique_ptr<OneDnnPatchConv>(new OneDnnPatchConv(std::move(impl)));
 }
@@ -487,13 +474,9 @@ absl::StatusOr<at::Tensor> OneDnnPatchConv::Run(const at::Tensor& x, bool nhwc) 
   try {
     at::internal::lazy_init_num_threads();
     std::shared_ptr<const Impl::Made> made = impl_->PrimitiveFor(n, h, w);
-    const bool bf16 = impl_->precision == BlockPrecision::kBFloat16;
     // oneDNN's fast kernels read NHWC (an NCHW source with an NHWC destination gets its reference
-    // kernel): the image is permuted, once, as it is rounded in bfloat16.
-    at::Tensor src = nhwc ? x : x.permute({0, 2, 3, 1});
-    src = bf16 ? src.to(at::kBFloat16, /*non_blocking=*/false, /*copy=*/false,
-                        at::MemoryFormat::Contiguous)
-               : src.contiguous();
+    // kernel): the image is permuted first.
+    const at::Tensor src = nhwc ? x : x.permute({0, 2, 3, 1}).contiguous();
     at::Tensor y = at::empty({n, h / k, w / k, impl_->out_channels}, x.options());
     memory src_mem(impl_->SrcDesc(n, h, w), CpuEngine(), const_cast<void*>(src.data_ptr()));
     memory bias_mem = Wrap(impl_->bias, memory::desc({impl_->out_channels}, kF32, Tag::x));
@@ -506,9 +489,8 @@ absl::StatusOr<at::Tensor> OneDnnPatchConv::Run(const at::Tensor& x, bool nhwc) 
     stream.wait();
     return y;
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("oneDNN ", BlockPrecisionName(impl_->precision),
-                                            " patchify convolution on [", n, ", ", c, ", ", h, ", ",
-                                            w, "]: ", e.what()));
+    return absl::InternalError(absl::StrCat("oneDNN patchify convolution on [", n, ", ", c, ", ", h,
+                                            ", ", w, "]: ", e.what()));
   }
 }
 

@@ -130,18 +130,18 @@ class OneDnnStage {
 // image) and downsampling layers (2x2, stride 2, on the NHWC activations between stages); kernel
 // equal to stride, no padding, sizes floored as ATen's convolution floors them. The weights are
 // packed once into oneDNN's layout (ATen's convolution reorders them on every call) and the output
-// is written as the contiguous NHWC float32 tensor the stages run on (no permute copy). In
-// bfloat16 the input is rounded to bfloat16 and the weights are packed as bfloat16 (AMX runs the
-// product); accumulation, bias and output stay float32. The primitives are created per input
-// shape and cached, as OneDnnStage's. Thread safety: Run() may be called from several threads at
-// once.
+// is written as the contiguous NHWC float32 tensor the stages run on (no permute copy). The
+// primitives are created per input shape and cached, as OneDnnStage's. Float32 only, in bfloat16
+// models too: oneDNN 2.6's bfloat16 AMX convolution (brgconv) reads out of bounds while it is
+// created for small outputs (AddressSanitizer caught a SEGV in dnnl_primitive_create for the
+// digits model's last downsampling, [7, 64, 2, 2] -> 1x1). Thread safety: Run() may be called from
+// several threads at once.
 class OneDnnPatchConv {
  public:
-  // weight [O, I, k, k] and bias [O], float32 CPU tensors (copied). FAILED_PRECONDITION for
-  // bfloat16 without native bfloat16; INTERNAL if oneDNN has no kernel for them.
-  static absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> Create(
-      const at::Tensor& weight, const at::Tensor& bias,
-      BlockPrecision precision = BlockPrecision::kFloat32);
+  // weight [O, I, k, k] and bias [O], float32 CPU tensors (copied). INTERNAL if oneDNN has no
+  // kernel for them.
+  static absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> Create(const at::Tensor& weight,
+                                                                 const at::Tensor& bias);
   ~OneDnnPatchConv();
 
   OneDnnPatchConv(const OneDnnPatchConv&) = delete;

@@ -45,8 +45,7 @@ OneDnnPatchConv::OneDnnPatchConv(std::unique_ptr<Impl> impl) : impl_(std::move(i
 OneDnnPatchConv::~OneDnnPatchConv() = default;
 
 absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> OneDnnPatchConv::Create(const at::Tensor&,
-                                                                         const at::Tensor&,
-                                                                         BlockPrecision) {
+                                                                         const at::Tensor&) {
   return absl::FailedPreconditionError(
       "this build has no oneDNN CPU fast path (CONVNEXT_ONEDNN=OFF)");
 }
