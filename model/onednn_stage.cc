@@ -93,7 +93,6 @@ Descriptors MakeDescriptors(int64_t n, int64_t h, int64_t w, int64_t c, float ep
       dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift);
 
   const memory::desc rows_c({m, c}, act, Tag::ab);
-
   const memory::desc rows_4c({m, 4 * c}, act, Tag::ab);
   dnnl::post_ops gelu;
   gelu.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
@@ -360,6 +359,7 @@ struct OneDnnPatchConv::Impl {
   memory weight;  // Packed in the layout chosen for `weight_desc`.
   memory::desc weight_desc;
   at::Tensor bias;  // float32 [O].
+  memory bias_mem;  // Wraps `bias`.
 
   // One input shape's primitive, and the weights repacked for it if it wants another layout than
   // the one they were packed in (not seen: the layout depends on the channels, data type and
@@ -439,6 +439,7 @@ absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> OneDnnPatchConv::Create(const a
     const at::Tensor plain = weight.to(at::kFloat).contiguous();
     impl->weight = Pack(plain, memory::desc({o, i, k, k}, kF32, Tag::oihw), impl->weight_desc);
     impl->bias = bias.to(at::kFloat).contiguous().clone();
+    impl->bias_mem = Wrap(impl->bias, memory::desc({o}, kF32, Tag::x));
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("preparing a oneDNN patchify convolution: ", e.what()));
   }
@@ -467,9 +468,9 @@ absl::StatusOr<at::Tensor> OneDnnPatchConv::Run(const at::Tensor& x, bool nhwc) 
   const int64_t n = x.size(0);
   const int64_t h = x.size(nhwc ? 1 : 2), w = x.size(nhwc ? 2 : 3);
   if (h < k || w < k) {
-    return absl::InvalidArgumentError(absl::StrCat("an input of ", h, "x", w,
-                                                   " is smaller than the ", k, "x", k,
-                                                   " patches of a ConvNeXt downsampling layer"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("an input of ", h, "x", w, " is smaller than the ", k, "x", k,
+                     " patches of a ConvNeXt stem or downsampling layer"));
   }
   try {
     at::internal::lazy_init_num_threads();
@@ -479,12 +480,11 @@ absl::StatusOr<at::Tensor> OneDnnPatchConv::Run(const at::Tensor& x, bool nhwc) 
     const at::Tensor src = nhwc ? x : x.permute({0, 2, 3, 1}).contiguous();
     at::Tensor y = at::empty({n, h / k, w / k, impl_->out_channels}, x.options());
     memory src_mem(impl_->SrcDesc(n, h, w), CpuEngine(), const_cast<void*>(src.data_ptr()));
-    memory bias_mem = Wrap(impl_->bias, memory::desc({impl_->out_channels}, kF32, Tag::x));
     memory dst_mem = Wrap(y, memory::desc({n, impl_->out_channels, h / k, w / k}, kF32, Tag::nhwc));
     dnnl::stream stream(CpuEngine());
     made->conv.execute(stream, {{DNNL_ARG_SRC, src_mem},
                                 {DNNL_ARG_WEIGHTS, made->weight},
-                                {DNNL_ARG_BIAS, bias_mem},
+                                {DNNL_ARG_BIAS, impl_->bias_mem},
                                 {DNNL_ARG_DST, dst_mem}});
     stream.wait();
     return y;
