@@ -149,30 +149,83 @@ Figure Measure(const ConvNeXt& model, const at::Tensor& x, double seconds, RunFn
   return {calls * x.size(0) / elapsed, 1000 * elapsed / calls};
 }
 
-std::map<Key, Figure> MeasureReference(double seconds) {
+// PyTorch's figures for one variant (a process per variant, so that a run cut short keeps the
+// variants it finished).
+std::map<Key, Figure> MeasureReference(const std::string& variant, double seconds) {
   const std::string cmd = absl::StrCat(
       absl::GetFlag(FLAGS_python), " ", absl::GetFlag(FLAGS_reference_script), " --device ",
       absl::GetFlag(FLAGS_device), " --dtypes ", absl::GetFlag(FLAGS_dtypes), " --variants ",
-      absl::GetFlag(FLAGS_variants), " --batches ", absl::GetFlag(FLAGS_batches), " --seconds ",
+      variant, " --batches ", absl::GetFlag(FLAGS_batches), " --seconds ",
       seconds, " --size ", absl::GetFlag(FLAGS_size), " --threads ", absl::GetFlag(FLAGS_threads));
   std::map<Key, Figure> out;
   FILE* pipe = ::popen(cmd.c_str(), "r");
   if (pipe == nullptr) return out;
-  char line[512], variant[64], dtype[32];
+  char line[512], name[64], dtype[32];
   while (std::fgets(line, sizeof(line), pipe) != nullptr) {
     int batch = 0;
     Figure f;
     if (std::sscanf(line,
                     "{\"variant\": \"%63[^\"]\", \"dtype\": \"%31[^\"]\", \"batch\": %d, "
                     "\"images_per_s\": %lf, \"ms_per_batch\": %lf}",
-                    variant, dtype, &batch, &f.images_per_s, &f.ms_per_batch) == 5) {
-      out[{variant, dtype, batch}] = f;
+                    name, dtype, &batch, &f.images_per_s, &f.ms_per_batch) == 5) {
+      out[{name, dtype, batch}] = f;
     } else {
       std::fputs(line, stdout);  // Its notes (versions, skipped dtypes).
     }
   }
   ::pclose(pipe);
   return out;
+}
+
+// One variant's rows (ours against PyTorch's, with the ratio), its agreement with float32, its
+// CUDA graph figures, and with --json one JSON line per figure.
+void PrintVariant(const std::map<Key, Figure>& ours, const std::map<Key, Figure>& theirs,
+                  const std::vector<std::string>& agreement,
+                  const std::map<Key, std::pair<Figure, Figure>>& graphs,
+                  const std::vector<std::string>& graph_notes, bool json) {
+  for (const auto& [key, f] : ours) {
+    const auto& [variant, dtype, batch] = key;
+    auto it = theirs.find(key);
+    std::printf("%-16s %-9s %6d %12.1f %10.2f %14s %8s\n", variant.c_str(), dtype.c_str(), batch,
+                f.images_per_s, f.ms_per_batch,
+                it == theirs.end() ? "-" : absl::StrFormat("%.1f", it->second.images_per_s).c_str(),
+                it == theirs.end()
+                    ? "-"
+                    : absl::StrFormat("%.2fx", f.images_per_s / it->second.images_per_s).c_str());
+  }
+  for (const std::string& line : agreement) std::printf("  %s\n", line.c_str());
+  if (!graphs.empty()) {
+    std::printf("  CUDA graphs (pooled features then the head, as RunBatch; ms per batch):\n");
+    std::printf("  %-16s %-9s %6s %10s %10s %8s\n", "variant", "dtype", "batch", "eager ms",
+                "graph ms", "speedup");
+    for (const auto& [key, f] : graphs) {
+      const auto& [variant, dtype, batch] = key;
+      std::printf("  %-16s %-9s %6d %10.3f %10.3f %7.2fx\n", variant.c_str(), dtype.c_str(),
+                  batch, f.first.ms_per_batch, f.second.ms_per_batch,
+                  f.first.ms_per_batch / f.second.ms_per_batch);
+    }
+  }
+  for (const std::string& line : graph_notes)
+    std::printf("  CUDA graphs not measured: %s\n", line.c_str());
+  if (json) {
+    for (const auto& [key, f] : ours) {
+      const auto& [variant, dtype, batch] = key;
+      auto it = theirs.find(key);
+      std::printf(
+          "{\"variant\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"images_per_s\": %.3f, "
+          "\"ms_per_batch\": %.4f, \"pytorch_images_per_s\": %.3f}\n",
+          variant.c_str(), dtype.c_str(), batch, f.images_per_s, f.ms_per_batch,
+          it == theirs.end() ? 0.0 : it->second.images_per_s);
+    }
+    for (const auto& [key, f] : graphs) {
+      const auto& [variant, dtype, batch] = key;
+      std::printf(
+          "{\"variant\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"eager_ms\": %.4f, "
+          "\"graph_ms\": %.4f}\n",
+          variant.c_str(), dtype.c_str(), batch, f.first.ms_per_batch, f.second.ms_per_batch);
+    }
+  }
+  std::fflush(stdout);
 }
 
 int Main() {
@@ -200,20 +253,25 @@ int Main() {
   std::printf("device %s, %dx%d, >= %.1f s per figure, random weights, LibTorch %s\n",
               device->str().c_str(), size, size, seconds, TORCH_VERSION);
 
-  std::map<Key, Figure> ours;
-  std::vector<std::string> agreement;
+  std::printf("%-16s %-9s %6s %12s %10s %14s %8s\n", "variant", "dtype", "batch", "ours img/s",
+              "ms/batch", "PyTorch img/s", "ratio");
+  std::fflush(stdout);
   const std::vector<int> graph_batches = ParseInts(absl::GetFlag(FLAGS_graph_batches));
-  // Per variant, dtype and batch: the pooled pass eager, then replaying a CUDA graph.
-  std::map<Key, std::pair<Figure, Figure>> graphs;
-  std::vector<std::string> graph_notes;
   const std::set<std::string> graph_variants =
       absl::StrSplit(absl::GetFlag(FLAGS_graph_variants), ',', absl::SkipEmpty());
+  // Each variant is measured, compared and printed before the next starts: a run cut short (the
+  // device check has a time budget) keeps every variant it finished.
   for (const std::string& variant : variants) {
     absl::StatusOr<ConvNeXtConfig> config = ConfigForVariant(variant);
     if (!config.ok()) {
       std::fprintf(stderr, "%s\n", config.status().ToString().c_str());
       return 2;
     }
+    std::map<Key, Figure> ours;
+    std::vector<std::string> agreement;
+    // Per dtype and batch: the pooled pass eager, then replaying a CUDA graph.
+    std::map<Key, std::pair<Figure, Figure>> graphs;
+    std::vector<std::string> graph_notes;
     at::Tensor check = at::randn({8, 3, size, size});
     at::Tensor reference;  // float32 logits on the device, for the agreement figures.
     for (const std::string& name : dtypes) {
@@ -239,7 +297,6 @@ int Main() {
       for (int batch : batches) {
         const at::Tensor x = at::randn({batch, 3, size, size}).to(*device, *dtype);
         ours[{variant, name, batch}] = Measure(*model, x, seconds);
-        std::fflush(stdout);
       }
       if (!graph_batches.empty() && device->is_cuda() && graph_variants.count(variant) > 0) {
         const int top = *std::max_element(graph_batches.begin(), graph_batches.end());
@@ -255,53 +312,9 @@ int Main() {
         }
       }
     }
-  }
-  std::map<Key, Figure> theirs;
-  if (absl::GetFlag(FLAGS_reference)) theirs = MeasureReference(seconds);
-
-  std::printf("%-16s %-9s %6s %12s %10s %14s %8s\n", "variant", "dtype", "batch", "ours img/s",
-              "ms/batch", "PyTorch img/s", "ratio");
-  for (const auto& [key, f] : ours) {
-    const auto& [variant, dtype, batch] = key;
-    auto it = theirs.find(key);
-    std::printf("%-16s %-9s %6d %12.1f %10.2f %14s %8s\n", variant.c_str(), dtype.c_str(), batch,
-                f.images_per_s, f.ms_per_batch,
-                it == theirs.end() ? "-" : absl::StrFormat("%.1f", it->second.images_per_s).c_str(),
-                it == theirs.end()
-                    ? "-"
-                    : absl::StrFormat("%.2fx", f.images_per_s / it->second.images_per_s).c_str());
-  }
-  for (const std::string& line : agreement) std::printf("%s\n", line.c_str());
-  if (!graphs.empty()) {
-    std::printf("CUDA graphs (pooled features then the head, as RunBatch; ms per batch):\n");
-    std::printf("%-16s %-9s %6s %10s %10s %8s\n", "variant", "dtype", "batch", "eager ms",
-                "graph ms", "speedup");
-    for (const auto& [key, f] : graphs) {
-      const auto& [variant, dtype, batch] = key;
-      std::printf("%-16s %-9s %6d %10.3f %10.3f %7.2fx\n", variant.c_str(), dtype.c_str(), batch,
-                  f.first.ms_per_batch, f.second.ms_per_batch,
-                  f.first.ms_per_batch / f.second.ms_per_batch);
-    }
-  }
-  for (const std::string& line : graph_notes)
-    std::printf("CUDA graphs not measured: %s\n", line.c_str());
-  if (absl::GetFlag(FLAGS_json)) {
-    for (const auto& [key, f] : ours) {
-      const auto& [variant, dtype, batch] = key;
-      auto it = theirs.find(key);
-      std::printf(
-          "{\"variant\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"images_per_s\": %.3f, "
-          "\"ms_per_batch\": %.4f, \"pytorch_images_per_s\": %.3f}\n",
-          variant.c_str(), dtype.c_str(), batch, f.images_per_s, f.ms_per_batch,
-          it == theirs.end() ? 0.0 : it->second.images_per_s);
-    }
-    for (const auto& [key, f] : graphs) {
-      const auto& [variant, dtype, batch] = key;
-      std::printf(
-          "{\"variant\": \"%s\", \"dtype\": \"%s\", \"batch\": %d, \"eager_ms\": %.4f, "
-          "\"graph_ms\": %.4f}\n",
-          variant.c_str(), dtype.c_str(), batch, f.first.ms_per_batch, f.second.ms_per_batch);
-    }
+    std::map<Key, Figure> theirs;
+    if (absl::GetFlag(FLAGS_reference)) theirs = MeasureReference(variant, seconds);
+    PrintVariant(ours, theirs, agreement, graphs, graph_notes, absl::GetFlag(FLAGS_json));
   }
   return 0;
 }

@@ -2,8 +2,8 @@
 // the CUDA headers stay behind CONVNEXT_WITH_CUDA (set when the LibTorch built against has CUDA;
 // README, GPU). Everything here is a no-op for the CPU and in builds without CUDA.
 //
-// Not yet run on a GPU by the developers (no GPU on their machines): scripts/gpu_check.sh runs
-// the model tests that use it on the GPU machine.
+// Run on a GPU once so far: scripts/gpu_check.sh on an NVIDIA H200 (2026-12-04), where the model
+// tests that use it passed (timer and memory, TF32 modes, CUDA graphs against eager).
 #ifndef CONVNEXT_MODEL_DEVICE_H_
 #define CONVNEXT_MODEL_DEVICE_H_
 

@@ -99,6 +99,8 @@ fi
 if [[ -d .gpudeps/root ]]; then
   deps="$PWD/.gpudeps/root/usr"
   prefixes+=("$deps")
+  # The executables load Abseil's shared libraries from there too (the GPU machine has none).
+  export LD_LIBRARY_PATH="$deps/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   cmake_args+=("-Dabsl_DIR=$deps/lib/x86_64-linux-gnu/cmake/absl"
                "-DGTest_DIR=$deps/lib/x86_64-linux-gnu/cmake/GTest"
                "-Dnlohmann_json_DIR=$deps/share/cmake/nlohmann_json")
@@ -122,8 +124,10 @@ if [[ -x "$build/bin/device_throughput" ]]; then
     step throughput 120 "$build/bin/device_throughput" --device cpu --dtypes float32 \
       --variants convnext_tiny --batches 1 --seconds 1 --python "$python" --json
   else
+    # Smallest first, then the ones users deploy most: each variant is printed as it finishes.
     step throughput 330 "$build/bin/device_throughput" --device "$device" \
-      --dtypes float16,bfloat16 --batches 1,8,64,256 --seconds 2 --python "$python" --json
+      --variants convnext_tiny,convnext_base,convnext_large,convnext_small,convnext_xlarge \
+      --dtypes float16,bfloat16 --batches 1,8,64,256 --seconds 1 --python "$python" --json
     if (($(left) > 60)); then
       step compile "$(($(left) - 10))" "$python" bench/torch_device_eager.py --device "$device" \
         --dtypes float16 --variants convnext_tiny --batches 1,256 --seconds 2 --compile

@@ -110,7 +110,7 @@ def save_regions(out_dir, case, maps):
                        aligned=False).flatten(1))
 
 
-def generate(out_dir, only):
+def generate(out_dir, only, preprocess=True):
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     manifest = {"cases": {}}
     for seed, (case, (spec, shape, feat_shape)) in enumerate(CASES.items()):
@@ -150,8 +150,9 @@ def generate(out_dir, only):
         print(f"convnext_reference: {case}: {manifest['cases'][case]['params']} parameters",
               file=sys.stderr)
         del model, sd
-    import preprocess_reference
-    preprocess_reference.generate(os.path.join(out_dir, "preprocess"))
+    if preprocess:
+        import preprocess_reference
+        preprocess_reference.generate(os.path.join(out_dir, "preprocess"))
     return manifest
 
 
@@ -160,6 +161,9 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--cases", default="", help="comma-separated subset of: " +
                         ", ".join(CASES))
+    parser.add_argument("--no_preprocess", action="store_true",
+                        help="skip the preprocessing references (they need Debian's photos; the "
+                        "model-only build has no preprocessing)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     only = [c for c in args.cases.split(",") if c]
@@ -172,12 +176,17 @@ def main():
     manifest_path = os.path.join(args.out, "manifest.json")
     try:
         with open(manifest_path) as f:
-            if json.load(f).get("script_sha256") == digest:
+            old = json.load(f)
+            # Up to date; a set made without the preprocessing references serves only a run
+            # that skips them too.
+            if old.get("script_sha256") == digest and (args.no_preprocess or
+                                                       old.get("preprocess", True)):
                 return 0
     except (OSError, ValueError):
         pass
-    manifest = generate(args.out, only)
+    manifest = generate(args.out, only, not args.no_preprocess)
     manifest["script_sha256"] = digest
+    manifest["preprocess"] = not args.no_preprocess
     with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)
     return 0
