@@ -300,16 +300,19 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
           " blocks run on the CPU fast path only (device cpu, dtype float32, fast path enabled)",
           kHaveOneDnnFastPath ? "" : "; this build has none (CONVNEXT_ONEDNN=OFF)"));
     }
-    for (Stage& stage : model->stages_) {
-      if (!fast) break;
+    for (size_t i = 0; fast && i < model->stages_.size(); ++i) {
+      Stage& stage = model->stages_[i];
       // The fast path keeps its own copy of the blocks' weights, in oneDNN's layouts.
       ASSIGN_OR_RETURN(stage.fast,
                        OneDnnStage::Create(std::move(stage.blocks), config.layer_norm_eps,
                                            options.cpu_precision));
       stage.blocks.clear();
-      // Float32 whatever the blocks compute in (see OneDnnPatchConv).
+      // The downsampling layers compute as the blocks do; the stem (on the image, 3 channels: a
+      // small share of the work) in float32.
       ASSIGN_OR_RETURN(stage.fast_ds,
-                       OneDnnPatchConv::Create(stage.ds_conv_weight, stage.ds_conv_bias));
+                       OneDnnPatchConv::Create(stage.ds_conv_weight, stage.ds_conv_bias,
+                                               i == 0 ? BlockPrecision::kFloat32
+                                                      : options.cpu_precision));
       stage.ds_conv_weight = at::Tensor();
       stage.ds_conv_bias = at::Tensor();
     }

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "model/grn.h"
+#include "model/layer_norm_rows.h"
 #include "oneapi/dnnl/dnnl.hpp"
 
 namespace convnext {
@@ -176,6 +177,10 @@ struct OneDnnStage::Impl {
   int64_t channels = 0;
   float eps = 0;
   BlockPrecision precision = BlockPrecision::kFloat32;
+  // Whether the LayerNorm (and in bfloat16 the rounding after it) is our own kernel
+  // (model/layer_norm_rows.h) rather than oneDNN's primitives: where the CPU has AVX-512 and
+  // oneDNN uses it (ONEDNN_MAX_CPU_ISA=avx2 gives the AVX2 machines' path, kernels included).
+  bool own_norm = false;
   WeightDescs weight_descs;  // The layouts the weights were packed in (or wrapped as).
   std::vector<PackedBlock> blocks;
 
@@ -228,6 +233,10 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
   impl->channels = c;
   impl->eps = static_cast<float>(layer_norm_eps);
   impl->precision = precision;
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  impl->own_norm = LayerNormRowsAvailable(bf16) &&
+                   (isa == dnnl::cpu_isa::avx512_core || isa == dnnl::cpu_isa::avx512_core_vnni ||
+                    isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx);
   try {
     // Let oneDNN choose the layouts of the weights it repacks, then pack every block's in them
     // once.
@@ -323,11 +332,24 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
                                      {DNNL_ARG_WEIGHTS, b.dw_weight},
                                      {DNNL_ARG_BIAS, b.dw_bias},
                                      {DNNL_ARG_DST, y_nhwc}});
-      prims->norm.execute(stream, {{DNNL_ARG_SRC, y_rows},
-                                   {DNNL_ARG_DST, y_rows},
-                                   {DNNL_ARG_SCALE, b.norm_weight},
-                                   {DNNL_ARG_SHIFT, b.norm_bias}});
-      if (bf16) prims->to_act.execute(stream, y_rows, fc1_src);
+      if (impl_->own_norm) {
+        stream.wait();
+        const auto* gamma = static_cast<const float*>(b.norm_weight.get_data_handle());
+        const auto* beta = static_cast<const float*>(b.norm_bias.get_data_handle());
+        float* rows = y.data_ptr<float>();
+        if (bf16) {
+          LayerNormRowsToBf16(rows, static_cast<uint16_t*>(y16.data_ptr()), m, c, gamma, beta,
+                              impl_->eps);
+        } else {
+          LayerNormRows(rows, rows, m, c, gamma, beta, impl_->eps);
+        }
+      } else {
+        prims->norm.execute(stream, {{DNNL_ARG_SRC, y_rows},
+                                     {DNNL_ARG_DST, y_rows},
+                                     {DNNL_ARG_SCALE, b.norm_weight},
+                                     {DNNL_ARG_SHIFT, b.norm_bias}});
+        if (bf16) prims->to_act.execute(stream, y_rows, fc1_src);
+      }
       prims->fc1.execute(stream, {{DNNL_ARG_SRC, fc1_src},
                                   {DNNL_ARG_WEIGHTS, b.fc1_weight},
                                   {DNNL_ARG_BIAS, b.fc1_bias},
@@ -356,16 +378,21 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
 
 struct OneDnnPatchConv::Impl {
   int64_t in_channels = 0, out_channels = 0, kernel = 0;
-  memory weight;  // Packed in the layout chosen for `weight_desc`.
+  BlockPrecision precision = BlockPrecision::kFloat32;
+  // float32: the convolution's weights [O, I, k, k]; bfloat16: the matrix product's [k k I, O]
+  // (rows in the patches' (kh, kw, ci) order). Packed in the layout chosen for `weight_desc`.
+  memory weight;
   memory::desc weight_desc;
   at::Tensor bias;  // float32 [O].
-  memory bias_mem;  // Wraps `bias`.
+  memory bias_mem;  // Wraps `bias` ([O] for the convolution, [1, O] for the matrix product).
 
-  // One input shape's primitive, and the weights repacked for it if it wants another layout than
-  // the one they were packed in (not seen: the layout depends on the channels, data type and
-  // instruction set).
+  bool bf16() const { return precision == BlockPrecision::kBFloat16; }
+
+  // One input shape's primitive (the convolution, or in bfloat16 the matrix product), and the
+  // weights repacked for it if it wants another layout than the one they were packed in (not
+  // seen: the layout depends on the channels, data type and instruction set).
   struct Made {
-    dnnl::convolution_forward conv;
+    dnnl::primitive compute;
     memory weight;
   };
   mutable absl::Mutex mu;
@@ -390,6 +417,18 @@ struct OneDnnPatchConv::Impl {
     return dnnl::convolution_forward::primitive_desc(d, CpuEngine());
   }
 
+  // bfloat16: the patches of an [n, h, w, I] input as rows [n (h / k) (w / k), k k I] times the
+  // weights [k k I, O], plus the bias, into float32 rows [.., O] (the NHWC output).
+  dnnl::matmul::primitive_desc DescribeMatmul(int64_t n, int64_t h, int64_t w,
+                                              const memory::desc& weights) const {
+    const int64_t m = n * (h / kernel) * (w / kernel);
+    const int64_t k = kernel * kernel * in_channels;
+    const dnnl::matmul::desc d(memory::desc({m, k}, kBf16, Tag::ab), weights,
+                               memory::desc({1, out_channels}, kF32, Tag::ab),
+                               memory::desc({m, out_channels}, kF32, Tag::ab));
+    return dnnl::matmul::primitive_desc(d, CpuEngine());
+  }
+
   std::shared_ptr<const Made> PrimitiveFor(int64_t n, int64_t h, int64_t w) const {
     const auto key = std::make_tuple(n, h, w);
     {
@@ -397,13 +436,22 @@ struct OneDnnPatchConv::Impl {
       auto it = cache.find(key);
       if (it != cache.end()) return it->second;
     }
-    const auto pd = Describe(n, h, w, memory::desc(weight_desc.dims(), kF32, Tag::any));
+    const memory::desc any(weight_desc.dims(), bf16() ? kBf16 : kF32, Tag::any);
     auto made = std::make_shared<Made>();
-    made->conv = dnnl::convolution_forward(pd);
-    if (pd.weights_desc() == weight_desc) {
+    memory::desc wanted;
+    if (bf16()) {
+      const auto pd = DescribeMatmul(n, h, w, any);
+      made->compute = dnnl::matmul(pd);
+      wanted = pd.weights_desc();
+    } else {
+      const auto pd = Describe(n, h, w, any);
+      made->compute = dnnl::convolution_forward(pd);
+      wanted = pd.weights_desc();
+    }
+    if (wanted == weight_desc) {
       made->weight = weight;
     } else {
-      made->weight = memory(pd.weights_desc(), CpuEngine());
+      made->weight = memory(wanted, CpuEngine());
       dnnl::stream stream(CpuEngine());
       memory packed = weight;
       dnnl::reorder(packed, made->weight).execute(stream, packed, made->weight);
@@ -418,30 +466,48 @@ struct OneDnnPatchConv::Impl {
 OneDnnPatchConv::OneDnnPatchConv(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 OneDnnPatchConv::~OneDnnPatchConv() = default;
 
-absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> OneDnnPatchConv::Create(const at::Tensor& weight,
-                                                                         const at::Tensor& bias) {
+absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> OneDnnPatchConv::Create(
+    const at::Tensor& weight, const at::Tensor& bias, BlockPrecision precision) {
   if (weight.dim() != 4 || weight.size(2) != weight.size(3) || weight.size(2) < 1 ||
       bias.dim() != 1 || bias.size(0) != weight.size(0)) {
     return absl::InvalidArgumentError(
         "a patchify convolution needs weights [O, I, k, k] and a bias [O]");
   }
+  if (precision == BlockPrecision::kBFloat16 && !CpuHasNativeBf16()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("a bfloat16 patchify convolution needs a CPU with native bfloat16; oneDNN "
+                     "runs this one as ",
+                     OneDnnIsaName()));
+  }
   auto impl = std::make_unique<Impl>();
   impl->out_channels = weight.size(0);
   impl->in_channels = weight.size(1);
   impl->kernel = weight.size(2);
+  impl->precision = precision;
   try {
     const int64_t o = impl->out_channels, i = impl->in_channels, k = impl->kernel;
+    const at::Tensor plain = weight.to(at::kFloat).contiguous();
+    impl->bias = bias.to(at::kFloat).contiguous().clone();
     // Let oneDNN choose the weights' layout (on a representative shape: the layout depends on
     // the channels, data type and instruction set), then pack them in it once.
-    const auto chosen = impl->Describe(/*n=*/1, /*h=*/8 * k, /*w=*/8 * k,
-                                       memory::desc({o, i, k, k}, kF32, Tag::any));
-    impl->weight_desc = chosen.weights_desc();
-    const at::Tensor plain = weight.to(at::kFloat).contiguous();
-    impl->weight = Pack(plain, memory::desc({o, i, k, k}, kF32, Tag::oihw), impl->weight_desc);
-    impl->bias = bias.to(at::kFloat).contiguous().clone();
-    impl->bias_mem = Wrap(impl->bias, memory::desc({o}, kF32, Tag::x));
+    if (impl->bf16()) {
+      const auto chosen = impl->DescribeMatmul(/*n=*/1, /*h=*/8 * k, /*w=*/8 * k,
+                                               memory::desc({k * k * i, o}, kBf16, Tag::any));
+      impl->weight_desc = chosen.weights_desc();
+      // [O, I, kh, kw] -> [kh, kw, I, O]: a row per (kh, kw, ci), as the patches are gathered.
+      const at::Tensor rows = plain.permute({2, 3, 1, 0}).contiguous();
+      impl->weight = Pack(rows, memory::desc({k * k * i, o}, kF32, Tag::ab), impl->weight_desc);
+      impl->bias_mem = Wrap(impl->bias, memory::desc({1, o}, kF32, Tag::ab));
+    } else {
+      const auto chosen = impl->Describe(/*n=*/1, /*h=*/8 * k, /*w=*/8 * k,
+                                         memory::desc({o, i, k, k}, kF32, Tag::any));
+      impl->weight_desc = chosen.weights_desc();
+      impl->weight = Pack(plain, memory::desc({o, i, k, k}, kF32, Tag::oihw), impl->weight_desc);
+      impl->bias_mem = Wrap(impl->bias, memory::desc({o}, kF32, Tag::x));
+    }
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("preparing a oneDNN patchify convolution: ", e.what()));
+    return absl::InternalError(absl::StrCat("preparing a oneDNN ", BlockPrecisionName(precision),
+                                            " patchify convolution: ", e.what()));
   }
   return std::unique_ptr<OneDnnPatchConv>(new OneDnnPatchConv(std::move(impl)));
 }
@@ -478,14 +544,31 @@ absl::StatusOr<at::Tensor> OneDnnPatchConv::Run(const at::Tensor& x, bool nhwc) 
     // oneDNN's fast kernels read NHWC (an NCHW source with an NHWC destination gets its reference
     // kernel): the image is permuted first.
     const at::Tensor src = nhwc ? x : x.permute({0, 2, 3, 1}).contiguous();
-    at::Tensor y = at::empty({n, h / k, w / k, impl_->out_channels}, x.options());
-    memory src_mem(impl_->SrcDesc(n, h, w), CpuEngine(), const_cast<void*>(src.data_ptr()));
-    memory dst_mem = Wrap(y, memory::desc({n, impl_->out_channels, h / k, w / k}, kF32, Tag::nhwc));
+    const int64_t oh = h / k, ow = w / k;
+    at::Tensor y = at::empty({n, oh, ow, impl_->out_channels}, x.options());
     dnnl::stream stream(CpuEngine());
-    made->conv.execute(stream, {{DNNL_ARG_SRC, src_mem},
-                                {DNNL_ARG_WEIGHTS, made->weight},
-                                {DNNL_ARG_BIAS, impl_->bias_mem},
-                                {DNNL_ARG_DST, dst_mem}});
+    if (impl_->bf16()) {
+      // The patches as rows (kh, kw, ci), rounded to bfloat16 in the same copy; sides cropped to
+      // whole patches.
+      at::Tensor patches = at::empty({n, oh, ow, k, k, c}, x.options().dtype(at::kBFloat16));
+      patches.copy_(src.narrow(1, 0, oh * k)
+                        .narrow(2, 0, ow * k)
+                        .view({n, oh, k, ow, k, c})
+                        .permute({0, 1, 3, 2, 4, 5}));
+      memory src_mem = Wrap(patches, memory::desc({n * oh * ow, k * k * c}, kBf16, Tag::ab));
+      memory rows_mem = Wrap(y, memory::desc({n * oh * ow, impl_->out_channels}, kF32, Tag::ab));
+      made->compute.execute(stream, {{DNNL_ARG_SRC, src_mem},
+                                     {DNNL_ARG_WEIGHTS, made->weight},
+                                     {DNNL_ARG_BIAS, impl_->bias_mem},
+                                     {DNNL_ARG_DST, rows_mem}});
+    } else {
+      memory src_mem(impl_->SrcDesc(n, h, w), CpuEngine(), const_cast<void*>(src.data_ptr()));
+      memory dst_mem = Wrap(y, memory::desc({n, impl_->out_channels, oh, ow}, kF32, Tag::nhwc));
+      made->compute.execute(stream, {{DNNL_ARG_SRC, src_mem},
+                                     {DNNL_ARG_WEIGHTS, made->weight},
+                                     {DNNL_ARG_BIAS, impl_->bias_mem},
+                                     {DNNL_ARG_DST, dst_mem}});
+    }
     stream.wait();
     return y;
   } catch (const std::exception& e) {

@@ -131,17 +131,23 @@ class OneDnnStage {
 // equal to stride, no padding, sizes floored as ATen's convolution floors them. The weights are
 // packed once into oneDNN's layout (ATen's convolution reorders them on every call) and the output
 // is written as the contiguous NHWC float32 tensor the stages run on (no permute copy). The
-// primitives are created per input shape and cached, as OneDnnStage's. Float32 only, in bfloat16
-// models too: oneDNN 2.6's bfloat16 AMX convolution (brgconv) reads out of bounds while it is
-// created for small outputs (AddressSanitizer caught a SEGV in dnnl_primitive_create for the
-// digits model's last downsampling, [7, 64, 2, 2] -> 1x1). Thread safety: Run() may be called from
+// primitives are created per input shape and cached, as OneDnnStage's.
+//
+// In bfloat16 (the downsampling layers of bfloat16 models) it is not a convolution but a matrix
+// product: the input's patches are gathered as rows (kh, kw, ci) and rounded to bfloat16 in one
+// copy, then multiplied by the weights (converted and packed once) with float32 accumulation, the
+// bias and a float32 output. Not oneDNN's bfloat16 convolution: oneDNN 2.6's AMX one (brgconv) read
+// out of bounds while it was created for small outputs (AddressSanitizer caught a SEGV in
+// dnnl_primitive_create for the digits model's last downsampling, [7, 64, 2, 2] -> 1x1); its
+// matrix products are the ones the blocks already use. Thread safety: Run() may be called from
 // several threads at once.
 class OneDnnPatchConv {
  public:
-  // weight [O, I, k, k] and bias [O], float32 CPU tensors (copied). INTERNAL if oneDNN has no
-  // kernel for them.
-  static absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> Create(const at::Tensor& weight,
-                                                                 const at::Tensor& bias);
+  // weight [O, I, k, k] and bias [O], float32 CPU tensors (copied). FAILED_PRECONDITION for
+  // bfloat16 on a CPU without native bfloat16; INTERNAL if oneDNN has no kernel for them.
+  static absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> Create(
+      const at::Tensor& weight, const at::Tensor& bias,
+      BlockPrecision precision = BlockPrecision::kFloat32);
   ~OneDnnPatchConv();
 
   OneDnnPatchConv(const OneDnnPatchConv&) = delete;

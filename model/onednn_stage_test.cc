@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "model/convnext.h"
 #include "model/convnext_config.h"
+#include "model/layer_norm_rows.h"
 
 namespace convnext {
 namespace {
@@ -378,6 +379,85 @@ TEST(PatchConvTest, MatchesAtenConvolutionInBothLayouts) {
     absl::StatusOr<at::Tensor> small = (*conv)->Run(at::randn({1, 8, k - 1, 8}), false);
     ASSERT_FALSE(small.ok());
     EXPECT_EQ(small.status().code(), absl::StatusCode::kInvalidArgument) << small.status();
+  }
+}
+
+// In bfloat16 (gathered patches times the weights, both rounded to bfloat16, float32
+// accumulation): against ATen's float32 conv2d within bfloat16's rounding, both layouts, sides
+// floored, down to a 1x1 output (the digits model's last downsampling is [7, 64, 2, 2] -> 1x1).
+TEST(PatchConvTest, Bfloat16MatchesAtenConvolutionWithinRounding) {
+  SKIP_WITHOUT_FAST_PATH();
+  if (!CpuHasNativeBf16()) {
+    GTEST_SKIP() << "no native bfloat16 here (" << OneDnnIsaName() << ")";
+  }
+  at::manual_seed(4);
+  for (const auto& [ci, co, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {8, 24, 2}, {64, 96, 2}, {3, 16, 4}}) {
+    const at::Tensor weight = at::randn({co, ci, k, k}) * 0.2;
+    const at::Tensor bias = at::randn({co});
+    absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> conv =
+        OneDnnPatchConv::Create(weight, bias, BlockPrecision::kBFloat16);
+    ASSERT_TRUE(conv.ok()) << conv.status();
+    for (const auto& [n, h, w] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+             {1, 16, 16}, {3, 17, 23}, {7, k, k}, {2, k + 1, 3 * k}}) {
+      const at::Tensor nchw = at::randn({n, ci, h, w});
+      const at::Tensor expected = at::conv2d(nchw, weight, bias, {k, k}).permute({0, 2, 3, 1});
+      for (const bool nhwc : {false, true}) {
+        const std::string where = absl::StrCat("[", co, ", ", ci, ", ", k, ", ", k, "] on [", n,
+                                               ", ", ci, ", ", h, ", ", w, "] ",
+                                               nhwc ? "NHWC" : "NCHW");
+        const at::Tensor input = nhwc ? nchw.permute({0, 2, 3, 1}).contiguous() : nchw;
+        absl::StatusOr<at::Tensor> got = (*conv)->Run(input, nhwc);
+        ASSERT_TRUE(got.ok()) << where << ": " << got.status();
+        ASSERT_EQ(got->sizes(), expected.sizes()) << where;
+        EXPECT_TRUE(got->is_contiguous()) << where;
+        EXPECT_EQ(got->scalar_type(), at::kFloat) << where;
+        // Inputs and weights each rounded to 8 significant bits: relative error about 2^-8 per
+        // product, over ci k k products of random sign.
+        const double scale = expected.abs().max().item<double>();
+        EXPECT_LE(MaxAbsDiff(*got, expected), 2e-2 * scale) << where;
+        EXPECT_GT(MaxAbsDiff(*got, expected), 0) << where << ": not computed in bfloat16?";
+      }
+    }
+  }
+}
+
+// The fast path's own LayerNorm kernel against ATen's layer_norm: channel counts with and without
+// a tail of lanes, rows of different scales and offsets (the variance of an offset row is where a
+// one-pass formula would lose digits), in place and into a second buffer, float32 and
+// bfloat16 (which must equal ATen's float32 result rounded to bfloat16, to the last bit but for
+// rare ties near a rounding boundary).
+TEST(LayerNormRowsTest, MatchesAtenLayerNorm) {
+  if (!LayerNormRowsAvailable(/*bf16_output=*/false)) {
+    GTEST_SKIP() << "no AVX-512 here: the fast path uses oneDNN's LayerNorm";
+  }
+  at::manual_seed(5);
+  for (const int64_t c : {96, 40, 7, 768}) {
+    for (const int64_t rows : {1, 3, 257}) {
+      const std::string where = absl::StrCat(rows, " rows of ", c);
+      const at::Tensor scale = at::exp(at::randn({rows, 1}));
+      const at::Tensor x = (at::randn({rows, c}) * scale + at::randn({rows, 1}) * 5).contiguous();
+      const at::Tensor gamma = at::randn({c}), beta = at::randn({c});
+      const at::Tensor expected = at::layer_norm(x, {c}, gamma, beta, 1e-6);
+      at::Tensor out = at::empty_like(x);
+      LayerNormRows(x.data_ptr<float>(), out.data_ptr<float>(), rows, c, gamma.data_ptr<float>(),
+                    beta.data_ptr<float>(), 1e-6f);
+      EXPECT_LE(MaxAbsDiff(out, expected), 1e-4) << where;
+      at::Tensor in_place = x.clone();
+      LayerNormRows(in_place.data_ptr<float>(), in_place.data_ptr<float>(), rows, c,
+                    gamma.data_ptr<float>(), beta.data_ptr<float>(), 1e-6f);
+      EXPECT_TRUE(at::equal(in_place, out)) << where;
+      if (!LayerNormRowsAvailable(/*bf16_output=*/true)) continue;
+      at::Tensor rounded = at::empty({rows, c}, at::kBFloat16);
+      LayerNormRowsToBf16(x.data_ptr<float>(), static_cast<uint16_t*>(rounded.data_ptr()), rows,
+                          c, gamma.data_ptr<float>(), beta.data_ptr<float>(), 1e-6f);
+      const at::Tensor want = out.to(at::kBFloat16);
+      const double mismatched = rounded.ne(want).to(at::kDouble).mean().item<double>();
+      EXPECT_LE(mismatched, 0.01) << where;
+      EXPECT_LE(MaxAbsDiff(rounded.to(at::kFloat), expected),
+                expected.abs().max().item<double>() / 128)
+          << where;
+    }
   }
 }
 

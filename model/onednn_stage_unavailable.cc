@@ -45,7 +45,8 @@ OneDnnPatchConv::OneDnnPatchConv(std::unique_ptr<Impl> impl) : impl_(std::move(i
 OneDnnPatchConv::~OneDnnPatchConv() = default;
 
 absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> OneDnnPatchConv::Create(const at::Tensor&,
-                                                                         const at::Tensor&) {
+                                                                         const at::Tensor&,
+                                                                         BlockPrecision) {
   return absl::FailedPreconditionError(
       "this build has no oneDNN CPU fast path (CONVNEXT_ONEDNN=OFF)");
 }
