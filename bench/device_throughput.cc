@@ -155,8 +155,8 @@ std::map<Key, Figure> MeasureReference(const std::string& variant, double second
   const std::string cmd = absl::StrCat(
       absl::GetFlag(FLAGS_python), " ", absl::GetFlag(FLAGS_reference_script), " --device ",
       absl::GetFlag(FLAGS_device), " --dtypes ", absl::GetFlag(FLAGS_dtypes), " --variants ",
-      variant, " --batches ", absl::GetFlag(FLAGS_batches), " --seconds ",
-      seconds, " --size ", absl::GetFlag(FLAGS_size), " --threads ", absl::GetFlag(FLAGS_threads));
+      variant, " --batches ", absl::GetFlag(FLAGS_batches), " --seconds ", seconds, " --size ",
+      absl::GetFlag(FLAGS_size), " --threads ", absl::GetFlag(FLAGS_threads));
   std::map<Key, Figure> out;
   FILE* pipe = ::popen(cmd.c_str(), "r");
   if (pipe == nullptr) return out;
@@ -200,8 +200,8 @@ void PrintVariant(const std::map<Key, Figure>& ours, const std::map<Key, Figure>
                 "graph ms", "speedup");
     for (const auto& [key, f] : graphs) {
       const auto& [variant, dtype, batch] = key;
-      std::printf("  %-16s %-9s %6d %10.3f %10.3f %7.2fx\n", variant.c_str(), dtype.c_str(),
-                  batch, f.first.ms_per_batch, f.second.ms_per_batch,
+      std::printf("  %-16s %-9s %6d %10.3f %10.3f %7.2fx\n", variant.c_str(), dtype.c_str(), batch,
+                  f.first.ms_per_batch, f.second.ms_per_batch,
                   f.first.ms_per_batch / f.second.ms_per_batch);
     }
   }

@@ -309,10 +309,10 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
       stage.blocks.clear();
       // The downsampling layers compute as the blocks do; the stem (on the image, 3 channels: a
       // small share of the work) in float32.
-      ASSIGN_OR_RETURN(stage.fast_ds,
-                       OneDnnPatchConv::Create(stage.ds_conv_weight, stage.ds_conv_bias,
-                                               i == 0 ? BlockPrecision::kFloat32
-                                                      : options.cpu_precision));
+      ASSIGN_OR_RETURN(
+          stage.fast_ds,
+          OneDnnPatchConv::Create(stage.ds_conv_weight, stage.ds_conv_bias,
+                                  i == 0 ? BlockPrecision::kFloat32 : options.cpu_precision));
       stage.ds_conv_weight = at::Tensor();
       stage.ds_conv_bias = at::Tensor();
     }

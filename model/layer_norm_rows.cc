@@ -59,8 +59,7 @@ CONVNEXT_AVX512 inline __m512 Normalize16(const float* x, const float* gamma, co
 }
 
 CONVNEXT_AVX512 void NormalizeRowsF32(const float* src, float* dst, int64_t begin, int64_t end,
-                                      int64_t c, const float* gamma, const float* beta,
-                                      float eps) {
+                                      int64_t c, const float* gamma, const float* beta, float eps) {
   const int64_t full = c / 16 * 16;
   const __mmask16 tail = FirstLanes(c - full);
   for (int64_t r = begin; r < end; ++r) {
@@ -108,8 +107,7 @@ int64_t Grain(int64_t c) { return std::max<int64_t>(1, 16384 / std::max<int64_t>
 bool LayerNormRowsAvailable(bool bf16_output) {
   static const bool f32 = __builtin_cpu_supports("avx512f");
   static const bool bf16 = f32 && __builtin_cpu_supports("avx512bf16") &&
-                           __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vl");
+                           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   return bf16_output ? bf16 : f32;
 }
 

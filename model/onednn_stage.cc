@@ -234,9 +234,10 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
   impl->eps = static_cast<float>(layer_norm_eps);
   impl->precision = precision;
   const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
-  impl->own_norm = LayerNormRowsAvailable(bf16) &&
-                   (isa == dnnl::cpu_isa::avx512_core || isa == dnnl::cpu_isa::avx512_core_vnni ||
-                    isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx);
+  impl->own_norm =
+      LayerNormRowsAvailable(bf16) &&
+      (isa == dnnl::cpu_isa::avx512_core || isa == dnnl::cpu_isa::avx512_core_vnni ||
+       isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx);
   try {
     // Let oneDNN choose the layouts of the weights it repacks, then pack every block's in them
     // once.
@@ -466,8 +467,9 @@ struct OneDnnPatchConv::Impl {
 OneDnnPatchConv::OneDnnPatchConv(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 OneDnnPatchConv::~OneDnnPatchConv() = default;
 
-absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> OneDnnPatchConv::Create(
-    const at::Tensor& weight, const at::Tensor& bias, BlockPrecision precision) {
+absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> OneDnnPatchConv::Create(const at::Tensor& weight,
+                                                                         const at::Tensor& bias,
+                                                                         BlockPrecision precision) {
   if (weight.dim() != 4 || weight.size(2) != weight.size(3) || weight.size(2) < 1 ||
       bias.dim() != 1 || bias.size(0) != weight.size(0)) {
     return absl::InvalidArgumentError(

@@ -391,8 +391,8 @@ TEST(PatchConvTest, Bfloat16MatchesAtenConvolutionWithinRounding) {
     GTEST_SKIP() << "no native bfloat16 here (" << OneDnnIsaName() << ")";
   }
   at::manual_seed(4);
-  for (const auto& [ci, co, k] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
-           {8, 24, 2}, {64, 96, 2}, {3, 16, 4}}) {
+  for (const auto& [ci, co, k] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t>>{{8, 24, 2}, {64, 96, 2}, {3, 16, 4}}) {
     const at::Tensor weight = at::randn({co, ci, k, k}) * 0.2;
     const at::Tensor bias = at::randn({co});
     absl::StatusOr<std::unique_ptr<OneDnnPatchConv>> conv =
@@ -403,9 +403,9 @@ TEST(PatchConvTest, Bfloat16MatchesAtenConvolutionWithinRounding) {
       const at::Tensor nchw = at::randn({n, ci, h, w});
       const at::Tensor expected = at::conv2d(nchw, weight, bias, {k, k}).permute({0, 2, 3, 1});
       for (const bool nhwc : {false, true}) {
-        const std::string where = absl::StrCat("[", co, ", ", ci, ", ", k, ", ", k, "] on [", n,
-                                               ", ", ci, ", ", h, ", ", w, "] ",
-                                               nhwc ? "NHWC" : "NCHW");
+        const std::string where =
+            absl::StrCat("[", co, ", ", ci, ", ", k, ", ", k, "] on [", n, ", ", ci, ", ", h, ", ",
+                         w, "] ", nhwc ? "NHWC" : "NCHW");
         const at::Tensor input = nhwc ? nchw.permute({0, 2, 3, 1}).contiguous() : nchw;
         absl::StatusOr<at::Tensor> got = (*conv)->Run(input, nhwc);
         ASSERT_TRUE(got.ok()) << where << ": " << got.status();
@@ -449,8 +449,8 @@ TEST(LayerNormRowsTest, MatchesAtenLayerNorm) {
       EXPECT_TRUE(at::equal(in_place, out)) << where;
       if (!LayerNormRowsAvailable(/*bf16_output=*/true)) continue;
       at::Tensor rounded = at::empty({rows, c}, at::kBFloat16);
-      LayerNormRowsToBf16(x.data_ptr<float>(), static_cast<uint16_t*>(rounded.data_ptr()), rows,
-                          c, gamma.data_ptr<float>(), beta.data_ptr<float>(), 1e-6f);
+      LayerNormRowsToBf16(x.data_ptr<float>(), static_cast<uint16_t*>(rounded.data_ptr()), rows, c,
+                          gamma.data_ptr<float>(), beta.data_ptr<float>(), 1e-6f);
       const at::Tensor want = out.to(at::kBFloat16);
       const double mismatched = rounded.ne(want).to(at::kDouble).mean().item<double>();
       EXPECT_LE(mismatched, 0.01) << where;
