@@ -40,8 +40,9 @@ struct ModelOptions {
   bool cpu_fast_path = true;
   // What the fast path's blocks compute in: float32, or bfloat16 on a CPU with native bfloat16
   // (model/onednn_stage.h: activations and matrix-product weights in bfloat16, accumulation,
-  // LayerNorm statistics and the residual stream in float32; the stem, downsampling layers, final
-  // norm and head stay float32, and so do every output). bfloat16 needs the fast path (CPU,
+  // LayerNorm statistics and the residual stream in float32; the downsampling layers too, as a
+  // matrix product of their gathered patches; the stem, final norm and head stay float32, and so
+  // do every output). bfloat16 needs the fast path (CPU,
   // float32 dtype): Create fails with INVALID_ARGUMENT otherwise, and with FAILED_PRECONDITION on
   // a CPU without native bfloat16.
   BlockPrecision cpu_precision = BlockPrecision::kFloat32;
@@ -206,7 +207,7 @@ class ConvNeXt {
     at::Tensor ds_conv_weight, ds_conv_bias;
     // The ATen path's blocks; empty when `fast` runs them.
     std::vector<Block> blocks;
-    // The fast path: the blocks, and the stem or downsampling convolution (float32).
+    // The fast path: the blocks, and the stem (float32) or downsampling layer (as the blocks).
     std::unique_ptr<OneDnnStage> fast;
     std::unique_ptr<OneDnnPatchConv> fast_ds;
     // Detection backbones only: LayerNorm on the stage's output.
