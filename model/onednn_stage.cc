@@ -6,12 +6,14 @@
 #include <cstdint>
 #include <exception>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "model/amx_mlp.h"
 #include "model/grn.h"
 #include "model/layer_norm_rows.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -128,10 +130,16 @@ struct PackedBlock {
   std::vector<at::Tensor> owners;
   // ConvNeXt V2's GRN, float32 [4C] each; undefined for V1 blocks.
   at::Tensor grn_gamma, grn_beta;
+  // The MLP (fc1, GELU, fc2, residual) as our own AMX kernel (where Impl::amx_mlp; fc1_weight
+  // and fc2_weight are then not packed for oneDNN).
+  std::optional<AmxMlpWeights> amx_mlp;
 };
 
+// One activation shape's primitives. Those a stage does not use are left empty: the LayerNorm
+// and the reorder after it where the LayerNorm is our own kernel, the matrix products where the MLP
+// is (and the reorder in float32).
 struct Primitives {
-  dnnl::reorder to_act;  // bfloat16 only.
+  dnnl::reorder to_act;
   dnnl::convolution_forward dwconv;
   dnnl::layer_normalization_forward norm;
   dnnl::matmul fc1, fc2;
@@ -181,6 +189,10 @@ struct OneDnnStage::Impl {
   // (model/layer_norm_rows.h) rather than oneDNN's primitives: where the CPU has AVX-512 and
   // oneDNN uses it (ONEDNN_MAX_CPU_ISA=avx2 gives the AVX2 machines' path, kernels included).
   bool own_norm = false;
+  // Whether the blocks' MLP is our own AMX kernel (model/amx_mlp.h): bfloat16 on AMX, V1 blocks
+  // (GRN needs the whole image's GELU output between the products), C a multiple of 32, and
+  // own_norm writing the bfloat16 rows it reads.
+  bool amx_mlp = false;
   WeightDescs weight_descs;  // The layouts the weights were packed in (or wrapped as).
   std::vector<PackedBlock> blocks;
 
@@ -203,11 +215,15 @@ struct OneDnnStage::Impl {
     // the data type and the instruction set, not on the activation shape.
     const Descriptors d = MakeDescriptors(n, h, w, channels, eps, act(), weight_descs);
     auto made = std::make_shared<Primitives>();
-    if (act() != kF32) made->to_act = dnnl::reorder(d.to_act);
     made->dwconv = dnnl::convolution_forward(d.dwconv);
-    made->norm = dnnl::layer_normalization_forward(d.norm);
-    made->fc1 = dnnl::matmul(d.fc1);
-    made->fc2 = dnnl::matmul(d.fc2);
+    if (!own_norm) {
+      made->norm = dnnl::layer_normalization_forward(d.norm);
+      if (act() != kF32) made->to_act = dnnl::reorder(d.to_act);
+    }
+    if (!amx_mlp) {
+      made->fc1 = dnnl::matmul(d.fc1);
+      made->fc2 = dnnl::matmul(d.fc2);
+    }
     absl::MutexLock lock(&mu);
     if (cache.size() >= kMaxCachedShapes) cache.clear();
     return cache.emplace(key, std::move(made)).first->second;
@@ -238,6 +254,8 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
       LayerNormRowsAvailable(bf16) &&
       (isa == dnnl::cpu_isa::avx512_core || isa == dnnl::cpu_isa::avx512_core_vnni ||
        isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx);
+  impl->amx_mlp = bf16 && impl->own_norm && CpuHasAmx() && AmxMlpAvailable() && c % 32 == 0 &&
+                  !blocks[0].grn_gamma.defined();
   try {
     // Let oneDNN choose the layouts of the weights it repacks, then pack every block's in them
     // once.
@@ -261,7 +279,12 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
       p.dw_bias = keep(b.dw_bias, vec_c);
       p.norm_weight = keep(b.norm_weight, vec_c);
       p.norm_bias = keep(b.norm_bias, vec_c);
-      if (bf16) {
+      if (impl->amx_mlp) {
+        absl::StatusOr<AmxMlpWeights> mlp =
+            AmxMlpWeights::Pack(b.fc1_weight, b.fc1_bias, b.fc2_weight, b.fc2_bias);
+        if (!mlp.ok()) return mlp.status();
+        p.amx_mlp = *std::move(mlp);
+      } else if (bf16) {
         p.fc1_weight = Pack(f32(b.fc1_weight), Fc1WeightDesc(c, kF32), impl->weight_descs.fc1);
         p.fc2_weight = Pack(f32(b.fc2_weight), Fc2WeightDesc(c, kF32), impl->weight_descs.fc2);
       } else {
@@ -319,14 +342,15 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
     // activations; bfloat16 rounds it into y16 for the matrix products.
     at::Tensor y = at::empty({m, c}, x.options());
     at::Tensor y16 = bf16 ? at::empty({m, c}, act_options) : at::Tensor();
-    at::Tensor hidden = at::empty({m, 4 * c}, act_options);
-    const memory::desc rows_4c({m, 4 * c}, act, Tag::ab);
+    // The GELU's output between the two products (our own MLP kernel keeps it per thread).
+    at::Tensor hidden = impl_->amx_mlp ? at::Tensor() : at::empty({m, 4 * c}, act_options);
     memory x_nhwc = Wrap(x, memory::desc({n, c, h, w}, kF32, Tag::nhwc));
     memory x_rows = Wrap(x, memory::desc({m, c}, kF32, Tag::ab));
     memory y_nhwc = Wrap(y, memory::desc({n, c, h, w}, kF32, Tag::nhwc));
     memory y_rows = Wrap(y, memory::desc({m, c}, kF32, Tag::ab));
     memory fc1_src = bf16 ? Wrap(y16, memory::desc({m, c}, act, Tag::ab)) : y_rows;
-    memory h_rows = Wrap(hidden, rows_4c);
+    memory h_rows =
+        impl_->amx_mlp ? memory() : Wrap(hidden, memory::desc({m, 4 * c}, act, Tag::ab));
     dnnl::stream stream(CpuEngine());
     for (const PackedBlock& b : impl_->blocks) {
       prims->dwconv.execute(stream, {{DNNL_ARG_SRC, x_nhwc},
@@ -350,6 +374,11 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
                                      {DNNL_ARG_SCALE, b.norm_weight},
                                      {DNNL_ARG_SHIFT, b.norm_bias}});
         if (bf16) prims->to_act.execute(stream, y_rows, fc1_src);
+      }
+      if (b.amx_mlp) {  // fc1, GELU, fc2 and the residual in one kernel of our own.
+        b.amx_mlp->Run(static_cast<const uint16_t*>(y16.data_ptr()), m, x.data_ptr<float>());
+        if (mask.defined()) x.mul_(mask);
+        continue;
       }
       prims->fc1.execute(stream, {{DNNL_ARG_SRC, fc1_src},
                                   {DNNL_ARG_WEIGHTS, b.fc1_weight},

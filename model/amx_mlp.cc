@@ -1,0 +1,250 @@
+#include "model/amx_mlp.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+
+namespace convnext {
+namespace {
+
+#define CONVNEXT_AMX \
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16,avx512bw,avx512vl")))
+
+// All 16 lanes. The zero-masked forms of min, rcp14, roundscale and scalef are used: GCC 12's
+// unmasked ones start from _mm512_undefined_ps() and warn of it (-Wuninitialized).
+constexpr __mmask16 kAll = 0xffff;
+
+// Rows and columns of a block of the output: 2 x 2 tiles of 16 x 16 float32 accumulators.
+constexpr int64_t kBlock = 32;
+// One packed weight tile: 16 rows of 32 bfloat16 (16 k pairs x 16 outputs x 2).
+constexpr int64_t kTileElements = 512;
+
+// The tile configuration: palette 1, tiles 0-7 all 16 rows of 64 bytes (0-3 accumulators, 4-5
+// the activations, 6-7 the weights).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+bool CpuHasAmxBf16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool avx512 = (ebx >> 16 & 1) && (ebx >> 30 & 1) && (ebx >> 31 & 1);  // F, BW, VL.
+  const bool amx = (edx >> 22 & 1) && (edx >> 24 & 1);                         // BF16, TILE.
+  if (!avx512 || !amx || eax < 1) return false;
+  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
+  return (eax >> 5 & 1) != 0;  // AVX512-BF16.
+}
+
+// Linux hands out the tile state (XTILEDATA, feature 18) per process, on request.
+bool RequestTileState() {
+  constexpr int kArchReqXcompPerm = 0x1023;
+  constexpr int kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+// exp(y) for -87 <= y <= 0 (no denormal results: those cost a microcode assist each): 2^n * 2^f,
+// f in [-0.5, 0.5], 2^f by its Taylor polynomial to degree 6 (relative error about 1e-7).
+CONVNEXT_AMX inline __m512 ExpNonPositive(__m512 y) {
+  const __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_maskz_roundscale_ps(kAll, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);  // ln2^6 / 6!
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_maskz_scalef_ps(kAll, p, n);
+}
+
+// The exact GELU, x * Phi(x), with Phi(-|x|) = erfc(|x| / sqrt 2) / 2 and erfc(z) = t P(t)
+// exp(-z^2), t = 1 / (1 + p z) (Abramowitz & Stegun 7.1.26): no cancellation for negative x.
+// z is clamped to 6 (|x| <= 8.49), where Phi(-|x|) is 1e-17: below, x Phi(x) is 1e-16 at most, not
+// the denormal values (microcode assists, 2x slower on random-weight models' activations) that
+// the unclamped exp, erfc and product reach.
+CONVNEXT_AMX inline __m512 Gelu(__m512 x) {
+  const __m512 z = _mm512_maskz_min_ps(kAll, _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f)),
+                                 _mm512_set1_ps(6.0f));
+  const __m512 d = _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f));
+  __m512 t = _mm512_maskz_rcp14_ps(kAll, d);
+  t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.0f)));  // One Newton step.
+  __m512 p = _mm512_set1_ps(1.061405429f);
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+  p = _mm512_mul_ps(p, t);
+  const __m512 erfc = _mm512_mul_ps(p, ExpNonPositive(_mm512_sub_ps(_mm512_setzero_ps(),
+                                                                     _mm512_mul_ps(z, z))));
+  const __m512 lower = _mm512_mul_ps(erfc, _mm512_set1_ps(0.5f));  // Phi(-|x|).
+  const __mmask16 positive = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ);
+  return _mm512_mul_ps(x, _mm512_mask_sub_ps(lower, positive, _mm512_set1_ps(1.0f), lower));
+}
+
+// Accumulates into tiles 0-3 the 32 x 32 block a[0..32, 0..k] x w[.., n0..n0 + 32]: `a` holds 32
+// bfloat16 rows `lda` elements apart, `w` the packed weights of `k` inputs.
+CONVNEXT_AMX inline void MultiplyBlock(const uint16_t* a, int64_t lda, int64_t k,
+                                       const uint16_t* w, int64_t n0) {
+  const int64_t k_tiles = k / 32;
+  const uint16_t* w0 = w + (n0 / 16) * k_tiles * kTileElements;
+  const uint16_t* w1 = w0 + k_tiles * kTileElements;
+  const int64_t stride = lda * 2;
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+    _tile_loadd(4, a + kt * 32, stride);
+    _tile_loadd(6, w0 + kt * kTileElements, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_loadd(7, w1 + kt * kTileElements, 64);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_loadd(5, a + 16 * lda + kt * 32, stride);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+}
+
+// Tiles 0-3 into a 32 x 32 float32 block (rows of 32).
+CONVNEXT_AMX inline void StoreBlock(float* block) {
+  _tile_stored(0, block, 128);
+  _tile_stored(1, block + 16, 128);
+  _tile_stored(2, block + 16 * kBlock, 128);
+  _tile_stored(3, block + 16 * kBlock + 16, 128);
+}
+
+// hidden[r, n0..n0 + 32] = bfloat16(gelu(block[r] + bias[n0..])) for the 32 rows.
+CONVNEXT_AMX inline void GeluBlock(const float* block, const float* bias, int64_t n0,
+                                   uint16_t* hidden, int64_t ldh) {
+  const __m512 bias0 = _mm512_loadu_ps(bias + n0), bias1 = _mm512_loadu_ps(bias + n0 + 16);
+  for (int64_t r = 0; r < kBlock; ++r) {
+    const __m512 v0 = Gelu(_mm512_add_ps(_mm512_load_ps(block + r * kBlock), bias0));
+    const __m512 v1 = Gelu(_mm512_add_ps(_mm512_load_ps(block + r * kBlock + 16), bias1));
+    _mm512_storeu_si512(hidden + r * ldh + n0, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v1, v0)));
+  }
+}
+
+// x[r, c0..c0 + 32] += block[r] + bias[c0..] for the first `rows` rows.
+CONVNEXT_AMX inline void AddBlock(const float* block, const float* bias, int64_t c0, int64_t rows,
+                                  float* x, int64_t ldx) {
+  const __m512 bias0 = _mm512_loadu_ps(bias + c0), bias1 = _mm512_loadu_ps(bias + c0 + 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * ldx + c0;
+    const __m512 v0 = _mm512_add_ps(_mm512_load_ps(block + r * kBlock), bias0);
+    const __m512 v1 = _mm512_add_ps(_mm512_load_ps(block + r * kBlock + 16), bias1);
+    _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), v0));
+    _mm512_storeu_ps(row + 16, _mm512_add_ps(_mm512_loadu_ps(row + 16), v1));
+  }
+}
+
+// Blocks [begin, end) of 32 rows. `padded` and `hidden` are this thread's buffers: 32 x C and
+// 32 x 4C bfloat16.
+CONVNEXT_AMX void RunBlocks(const uint16_t* y, int64_t rows, float* x, int64_t c,
+                            const uint16_t* fc1, const float* fc1_bias, const uint16_t* fc2,
+                            const float* fc2_bias, int64_t begin, int64_t end, uint16_t* padded,
+                            uint16_t* hidden) {
+  TileConfig config;
+  for (int i = 0; i < 8; ++i) {
+    config.rows[i] = 16;
+    config.bytes_per_row[i] = 64;
+  }
+  _tile_loadconfig(&config);
+  const int64_t hc = 4 * c;
+  alignas(64) float blocks[2][kBlock * kBlock];
+  for (int64_t b = begin; b < end; ++b) {
+    const int64_t r0 = b * kBlock, n = std::min(kBlock, rows - r0);
+    const uint16_t* a = y + r0 * c;
+    if (n < kBlock) {  // The last rows: zero-padded to a whole block (tiles read 16 rows).
+      std::memset(padded, 0, kBlock * c * sizeof(uint16_t));
+      std::memcpy(padded, a, n * c * sizeof(uint16_t));
+      a = padded;
+    }
+    // fc1 + GELU, 32 columns at a time: the GELU of one block while the tiles compute the next.
+    for (int64_t n0 = 0, i = 0; n0 < hc; n0 += kBlock, ++i) {
+      MultiplyBlock(a, c, c, fc1, n0);
+      if (n0 > 0) GeluBlock(blocks[(i - 1) & 1], fc1_bias, n0 - kBlock, hidden, hc);
+      StoreBlock(blocks[i & 1]);
+    }
+    GeluBlock(blocks[(hc / kBlock - 1) & 1], fc1_bias, hc - kBlock, hidden, hc);
+    // fc2 + bias + residual.
+    for (int64_t c0 = 0; c0 < c; c0 += kBlock) {
+      MultiplyBlock(hidden, hc, hc, fc2, c0);
+      StoreBlock(blocks[0]);
+      AddBlock(blocks[0], fc2_bias, c0, n, x + r0 * c, c);
+    }
+  }
+  _tile_release();
+}
+
+// w [out, in] float32 -> bfloat16 tiles [out / 16][in / 32][16 (k pairs)][16 (outputs)][2].
+at::Tensor PackTiles(const at::Tensor& w) {
+  const int64_t out = w.size(0), in = w.size(1);
+  return w.to(at::kFloat)
+      .contiguous()
+      .to(at::kBFloat16)
+      .view({out / 16, 16, in / 32, 16, 2})
+      .permute({0, 2, 3, 1, 4})
+      .contiguous();
+}
+
+}  // namespace
+
+bool AmxMlpAvailable() {
+  static const bool available = CpuHasAmxBf16() && RequestTileState();
+  return available;
+}
+
+absl::StatusOr<AmxMlpWeights> AmxMlpWeights::Pack(const at::Tensor& fc1_weight,
+                                                  const at::Tensor& fc1_bias,
+                                                  const at::Tensor& fc2_weight,
+                                                  const at::Tensor& fc2_bias) {
+  const int64_t c = fc1_weight.dim() == 2 ? fc1_weight.size(1) : 0;
+  if (c <= 0 || c % 32 != 0 || fc1_weight.size(0) != 4 * c || fc1_bias.numel() != 4 * c ||
+      fc2_weight.dim() != 2 || fc2_weight.size(0) != c || fc2_weight.size(1) != 4 * c ||
+      fc2_bias.numel() != c) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the AMX MLP needs fc1 [4C, C], fc2 [C, 4C] and their biases, with C a "
+                     "multiple of 32; fc1 is [",
+                     fc1_weight.dim() == 2 ? fc1_weight.size(0) : -1, ", ", c, "]"));
+  }
+  AmxMlpWeights w;
+  w.channels_ = c;
+  w.fc1_ = PackTiles(fc1_weight);
+  w.fc2_ = PackTiles(fc2_weight);
+  w.fc1_bias_ = fc1_bias.to(at::kFloat).contiguous().clone();
+  w.fc2_bias_ = fc2_bias.to(at::kFloat).contiguous().clone();
+  return w;
+}
+
+void AmxMlpWeights::Run(const uint16_t* y, int64_t rows, float* x) const {
+  const int64_t c = channels_;
+  const auto* fc1 = static_cast<const uint16_t*>(fc1_.data_ptr());
+  const auto* fc2 = static_cast<const uint16_t*>(fc2_.data_ptr());
+  const float* fc1_bias = fc1_bias_.data_ptr<float>();
+  const float* fc2_bias = fc2_bias_.data_ptr<float>();
+  const int64_t blocks = (rows + kBlock - 1) / kBlock;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    // This thread's buffers: the zero-padded last rows and the GELU's output.
+    std::unique_ptr<uint16_t[]> padded(new uint16_t[kBlock * c]);
+    std::unique_ptr<uint16_t[]> hidden(new uint16_t[kBlock * 4 * c]);
+    RunBlocks(y, rows, x, c, fc1, fc1_bias, fc2, fc2_bias, begin, end, padded.get(),
+              hidden.get());
+  });
+}
+
+}  // namespace convnext
