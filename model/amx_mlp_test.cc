@@ -9,12 +9,18 @@
 namespace convnext {
 namespace {
 
-// The same steps in ATen: the bfloat16 rows and weights widened to float32 (products of bfloat16
-// values are exact in float32), float32 accumulation, exact GELU, the GELU's output rounded to
-// bfloat16, fc2 and the residual in float32.
-at::Tensor Reference(const at::Tensor& y16, const at::Tensor& x, const at::Tensor& w1,
-                     const at::Tensor& b1, const at::Tensor& w2, const at::Tensor& b2) {
-  const at::Tensor h = at::linear(y16.to(at::kFloat), w1.to(at::kBFloat16).to(at::kFloat), b1);
+constexpr double kEps = 1e-6;
+
+// The same steps in ATen: the LayerNorm in float32 rounded to bfloat16, the rows and weights
+// widened to float32 (products of bfloat16 values are exact in float32), float32 accumulation,
+// exact GELU, the GELU's output rounded to bfloat16, fc2 and the residual in float32.
+at::Tensor Reference(const at::Tensor& y, const at::Tensor& x, const at::Tensor& gamma,
+                     const at::Tensor& beta, const at::Tensor& w1, const at::Tensor& b1,
+                     const at::Tensor& w2, const at::Tensor& b2) {
+  const at::Tensor normed = at::layer_norm(y, {y.size(1)}, gamma, beta, kEps)
+                                .to(at::kBFloat16)
+                                .to(at::kFloat);
+  const at::Tensor h = at::linear(normed, w1.to(at::kBFloat16).to(at::kFloat), b1);
   const at::Tensor g = at::gelu(h).to(at::kBFloat16).to(at::kFloat);
   return x + at::linear(g, w2.to(at::kBFloat16).to(at::kFloat), b2);
 }
@@ -33,15 +39,17 @@ TEST(AmxMlpTest, MatchesAtenOnTheSameSteps) {
       const at::Tensor b1 = at::randn({4 * c});
       const at::Tensor w2 = at::randn({c, 4 * c}) / std::sqrt(4.0 * static_cast<double>(c));
       const at::Tensor b2 = at::randn({c});
-      // Inputs of several scales: fc1's outputs reach |x| > 8.5, where the GELU is clamped.
-      const at::Tensor y16 = (at::randn({rows, c}) * at::rand({rows, 1}) * 12).to(at::kBFloat16);
+      // Rows of several scales and offsets (the LayerNorm removes them); gamma up to 12 so that
+      // fc1's outputs reach |x| > 8.5, where the GELU is clamped.
+      const at::Tensor y = at::randn({rows, c}) * at::rand({rows, 1}) * 5 + at::randn({rows, 1});
+      const at::Tensor gamma = at::rand({c}) * 12, beta = at::randn({c});
       const at::Tensor x = at::randn({rows, c});
-      absl::StatusOr<AmxMlpWeights> mlp = AmxMlpWeights::Pack(w1, b1, w2, b2);
+      absl::StatusOr<AmxMlpWeights> mlp = AmxMlpWeights::Pack(gamma, beta, kEps, w1, b1, w2, b2);
       ASSERT_TRUE(mlp.ok()) << mlp.status();
       EXPECT_EQ(mlp->channels(), c);
       at::Tensor got = x.clone();
-      mlp->Run(static_cast<const uint16_t*>(y16.data_ptr()), rows, got.data_ptr<float>());
-      const at::Tensor ref = Reference(y16, x, w1, b1, w2, b2);
+      mlp->Run(y.data_ptr<float>(), rows, got.data_ptr<float>());
+      const at::Tensor ref = Reference(y, x, gamma, beta, w1, b1, w2, b2);
       // The MLP's contribution, against which the error is measured: a few of the GELU's
       // outputs rounded to bfloat16 the other way after another summation order moved the
       // results by up to 2.5e-4 of it (measured on an AMX Xeon); a wrong weight, bias, row or
@@ -55,13 +63,16 @@ TEST(AmxMlpTest, MatchesAtenOnTheSameSteps) {
 
 TEST(AmxMlpTest, RefusesChannelsThatAreNotMultiplesOf32) {
   const at::Tensor w1 = at::zeros({192, 48}), w2 = at::zeros({48, 192});
-  absl::StatusOr<AmxMlpWeights> mlp =
-      AmxMlpWeights::Pack(w1, at::zeros({192}), w2, at::zeros({48}));
+  absl::StatusOr<AmxMlpWeights> mlp = AmxMlpWeights::Pack(
+      at::ones({48}), at::zeros({48}), kEps, w1, at::zeros({192}), w2, at::zeros({48}));
   EXPECT_EQ(mlp.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(mlp.status().message()).find("multiple of 32"), std::string::npos);
-  // Mismatched shapes too.
-  EXPECT_FALSE(AmxMlpWeights::Pack(at::zeros({128, 32}), at::zeros({128}), at::zeros({32, 64}),
-                                   at::zeros({32}))
+  // Mismatched shapes too (fc2, then the LayerNorm's weight).
+  EXPECT_FALSE(AmxMlpWeights::Pack(at::ones({32}), at::zeros({32}), kEps, at::zeros({128, 32}),
+                                   at::zeros({128}), at::zeros({32, 64}), at::zeros({32}))
+                   .ok());
+  EXPECT_FALSE(AmxMlpWeights::Pack(at::ones({64}), at::zeros({32}), kEps, at::zeros({128, 32}),
+                                   at::zeros({128}), at::zeros({32, 128}), at::zeros({32}))
                    .ok());
 }
 

@@ -32,6 +32,11 @@ void LayerNormRows(const float* src, float* dst, int64_t rows, int64_t c, const 
 void LayerNormRowsToBf16(const float* src, uint16_t* dst, int64_t rows, int64_t c,
                          const float* gamma, const float* beta, float eps);
 
+// The same on the calling thread only: for a kernel that normalises the rows it is about to use
+// inside its own parallel region (model/amx_mlp.h).
+void LayerNormRowsToBf16OnThisThread(const float* src, uint16_t* dst, int64_t rows, int64_t c,
+                                     const float* gamma, const float* beta, float eps);
+
 }  // namespace convnext
 
 #endif  // CONVNEXT_MODEL_LAYER_NORM_ROWS_H_

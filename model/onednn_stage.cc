@@ -130,8 +130,8 @@ struct PackedBlock {
   std::vector<at::Tensor> owners;
   // ConvNeXt V2's GRN, float32 [4C] each; undefined for V1 blocks.
   at::Tensor grn_gamma, grn_beta;
-  // The MLP (fc1, GELU, fc2, residual) as our own AMX kernel (where Impl::amx_mlp; fc1_weight
-  // and fc2_weight are then not packed for oneDNN).
+  // The LayerNorm and the MLP (fc1, GELU, fc2, residual) as our own AMX kernel (where
+  // Impl::amx_mlp; fc1_weight and fc2_weight are then not packed for oneDNN).
   std::optional<AmxMlpWeights> amx_mlp;
 };
 
@@ -189,9 +189,9 @@ struct OneDnnStage::Impl {
   // (model/layer_norm_rows.h) rather than oneDNN's primitives: where the CPU has AVX-512 and
   // oneDNN uses it (ONEDNN_MAX_CPU_ISA=avx2 gives the AVX2 machines' path, kernels included).
   bool own_norm = false;
-  // Whether the blocks' MLP is our own AMX kernel (model/amx_mlp.h): bfloat16 on AMX, V1 blocks
-  // (GRN needs the whole image's GELU output between the products), C a multiple of 32, and
-  // own_norm writing the bfloat16 rows it reads.
+  // Whether the blocks' LayerNorm and MLP are our own AMX kernel (model/amx_mlp.h): bfloat16 on
+  // AMX, V1 blocks (GRN needs the whole image's GELU output between the products), C a multiple
+  // of 32, where own_norm (the kernel normalises with it).
   bool amx_mlp = false;
   WeightDescs weight_descs;  // The layouts the weights were packed in (or wrapped as).
   std::vector<PackedBlock> blocks;
@@ -281,7 +281,8 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
       p.norm_bias = keep(b.norm_bias, vec_c);
       if (impl->amx_mlp) {
         absl::StatusOr<AmxMlpWeights> mlp =
-            AmxMlpWeights::Pack(b.fc1_weight, b.fc1_bias, b.fc2_weight, b.fc2_bias);
+            AmxMlpWeights::Pack(b.norm_weight, b.norm_bias, layer_norm_eps, b.fc1_weight,
+                                b.fc1_bias, b.fc2_weight, b.fc2_bias);
         if (!mlp.ok()) return mlp.status();
         p.amx_mlp = *std::move(mlp);
       } else if (bf16) {
@@ -341,14 +342,15 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
     // The depthwise convolution's output, normalised in place: float32 whichever the
     // activations; bfloat16 rounds it into y16 for the matrix products.
     at::Tensor y = at::empty({m, c}, x.options());
-    at::Tensor y16 = bf16 ? at::empty({m, c}, act_options) : at::Tensor();
-    // The GELU's output between the two products (our own MLP kernel keeps it per thread).
+    // Our own AMX kernel keeps the rounded rows and the GELU's output per thread instead.
+    at::Tensor y16 = bf16 && !impl_->amx_mlp ? at::empty({m, c}, act_options) : at::Tensor();
+    // The GELU's output between the two products.
     at::Tensor hidden = impl_->amx_mlp ? at::Tensor() : at::empty({m, 4 * c}, act_options);
     memory x_nhwc = Wrap(x, memory::desc({n, c, h, w}, kF32, Tag::nhwc));
     memory x_rows = Wrap(x, memory::desc({m, c}, kF32, Tag::ab));
     memory y_nhwc = Wrap(y, memory::desc({n, c, h, w}, kF32, Tag::nhwc));
     memory y_rows = Wrap(y, memory::desc({m, c}, kF32, Tag::ab));
-    memory fc1_src = bf16 ? Wrap(y16, memory::desc({m, c}, act, Tag::ab)) : y_rows;
+    memory fc1_src = y16.defined() ? Wrap(y16, memory::desc({m, c}, act, Tag::ab)) : y_rows;
     memory h_rows =
         impl_->amx_mlp ? memory() : Wrap(hidden, memory::desc({m, 4 * c}, act, Tag::ab));
     dnnl::stream stream(CpuEngine());
@@ -357,6 +359,12 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
                                      {DNNL_ARG_WEIGHTS, b.dw_weight},
                                      {DNNL_ARG_BIAS, b.dw_bias},
                                      {DNNL_ARG_DST, y_nhwc}});
+      if (b.amx_mlp) {  // LayerNorm, fc1, GELU, fc2 and the residual: one kernel of our own.
+        stream.wait();
+        b.amx_mlp->Run(y.data_ptr<float>(), m, x.data_ptr<float>());
+        if (mask.defined()) x.mul_(mask);
+        continue;
+      }
       if (impl_->own_norm) {
         stream.wait();
         const auto* gamma = static_cast<const float*>(b.norm_weight.get_data_handle());
@@ -374,11 +382,6 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
                                      {DNNL_ARG_SCALE, b.norm_weight},
                                      {DNNL_ARG_SHIFT, b.norm_bias}});
         if (bf16) prims->to_act.execute(stream, y_rows, fc1_src);
-      }
-      if (b.amx_mlp) {  // fc1, GELU, fc2 and the residual in one kernel of our own.
-        b.amx_mlp->Run(static_cast<const uint16_t*>(y16.data_ptr()), m, x.data_ptr<float>());
-        if (mask.defined()) x.mul_(mask);
-        continue;
       }
       prims->fc1.execute(stream, {{DNNL_ARG_SRC, fc1_src},
                                   {DNNL_ARG_WEIGHTS, b.fc1_weight},
