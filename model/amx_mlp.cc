@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -164,22 +165,25 @@ int64_t GroupBlocks(int64_t c) {
   return std::max<int64_t>(1, std::min(c / 64, most));
 }
 
-// Blocks [begin, end) of 32 rows, GroupBlocks(c) at a time. `normed` and `hidden` are this
-// thread's buffers of GroupBlocks(c) x 32 rows: the normalised rows (C) and the GELU's output
-// (4C), bfloat16.
-CONVNEXT_AMX void RunBlocks(const AmxMlpWeights::Raw& w, const float* y, int64_t rows, float* x,
-                            int64_t begin, int64_t end, uint16_t* normed, uint16_t* hidden) {
-  const int64_t c = w.channels;
+// This thread's share of the rows: groups of `group` 32-row blocks, taken one at a time from
+// `next` until none is left (dynamic: a thread the OS holds back, say for a request's JPEG decode
+// in the server, leaves its groups to the others instead of making them wait for its static
+// half). `normed` and `hidden` are the thread's buffers of `group` x 32 rows: the normalised rows
+// (C) and the GELU's output (4C), bfloat16.
+CONVNEXT_AMX void RunGroups(const AmxMlpWeights::Raw& w, const float* y, int64_t rows, float* x,
+                            int64_t group, std::atomic<int64_t>& next, uint16_t* normed,
+                            uint16_t* hidden) {
+  const int64_t c = w.channels, hc = 4 * c;
+  const int64_t blocks_in_all = (rows + kBlock - 1) / kBlock;
   TileConfig config;
   for (int i = 0; i < 8; ++i) {
     config.rows[i] = 16;
     config.bytes_per_row[i] = 64;
   }
   _tile_loadconfig(&config);
-  const int64_t hc = 4 * c, group = GroupBlocks(c);
   alignas(64) float blocks[2][kBlock * kBlock];
-  for (int64_t g0 = begin; g0 < end; g0 += group) {
-    const int64_t count = std::min(group, end - g0);
+  for (int64_t g = next++; g * group < blocks_in_all; g = next++) {
+    const int64_t g0 = g * group, count = std::min(group, blocks_in_all - g0);
     // The group's rows, normalised and rounded to bfloat16; the last block of all zero-padded to
     // 32 rows (the tiles read 16 rows at a time).
     for (int64_t i = 0; i < count; ++i) {
@@ -270,11 +274,16 @@ void AmxMlpWeights::Run(const float* y, int64_t rows, float* x) const {
               static_cast<const uint16_t*>(fc2_.data_ptr()),
               fc2_bias_.data_ptr<float>()};
   const int64_t blocks = (rows + kBlock - 1) / kBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    const int64_t group_rows = std::min(GroupBlocks(w.channels), end - begin) * kBlock;
-    std::unique_ptr<uint16_t[]> normed(new uint16_t[group_rows * w.channels]);
-    std::unique_ptr<uint16_t[]> hidden(new uint16_t[group_rows * 4 * w.channels]);
-    RunBlocks(w, y, rows, x, begin, end, normed.get(), hidden.get());
+  const int64_t threads = at::get_num_threads();
+  // At least one group a thread where there are enough blocks.
+  const int64_t group =
+      std::max<int64_t>(1, std::min(GroupBlocks(w.channels), (blocks + threads - 1) / threads));
+  std::atomic<int64_t> next{0};
+  // One task a thread (ATen's intra-op threads, as oneDNN's); each takes groups from `next`.
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    std::unique_ptr<uint16_t[]> normed(new uint16_t[group * kBlock * w.channels]);
+    std::unique_ptr<uint16_t[]> hidden(new uint16_t[group * kBlock * 4 * w.channels]);
+    RunGroups(w, y, rows, x, group, next, normed.get(), hidden.get());
   });
 }
 
