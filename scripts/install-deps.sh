@@ -7,9 +7,10 @@
 #   scripts/install-deps.sh --runtime  only what the built binaries need at run time (Docker final stage)
 #   scripts/install-deps.sh --build-cuda    the build packages and python3-venv for the torch wheel
 #                                           (scripts/cuda-build.sh; Dockerfile.cuda's build stage)
-#   scripts/install-deps.sh --runtime-cuda  the runtime packages less Debian's LibTorch, OpenBLAS
-#                                           and oneDNN (Dockerfile.cuda's final stage: it carries
-#                                           the wheel's LibTorch)
+#   scripts/install-deps.sh --runtime-cuda  the runtime packages less Debian's LibTorch, OpenBLAS,
+#                                           oneDNN and libgomp (the fast path's, not in that build;
+#                                           Dockerfile.cuda's final stage carries the wheel's
+#                                           LibTorch)
 #   scripts/install-deps.sh --container  podman and its helpers (scripts/container_test.sh, CI's last stage)
 #   scripts/install-deps.sh --bench      what the peer benchmarks need (scripts/perf-analyzer.sh)
 set -euo pipefail
@@ -18,6 +19,7 @@ runtime_pkgs=(
   # What the convnext-server and convnext binaries link (readelf -d), by package.
   libtorch1.13 libopenblas0-pthread  # without OpenBLAS, LibTorch uses the reference BLAS: 20x slower
   libdnnl2  # oneDNN: the CPU fast path's fused kernels (model/onednn_stage.h)
+  libgomp1  # OpenMP: our own fast-path kernels' threads (model/amx_mlp.h, layer_norm_rows.h)
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libssl3
   libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406
   libprometheus-cpp-core1.0
@@ -56,7 +58,8 @@ if [[ "${1:-}" == "--runtime" ]]; then
 elif [[ "${1:-}" == "--runtime-cuda" ]]; then
   pkgs=()
   for p in "${runtime_pkgs[@]}"; do
-    [[ "$p" == libtorch1.13 || "$p" == libopenblas0-pthread || "$p" == libdnnl2 ]] || pkgs+=("$p")
+    [[ "$p" == libtorch1.13 || "$p" == libopenblas0-pthread || "$p" == libdnnl2 ||
+       "$p" == libgomp1 ]] || pkgs+=("$p")
   done
 elif [[ "${1:-}" == "--build-cuda" ]]; then
   pkgs=("${build_pkgs[@]}" python3-venv)
