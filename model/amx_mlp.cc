@@ -45,7 +45,7 @@ bool CpuHasAmxBf16() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
   const bool avx512 = (ebx >> 16 & 1) && (ebx >> 30 & 1) && (ebx >> 31 & 1);  // F, BW, VL.
-  const bool amx = (edx >> 22 & 1) && (edx >> 24 & 1);                         // BF16, TILE.
+  const bool amx = (edx >> 22 & 1) && (edx >> 24 & 1);                        // BF16, TILE.
   if (!avx512 || !amx || eax < 1) return false;
   if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
   return (eax >> 5 & 1) != 0;  // AVX512-BF16.
@@ -62,7 +62,8 @@ bool RequestTileState() {
 // f in [-0.5, 0.5], 2^f by its Taylor polynomial to degree 6 (relative error about 1e-7).
 CONVNEXT_AMX inline __m512 ExpNonPositive(__m512 y) {
   const __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 n = _mm512_maskz_roundscale_ps(kAll, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 n =
+      _mm512_maskz_roundscale_ps(kAll, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(t, n);
   __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);  // ln2^6 / 6!
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
@@ -80,8 +81,9 @@ CONVNEXT_AMX inline __m512 ExpNonPositive(__m512 y) {
 // the denormal values (microcode assists, 2x slower on random-weight models' activations) that
 // the unclamped exp, erfc and product reach.
 CONVNEXT_AMX inline __m512 Gelu(__m512 x) {
-  const __m512 z = _mm512_maskz_min_ps(kAll, _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f)),
-                                 _mm512_set1_ps(6.0f));
+  const __m512 z = _mm512_maskz_min_ps(
+      kAll, _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f)),
+      _mm512_set1_ps(6.0f));
   const __m512 d = _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f));
   __m512 t = _mm512_maskz_rcp14_ps(kAll, d);
   t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.0f)));  // One Newton step.
@@ -91,8 +93,8 @@ CONVNEXT_AMX inline __m512 Gelu(__m512 x) {
   p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
   p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
   p = _mm512_mul_ps(p, t);
-  const __m512 erfc = _mm512_mul_ps(p, ExpNonPositive(_mm512_sub_ps(_mm512_setzero_ps(),
-                                                                     _mm512_mul_ps(z, z))));
+  const __m512 erfc =
+      _mm512_mul_ps(p, ExpNonPositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, z))));
   const __m512 lower = _mm512_mul_ps(erfc, _mm512_set1_ps(0.5f));  // Phi(-|x|).
   const __mmask16 positive = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ);
   return _mm512_mul_ps(x, _mm512_mask_sub_ps(lower, positive, _mm512_set1_ps(1.0f), lower));
@@ -100,8 +102,8 @@ CONVNEXT_AMX inline __m512 Gelu(__m512 x) {
 
 // Accumulates into tiles 0-3 the 32 x 32 block a[0..32, 0..k] x w[.., n0..n0 + 32]: `a` holds 32
 // bfloat16 rows `lda` elements apart, `w` the packed weights of `k` inputs.
-CONVNEXT_AMX inline void MultiplyBlock(const uint16_t* a, int64_t lda, int64_t k,
-                                       const uint16_t* w, int64_t n0) {
+CONVNEXT_AMX inline void MultiplyBlock(const uint16_t* a, int64_t lda, int64_t k, const uint16_t* w,
+                                       int64_t n0) {
   const int64_t k_tiles = k / 32;
   const uint16_t* w0 = w + (n0 / 16) * k_tiles * kTileElements;
   const uint16_t* w1 = w0 + k_tiles * kTileElements;
@@ -137,7 +139,8 @@ CONVNEXT_AMX inline void GeluBlock(const float* block, const float* bias, int64_
   for (int64_t r = 0; r < kBlock; ++r) {
     const __m512 v0 = Gelu(_mm512_add_ps(_mm512_load_ps(block + r * kBlock), bias0));
     const __m512 v1 = Gelu(_mm512_add_ps(_mm512_load_ps(block + r * kBlock + 16), bias1));
-    _mm512_storeu_si512(hidden + r * ldh + n0, reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v1, v0)));
+    _mm512_storeu_si512(hidden + r * ldh + n0,
+                        reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v1, v0)));
   }
 }
 
@@ -239,10 +242,12 @@ bool AmxMlpAvailable() {
   return available;
 }
 
-absl::StatusOr<AmxMlpWeights> AmxMlpWeights::Pack(
-    const at::Tensor& norm_weight, const at::Tensor& norm_bias, double eps,
-    const at::Tensor& fc1_weight, const at::Tensor& fc1_bias, const at::Tensor& fc2_weight,
-    const at::Tensor& fc2_bias) {
+absl::StatusOr<AmxMlpWeights> AmxMlpWeights::Pack(const at::Tensor& norm_weight,
+                                                  const at::Tensor& norm_bias, double eps,
+                                                  const at::Tensor& fc1_weight,
+                                                  const at::Tensor& fc1_bias,
+                                                  const at::Tensor& fc2_weight,
+                                                  const at::Tensor& fc2_bias) {
   const int64_t c = fc1_weight.dim() == 2 ? fc1_weight.size(1) : 0;
   if (c <= 0 || c % 32 != 0 || fc1_weight.size(0) != 4 * c || fc1_bias.numel() != 4 * c ||
       fc2_weight.dim() != 2 || fc2_weight.size(0) != c || fc2_weight.size(1) != 4 * c ||

@@ -9,9 +9,8 @@
 // block's input in bfloat16, goes to memory and back between the two products. Here the GELU of
 // one 32 x 32 block runs on the vector units while the tiles compute the next, and fc2 reads the
 // GELU's output from the cache. convnext_tiny in bfloat16 (bench/model_throughput, AMX Xeon, 2
-// threads, alternating runs): 50-54 -> 62-65 img/s at batch 1, 87-94 -> 105-114 at batch 8; base,
-// large and xlarge (fc2 weights up to 32 MB, read again for every 32 rows) no slower than oneDNN's
-// products at batch 1 to 8.
+// threads, alternating runs, batch 1 / 8): 50-54 / 87-94 img/s with oneDNN, 72-76 / 117-121 with
+// this kernel; base, large and xlarge (fc2 weights up to 32 MB) no slower than with oneDNN.
 //
 // Numerics: the LayerNorm as model/layer_norm_rows.h computes it (float32, rounded to bfloat16),
 // the products in bfloat16 with float32 accumulation, as oneDNN's; bias and GELU in

@@ -17,9 +17,8 @@ constexpr double kEps = 1e-6;
 at::Tensor Reference(const at::Tensor& y, const at::Tensor& x, const at::Tensor& gamma,
                      const at::Tensor& beta, const at::Tensor& w1, const at::Tensor& b1,
                      const at::Tensor& w2, const at::Tensor& b2) {
-  const at::Tensor normed = at::layer_norm(y, {y.size(1)}, gamma, beta, kEps)
-                                .to(at::kBFloat16)
-                                .to(at::kFloat);
+  const at::Tensor normed =
+      at::layer_norm(y, {y.size(1)}, gamma, beta, kEps).to(at::kBFloat16).to(at::kFloat);
   const at::Tensor h = at::linear(normed, w1.to(at::kBFloat16).to(at::kFloat), b1);
   const at::Tensor g = at::gelu(h).to(at::kBFloat16).to(at::kFloat);
   return x + at::linear(g, w2.to(at::kBFloat16).to(at::kFloat), b2);
@@ -63,8 +62,8 @@ TEST(AmxMlpTest, MatchesAtenOnTheSameSteps) {
 
 TEST(AmxMlpTest, RefusesChannelsThatAreNotMultiplesOf32) {
   const at::Tensor w1 = at::zeros({192, 48}), w2 = at::zeros({48, 192});
-  absl::StatusOr<AmxMlpWeights> mlp = AmxMlpWeights::Pack(
-      at::ones({48}), at::zeros({48}), kEps, w1, at::zeros({192}), w2, at::zeros({48}));
+  absl::StatusOr<AmxMlpWeights> mlp = AmxMlpWeights::Pack(at::ones({48}), at::zeros({48}), kEps, w1,
+                                                          at::zeros({192}), w2, at::zeros({48}));
   EXPECT_EQ(mlp.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(mlp.status().message()).find("multiple of 32"), std::string::npos);
   // Mismatched shapes too (fc2, then the LayerNorm's weight).

@@ -282,7 +282,10 @@ TEST(Bf16Test, AgreesWithFloat32OnManyShapes) {
   for (const auto& [stage_norms, grn, amx_dims] :
        {std::tuple{false, false, false}, std::tuple{true, false, false},
         std::tuple{false, true, false}, std::tuple{false, false, true}}) {
-    SCOPED_TRACE(grn ? "V2 (GRN)" : stage_norms ? "stage norms" : amx_dims ? "V1, C 32/40/64/96" : "V1");
+    SCOPED_TRACE(grn           ? "V2 (GRN)"
+                 : stage_norms ? "stage norms"
+                 : amx_dims    ? "V1, C 32/40/64/96"
+                               : "V1");
     ConvNeXtConfig config = SmallConfig(stage_norms);
     config.grn = grn;
     if (amx_dims) config.dims = {32, 40, 64, 96};
