@@ -2,7 +2,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -11,7 +10,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
-#include <memory>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "model/layer_norm_rows.h"
@@ -21,6 +20,18 @@ namespace {
 
 #define CONVNEXT_AMX \
   __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bf16,avx512bw,avx512vl")))
+
+// What the kernel reads of one block's AmxMlpWeights.
+struct Raw {
+  int64_t channels;
+  float eps;
+  const float* norm_weight;
+  const float* norm_bias;
+  const uint16_t* fc1;
+  const float* fc1_bias;
+  const uint16_t* fc2;
+  const float* fc2_bias;
+};
 
 // All 16 lanes. The zero-masked forms of min, rcp14, roundscale and scalef are used: GCC 12's
 // unmasked ones start from _mm512_undefined_ps() and warn of it (-Wuninitialized).
@@ -40,16 +51,6 @@ struct alignas(64) TileConfig {
   uint16_t bytes_per_row[16] = {};
   uint8_t rows[16] = {};
 };
-
-bool CpuHasAmxBf16() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
-  const bool avx512 = (ebx >> 16 & 1) && (ebx >> 30 & 1) && (ebx >> 31 & 1);  // F, BW, VL.
-  const bool amx = (edx >> 22 & 1) && (edx >> 24 & 1);                        // BF16, TILE.
-  if (!avx512 || !amx || eax < 1) return false;
-  if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
-  return (eax >> 5 & 1) != 0;  // AVX512-BF16.
-}
 
 // Linux hands out the tile state (XTILEDATA, feature 18) per process, on request.
 bool RequestTileState() {
@@ -173,9 +174,8 @@ int64_t GroupBlocks(int64_t c) {
 // in the server, leaves its groups to the others instead of making them wait for its static
 // half). `normed` and `hidden` are the thread's buffers of `group` x 32 rows: the normalised rows
 // (C) and the GELU's output (4C), bfloat16.
-CONVNEXT_AMX void RunGroups(const AmxMlpWeights::Raw& w, const float* y, int64_t rows, float* x,
-                            int64_t group, std::atomic<int64_t>& next, uint16_t* normed,
-                            uint16_t* hidden) {
+CONVNEXT_AMX void RunGroups(const Raw& w, const float* y, int64_t rows, float* x, int64_t group,
+                            std::atomic<int64_t>& next, uint16_t* normed, uint16_t* hidden) {
   const int64_t c = w.channels, hc = 4 * c;
   const int64_t blocks_in_all = (rows + kBlock - 1) / kBlock;
   TileConfig config;
@@ -238,7 +238,10 @@ at::Tensor PackTiles(const at::Tensor& w) {
 }  // namespace
 
 bool AmxMlpAvailable() {
-  static const bool available = CpuHasAmxBf16() && RequestTileState();
+  // The tiles, and the AVX-512 BF16 LayerNorm the kernel normalises its rows with.
+  static const bool available = __builtin_cpu_supports("amx-tile") &&
+                                __builtin_cpu_supports("amx-bf16") &&
+                                LayerNormRowsAvailable(/*bf16_output=*/true) && RequestTileState();
   return available;
 }
 
@@ -286,9 +289,12 @@ void AmxMlpWeights::Run(const float* y, int64_t rows, float* x) const {
   std::atomic<int64_t> next{0};
   // One task a thread (ATen's intra-op threads, as oneDNN's); each takes groups from `next`.
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
-    std::unique_ptr<uint16_t[]> normed(new uint16_t[group * kBlock * w.channels]);
-    std::unique_ptr<uint16_t[]> hidden(new uint16_t[group * kBlock * 4 * w.channels]);
-    RunGroups(w, y, rows, x, group, next, normed.get(), hidden.get());
+    // This thread's buffers, kept from call to call (no allocation per block and request): the
+    // normalised rows and the GELU's output of one group, 5C bfloat16 a row, at most 2.5 MB.
+    thread_local std::vector<uint16_t> buffer;
+    const int64_t normed_size = group * kBlock * w.channels;
+    if (buffer.size() < static_cast<size_t>(5 * normed_size)) buffer.resize(5 * normed_size);
+    RunGroups(w, y, rows, x, group, next, buffer.data(), buffer.data() + normed_size);
   });
 }
 

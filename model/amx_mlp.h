@@ -10,7 +10,8 @@
 // one 32 x 32 block runs on the vector units while the tiles compute the next, and fc2 reads the
 // GELU's output from the cache. convnext_tiny in bfloat16 (bench/model_throughput, AMX Xeon, 2
 // threads, alternating runs, batch 1 / 8): 50-54 / 87-94 img/s with oneDNN, 72-76 / 117-121 with
-// this kernel; base, large and xlarge (fc2 weights up to 32 MB) no slower than with oneDNN.
+// this kernel; base, large and xlarge (fc2 weights up to 32 MB) no slower than with oneDNN
+// (measured before the LayerNorm and the row groups moved into the kernel).
 //
 // Numerics: the LayerNorm as model/layer_norm_rows.h computes it (float32, rounded to bfloat16),
 // the products in bfloat16 with float32 accumulation, as oneDNN's; bias and GELU in
@@ -57,18 +58,6 @@ class AmxMlpWeights {
   // copy of y in memory. Parallel over 32-row blocks with ATen's intra-op threads. Only where
   // AmxMlpAvailable().
   void Run(const float* y, int64_t rows, float* x) const;
-
-  // The pointers the kernel reads (for the implementation).
-  struct Raw {
-    int64_t channels;
-    float eps;
-    const float* norm_weight;
-    const float* norm_bias;
-    const uint16_t* fc1;
-    const float* fc1_bias;
-    const uint16_t* fc2;
-    const float* fc2_bias;
-  };
 
  private:
   int64_t channels_ = 0;
