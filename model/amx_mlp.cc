@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "model/gelu_avx512.h"
 #include "model/layer_norm_rows.h"
 
 namespace convnext {
@@ -32,10 +33,6 @@ struct Raw {
   const uint16_t* fc2;
   const float* fc2_bias;
 };
-
-// All 16 lanes. The zero-masked forms of min, rcp14, roundscale and scalef are used: GCC 12's
-// unmasked ones start from _mm512_undefined_ps() and warn of it (-Wuninitialized).
-constexpr __mmask16 kAll = 0xffff;
 
 // Rows and columns of a block of the output: 2 x 2 tiles of 16 x 16 float32 accumulators.
 constexpr int64_t kBlock = 32;
@@ -59,47 +56,7 @@ bool RequestTileState() {
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
 
-// exp(y) for -87 <= y <= 0 (no denormal results: those cost a microcode assist each): 2^n * 2^f,
-// f in [-0.5, 0.5], 2^f by its Taylor polynomial to degree 6 (relative error about 1e-7).
-CONVNEXT_AMX inline __m512 ExpNonPositive(__m512 y) {
-  const __m512 t = _mm512_mul_ps(y, _mm512_set1_ps(1.44269504088896341f));
-  const __m512 n =
-      _mm512_maskz_roundscale_ps(kAll, t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.5403530393381609e-4f);  // ln2^6 / 6!
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428443e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_maskz_scalef_ps(kAll, p, n);
-}
-
-// The exact GELU, x * Phi(x), with Phi(-|x|) = erfc(|x| / sqrt 2) / 2 and erfc(z) = t P(t)
-// exp(-z^2), t = 1 / (1 + p z) (Abramowitz & Stegun 7.1.26): no cancellation for negative x.
-// z is clamped to 6 (|x| <= 8.49), where Phi(-|x|) is 1e-17: below, x Phi(x) is 1e-16 at most, not
-// the denormal values (microcode assists, 2x slower on random-weight models' activations) that
-// the unclamped exp, erfc and product reach.
-CONVNEXT_AMX inline __m512 Gelu(__m512 x) {
-  const __m512 z = _mm512_maskz_min_ps(
-      kAll, _mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(0.70710678118654752f)),
-      _mm512_set1_ps(6.0f));
-  const __m512 d = _mm512_fmadd_ps(z, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f));
-  __m512 t = _mm512_maskz_rcp14_ps(kAll, d);
-  t = _mm512_mul_ps(t, _mm512_fnmadd_ps(d, t, _mm512_set1_ps(2.0f)));  // One Newton step.
-  __m512 p = _mm512_set1_ps(1.061405429f);
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
-  p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
-  p = _mm512_mul_ps(p, t);
-  const __m512 erfc =
-      _mm512_mul_ps(p, ExpNonPositive(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, z))));
-  const __m512 lower = _mm512_mul_ps(erfc, _mm512_set1_ps(0.5f));  // Phi(-|x|).
-  const __mmask16 positive = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ);
-  return _mm512_mul_ps(x, _mm512_mask_sub_ps(lower, positive, _mm512_set1_ps(1.0f), lower));
-}
+using gelu_avx512::Gelu;
 
 // Accumulates into tiles 0-3 the 32 x 32 block a[0..32, 0..k] x w[.., n0..n0 + 32]: `a` holds 32
 // bfloat16 rows `lda` elements apart, `w` the packed weights of `k` inputs.

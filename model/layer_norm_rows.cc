@@ -125,6 +125,11 @@ void LayerNormRowsToBf16(const float* src, uint16_t* dst, int64_t rows, int64_t 
   });
 }
 
+void LayerNormRowsOnThisThread(const float* src, float* dst, int64_t rows, int64_t c,
+                               const float* gamma, const float* beta, float eps) {
+  NormalizeRowsF32(src, dst, 0, rows, c, gamma, beta, eps);
+}
+
 void LayerNormRowsToBf16OnThisThread(const float* src, uint16_t* dst, int64_t rows, int64_t c,
                                      const float* gamma, const float* beta, float eps) {
   NormalizeRowsBf16(src, dst, 0, rows, c, gamma, beta, eps);

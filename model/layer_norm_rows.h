@@ -32,8 +32,10 @@ void LayerNormRows(const float* src, float* dst, int64_t rows, int64_t c, const 
 void LayerNormRowsToBf16(const float* src, uint16_t* dst, int64_t rows, int64_t c,
                          const float* gamma, const float* beta, float eps);
 
-// The same on the calling thread only: for a kernel that normalises the rows it is about to use
-// inside its own parallel region (model/amx_mlp.h).
+// The same two on the calling thread only: for a kernel that normalises the rows it is about to
+// use inside its own parallel region (model/amx_mlp.h, model/avx512_mlp.h).
+void LayerNormRowsOnThisThread(const float* src, float* dst, int64_t rows, int64_t c,
+                               const float* gamma, const float* beta, float eps);
 void LayerNormRowsToBf16OnThisThread(const float* src, uint16_t* dst, int64_t rows, int64_t c,
                                      const float* gamma, const float* beta, float eps);
 

@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "model/amx_mlp.h"
+#include "model/avx512_mlp.h"
 #include "model/grn.h"
 #include "model/layer_norm_rows.h"
 #include "oneapi/dnnl/dnnl.hpp"
@@ -133,6 +134,8 @@ struct PackedBlock {
   // The LayerNorm and the MLP (fc1, GELU, fc2, residual) as our own AMX kernel (where
   // Impl::amx_mlp; fc1_weight and fc2_weight are then not packed for oneDNN).
   std::optional<AmxMlpWeights> amx_mlp;
+  // The same in float32 as our own AVX-512 kernel (where Impl::avx512_mlp).
+  std::optional<Avx512MlpWeights> avx512_mlp;
 };
 
 // One activation shape's primitives. Those a stage does not use are left empty: the LayerNorm
@@ -193,6 +196,9 @@ struct OneDnnStage::Impl {
   // AMX, V1 blocks (GRN needs the whole image's GELU output between the products), C a multiple
   // of 32, where own_norm (the kernel normalises with it).
   bool amx_mlp = false;
+  // Whether they are our own AVX-512 kernel (model/avx512_mlp.h): float32, V1 blocks, C a multiple
+  // of 16, where own_norm.
+  bool avx512_mlp = false;
   WeightDescs weight_descs;  // The layouts the weights were packed in (or wrapped as).
   std::vector<PackedBlock> blocks;
 
@@ -220,7 +226,7 @@ struct OneDnnStage::Impl {
       made->norm = dnnl::layer_normalization_forward(d.norm);
       if (act() != kF32) made->to_act = dnnl::reorder(d.to_act);
     }
-    if (!amx_mlp) {
+    if (!amx_mlp && !avx512_mlp) {
       made->fc1 = dnnl::matmul(d.fc1);
       made->fc2 = dnnl::matmul(d.fc2);
     }
@@ -256,6 +262,8 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
        isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx);
   impl->amx_mlp = bf16 && impl->own_norm && CpuHasAmx() && AmxMlpAvailable() && c % 32 == 0 &&
                   !blocks[0].grn_gamma.defined();
+  impl->avx512_mlp = !bf16 && impl->own_norm && Avx512MlpAvailable() && c % 16 == 0 &&
+                     !blocks[0].grn_gamma.defined();
   try {
     // Let oneDNN choose the layouts of the weights it repacks, then pack every block's in them
     // once.
@@ -285,6 +293,12 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
                                 b.fc1_bias, b.fc2_weight, b.fc2_bias);
         if (!mlp.ok()) return mlp.status();
         p.amx_mlp = *std::move(mlp);
+      } else if (impl->avx512_mlp) {
+        absl::StatusOr<Avx512MlpWeights> mlp =
+            Avx512MlpWeights::Pack(b.norm_weight, b.norm_bias, layer_norm_eps, b.fc1_weight,
+                                   b.fc1_bias, b.fc2_weight, b.fc2_bias);
+        if (!mlp.ok()) return mlp.status();
+        p.avx512_mlp = *std::move(mlp);
       } else if (bf16) {
         p.fc1_weight = Pack(f32(b.fc1_weight), Fc1WeightDesc(c, kF32), impl->weight_descs.fc1);
         p.fc2_weight = Pack(f32(b.fc2_weight), Fc2WeightDesc(c, kF32), impl->weight_descs.fc2);
@@ -345,14 +359,14 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
     // Our own AMX kernel keeps the rounded rows and the GELU's output per thread instead.
     at::Tensor y16 = bf16 && !impl_->amx_mlp ? at::empty({m, c}, act_options) : at::Tensor();
     // The GELU's output between the two products.
-    at::Tensor hidden = impl_->amx_mlp ? at::Tensor() : at::empty({m, 4 * c}, act_options);
+    const bool own_mlp = impl_->amx_mlp || impl_->avx512_mlp;
+    at::Tensor hidden = own_mlp ? at::Tensor() : at::empty({m, 4 * c}, act_options);
     memory x_nhwc = Wrap(x, memory::desc({n, c, h, w}, kF32, Tag::nhwc));
     memory x_rows = Wrap(x, memory::desc({m, c}, kF32, Tag::ab));
     memory y_nhwc = Wrap(y, memory::desc({n, c, h, w}, kF32, Tag::nhwc));
     memory y_rows = Wrap(y, memory::desc({m, c}, kF32, Tag::ab));
     memory fc1_src = y16.defined() ? Wrap(y16, memory::desc({m, c}, act, Tag::ab)) : y_rows;
-    memory h_rows =
-        impl_->amx_mlp ? memory() : Wrap(hidden, memory::desc({m, 4 * c}, act, Tag::ab));
+    memory h_rows = own_mlp ? memory() : Wrap(hidden, memory::desc({m, 4 * c}, act, Tag::ab));
     dnnl::stream stream(CpuEngine());
     for (const PackedBlock& b : impl_->blocks) {
       prims->dwconv.execute(stream, {{DNNL_ARG_SRC, x_nhwc},
@@ -362,6 +376,12 @@ absl::Status OneDnnStage::Run(at::Tensor& x, const at::Tensor& mask) const {
       if (b.amx_mlp) {  // LayerNorm, fc1, GELU, fc2 and the residual: one kernel of our own.
         stream.wait();
         b.amx_mlp->Run(y.data_ptr<float>(), m, x.data_ptr<float>());
+        if (mask.defined()) x.mul_(mask);
+        continue;
+      }
+      if (b.avx512_mlp) {  // The same in float32.
+        stream.wait();
+        b.avx512_mlp->Run(y.data_ptr<float>(), m, x.data_ptr<float>());
         if (mask.defined()) x.mul_(mask);
         continue;
       }

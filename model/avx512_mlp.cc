@@ -1,0 +1,223 @@
+#include "model/avx512_mlp.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "model/gelu_avx512.h"
+#include "model/layer_norm_rows.h"
+
+namespace convnext {
+namespace {
+
+#define CONVNEXT_AVX512 __attribute__((target("avx512f")))
+
+using gelu_avx512::Gelu;
+
+// A register tile: up to kRows rows x up to kPanelVectors vectors of 16 outputs (24 of the 32
+// vector registers as accumulators, 4 for the panel's row of weights).
+constexpr int kRows = 6;
+constexpr int kPanelVectors = 4;
+constexpr int64_t kPanel = 16 * kPanelVectors;
+
+// out[r, 0..16V) = gelu(a[r] . w + bias) (kGelu) or out[r, 0..16V) += a[r] . w + bias, for R rows
+// of `a` (lda apart) and a panel `w` [k][16 V] of weights.
+template <bool kGelu, int R, int V>
+CONVNEXT_AVX512 void Tile(const float* a, int64_t lda, const float* w, int64_t k, const float* bias,
+                          float* out, int64_t ldo) {
+  __m512 acc[R][V];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+  }
+  for (int64_t i = 0; i < k; ++i) {
+    __m512 b[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) b[v] = _mm512_load_ps(w + i * 16 * V + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const __m512 s = _mm512_set1_ps(a[r * lda + i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) acc[r][v] = _mm512_fmadd_ps(s, b[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) {
+      const __m512 sum = _mm512_add_ps(acc[r][v], _mm512_loadu_ps(bias + 16 * v));
+      float* o = out + r * ldo + 16 * v;
+      if constexpr (kGelu) {
+        _mm512_storeu_ps(o, Gelu(sum));
+      } else {
+        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), sum));
+      }
+    }
+  }
+}
+
+// Tile over `rows` rows, kRows at a time.
+template <bool kGelu, int V>
+CONVNEXT_AVX512 void Panel(const float* a, int64_t lda, int64_t rows, const float* w, int64_t k,
+                           const float* bias, float* out, int64_t ldo) {
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows) {
+    Tile<kGelu, kRows, V>(a + r * lda, lda, w, k, bias, out + r * ldo, ldo);
+  }
+  a += r * lda;
+  out += r * ldo;
+  switch (rows - r) {
+    case 5:
+      return Tile<kGelu, 5, V>(a, lda, w, k, bias, out, ldo);
+    case 4:
+      return Tile<kGelu, 4, V>(a, lda, w, k, bias, out, ldo);
+    case 3:
+      return Tile<kGelu, 3, V>(a, lda, w, k, bias, out, ldo);
+    case 2:
+      return Tile<kGelu, 2, V>(a, lda, w, k, bias, out, ldo);
+    case 1:
+      return Tile<kGelu, 1, V>(a, lda, w, k, bias, out, ldo);
+    default:
+      return;
+  }
+}
+
+// The product of `rows` rows of `a` [.., k] (lda apart) and the packed weights w ([k, n] in
+// panels), plus bias [n], into out (ldo apart): through the GELU (kGelu) or added to it. Panel by
+// panel, so that each panel of weights is read from L3 or memory once for all the rows.
+template <bool kGelu>
+CONVNEXT_AVX512 void Product(const float* a, int64_t lda, int64_t rows, const float* w, int64_t k,
+                             int64_t n, const float* bias, float* out, int64_t ldo) {
+  for (int64_t n0 = 0; n0 < n; n0 += kPanel) {
+    const float* panel = w + n0 * k;
+    switch (std::min(kPanel, n - n0) / 16) {
+      case 4:
+        Panel<kGelu, 4>(a, lda, rows, panel, k, bias + n0, out + n0, ldo);
+        break;
+      case 3:
+        Panel<kGelu, 3>(a, lda, rows, panel, k, bias + n0, out + n0, ldo);
+        break;
+      case 2:
+        Panel<kGelu, 2>(a, lda, rows, panel, k, bias + n0, out + n0, ldo);
+        break;
+      default:
+        Panel<kGelu, 1>(a, lda, rows, panel, k, bias + n0, out + n0, ldo);
+        break;
+    }
+  }
+}
+
+// What the kernel reads of one block's Avx512MlpWeights.
+struct Raw {
+  int64_t channels;
+  float eps;
+  const float* norm_weight;
+  const float* norm_bias;
+  const float* fc1;
+  const float* fc1_bias;
+  const float* fc2;
+  const float* fc2_bias;
+};
+
+// Rows a group takes through fc1 and fc2 together: as many as keep the GELU's output (16 C bytes
+// a row) within 512 KB, a multiple of the tile's rows.
+int64_t GroupRows(int64_t c) {
+  const int64_t most = (int64_t{512} << 10) / (16 * c);
+  return std::max<int64_t>(kRows, most / kRows * kRows);
+}
+
+// This thread's share of the rows: groups of `group` rows taken one at a time from `next` until
+// none is left (a thread the OS holds back leaves its groups to the others). `normed` [group, C]
+// and `hidden` [group, 4C] are the thread's buffers.
+CONVNEXT_AVX512 void RunGroups(const Raw& w, const float* y, int64_t rows, float* x, int64_t group,
+                               std::atomic<int64_t>& next, float* normed, float* hidden) {
+  const int64_t c = w.channels, hc = 4 * c;
+  for (int64_t g = next++; g * group < rows; g = next++) {
+    const int64_t r0 = g * group, n = std::min(group, rows - r0);
+    LayerNormRowsOnThisThread(y + r0 * c, normed, n, c, w.norm_weight, w.norm_bias, w.eps);
+    Product</*kGelu=*/true>(normed, c, n, w.fc1, c, hc, w.fc1_bias, hidden, hc);
+    Product</*kGelu=*/false>(hidden, hc, n, w.fc2, hc, c, w.fc2_bias, x + r0 * c, c);
+  }
+}
+
+// w [out, in] -> panels of kPanel outputs (the last one narrower), each [in][width].
+at::Tensor PackPanels(const at::Tensor& w) {
+  const at::Tensor plain = w.to(at::kFloat).contiguous();
+  const int64_t out = plain.size(0);
+  std::vector<at::Tensor> panels;
+  for (int64_t n0 = 0; n0 < out; n0 += kPanel) {
+    panels.push_back(plain.narrow(0, n0, std::min(kPanel, out - n0)).t().contiguous().view(-1));
+  }
+  return at::cat(panels);
+}
+
+}  // namespace
+
+bool Avx512MlpAvailable() {
+  static const bool available =
+      __builtin_cpu_supports("avx512f") && LayerNormRowsAvailable(/*bf16_output=*/false);
+  return available;
+}
+
+absl::StatusOr<Avx512MlpWeights> Avx512MlpWeights::Pack(const at::Tensor& norm_weight,
+                                                        const at::Tensor& norm_bias, double eps,
+                                                        const at::Tensor& fc1_weight,
+                                                        const at::Tensor& fc1_bias,
+                                                        const at::Tensor& fc2_weight,
+                                                        const at::Tensor& fc2_bias) {
+  const int64_t c = fc1_weight.dim() == 2 ? fc1_weight.size(1) : 0;
+  if (c <= 0 || c % 16 != 0 || fc1_weight.size(0) != 4 * c || fc1_bias.numel() != 4 * c ||
+      fc2_weight.dim() != 2 || fc2_weight.size(0) != c || fc2_weight.size(1) != 4 * c ||
+      fc2_bias.numel() != c || norm_weight.numel() != c || norm_bias.numel() != c) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the AVX-512 MLP needs the LayerNorm's [C] weight and bias, fc1 [4C, C], "
+                     "fc2 [C, 4C] and their biases, with C a multiple of 16; fc1 is [",
+                     fc1_weight.dim() == 2 ? fc1_weight.size(0) : -1, ", ", c, "]"));
+  }
+  auto f32 = [](const at::Tensor& t) { return t.to(at::kFloat).contiguous().clone(); };
+  Avx512MlpWeights w;
+  w.channels_ = c;
+  w.eps_ = static_cast<float>(eps);
+  w.norm_weight_ = f32(norm_weight);
+  w.norm_bias_ = f32(norm_bias);
+  w.fc1_ = PackPanels(fc1_weight);
+  w.fc2_ = PackPanels(fc2_weight);
+  w.fc1_bias_ = f32(fc1_bias);
+  w.fc2_bias_ = f32(fc2_bias);
+  return w;
+}
+
+void Avx512MlpWeights::Run(const float* y, int64_t rows, float* x) const {
+  const Raw w{channels_,
+              eps_,
+              norm_weight_.data_ptr<float>(),
+              norm_bias_.data_ptr<float>(),
+              fc1_.data_ptr<float>(),
+              fc1_bias_.data_ptr<float>(),
+              fc2_.data_ptr<float>(),
+              fc2_bias_.data_ptr<float>()};
+  const int64_t threads = at::get_num_threads();
+  // At least one group a thread where there are enough rows.
+  const int64_t share = (rows + threads - 1) / threads;
+  const int64_t group = std::min(GroupRows(w.channels),
+                                 std::max<int64_t>(kRows, (share + kRows - 1) / kRows * kRows));
+  std::atomic<int64_t> next{0};
+  // One task a thread (ATen's intra-op threads, as oneDNN's); each takes groups from `next`.
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    // This thread's buffers, kept from call to call: the normalised rows and the GELU's output of
+    // one group, 5C floats a row, about 640 KB at most.
+    thread_local std::vector<float> buffer;
+    const int64_t normed_size = group * w.channels;
+    if (buffer.size() < static_cast<size_t>(5 * normed_size)) buffer.resize(5 * normed_size);
+    RunGroups(w, y, rows, x, group, next, buffer.data(), buffer.data() + normed_size);
+  });
+}
+
+}  // namespace convnext
