@@ -52,9 +52,15 @@ constexpr int kRows = 6;
 constexpr int kPanelVectors = 4;
 constexpr int64_t kPanel = 16 * kPanelVectors;
 
-// out[r, 0..16V) = gelu(a[r] . w + bias) (kGelu) or out[r, 0..16V) += a[r] . w + bias, for R rows
-// of `a` (lda apart) and a panel `w` [k][16 V] of weights.
-template <bool kGelu, int R, int V>
+// Inputs a panel's weights are taken in at a time: 128 x 64 floats, 32 KB, stay in the L1 cache
+// while every row of the group passes over them.
+constexpr int64_t kChunk = 128;
+
+// One chunk of k inputs of R rows of `a` (lda apart) through a panel `w` [k][16 V] of weights, into
+// out[r, 0..16V): the sums start at zero or (kLoad) from what out holds; they are stored as they
+// are, or (kFinish, the last chunk) with the bias added and (kGelu) through the GELU. fc1 starts
+// from zero and finishes through the GELU; fc2 starts from out (the residual) and adds to it.
+template <bool kGelu, bool kLoad, bool kFinish, int R, int V>
 CONVNEXT_AVX512 CONVNEXT_TILE_NO_ASAN void Tile(const float* a, int64_t lda, const float* w,
                                                 int64_t k, const float* bias, float* out,
                                                 int64_t ldo) {
@@ -62,7 +68,9 @@ CONVNEXT_AVX512 CONVNEXT_TILE_NO_ASAN void Tile(const float* a, int64_t lda, con
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < V; ++v) {
+      acc[r][v] = kLoad ? _mm512_loadu_ps(out + r * ldo + 16 * v) : _mm512_setzero_ps();
+    }
   }
   for (int64_t i = 0; i < k; ++i) {
     __m512 b[V];
@@ -79,40 +87,68 @@ CONVNEXT_AVX512 CONVNEXT_TILE_NO_ASAN void Tile(const float* a, int64_t lda, con
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
     for (int v = 0; v < V; ++v) {
-      const __m512 sum = _mm512_add_ps(acc[r][v], _mm512_loadu_ps(bias + 16 * v));
       float* o = out + r * ldo + 16 * v;
-      if constexpr (kGelu) {
-        _mm512_storeu_ps(o, Gelu(sum));
+      if constexpr (!kFinish) {
+        _mm512_storeu_ps(o, acc[r][v]);
+      } else if constexpr (kGelu) {
+        _mm512_storeu_ps(o, Gelu(_mm512_add_ps(acc[r][v], _mm512_loadu_ps(bias + 16 * v))));
       } else {
-        _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), sum));
+        _mm512_storeu_ps(o, _mm512_add_ps(acc[r][v], _mm512_loadu_ps(bias + 16 * v)));
       }
     }
   }
 }
 
-// Tile over `rows` rows, kRows at a time.
-template <bool kGelu, int V>
-CONVNEXT_AVX512 void Panel(const float* a, int64_t lda, int64_t rows, const float* w, int64_t k,
-                           const float* bias, float* out, int64_t ldo) {
+// One chunk through tiles over `rows` rows, kRows at a time.
+template <bool kGelu, bool kLoad, bool kFinish, int V>
+CONVNEXT_AVX512 void Rows(const float* a, int64_t lda, int64_t rows, const float* w, int64_t k,
+                          const float* bias, float* out, int64_t ldo) {
   int64_t r = 0;
   for (; r + kRows <= rows; r += kRows) {
-    Tile<kGelu, kRows, V>(a + r * lda, lda, w, k, bias, out + r * ldo, ldo);
+    Tile<kGelu, kLoad, kFinish, kRows, V>(a + r * lda, lda, w, k, bias, out + r * ldo, ldo);
   }
   a += r * lda;
   out += r * ldo;
   switch (rows - r) {
     case 5:
-      return Tile<kGelu, 5, V>(a, lda, w, k, bias, out, ldo);
+      return Tile<kGelu, kLoad, kFinish, 5, V>(a, lda, w, k, bias, out, ldo);
     case 4:
-      return Tile<kGelu, 4, V>(a, lda, w, k, bias, out, ldo);
+      return Tile<kGelu, kLoad, kFinish, 4, V>(a, lda, w, k, bias, out, ldo);
     case 3:
-      return Tile<kGelu, 3, V>(a, lda, w, k, bias, out, ldo);
+      return Tile<kGelu, kLoad, kFinish, 3, V>(a, lda, w, k, bias, out, ldo);
     case 2:
-      return Tile<kGelu, 2, V>(a, lda, w, k, bias, out, ldo);
+      return Tile<kGelu, kLoad, kFinish, 2, V>(a, lda, w, k, bias, out, ldo);
     case 1:
-      return Tile<kGelu, 1, V>(a, lda, w, k, bias, out, ldo);
+      return Tile<kGelu, kLoad, kFinish, 1, V>(a, lda, w, k, bias, out, ldo);
     default:
       return;
+  }
+}
+
+// A panel of weights [k][16 V] over `rows` rows, kChunk inputs at a time.
+template <bool kGelu, int V>
+CONVNEXT_AVX512 void Panel(const float* a, int64_t lda, int64_t rows, const float* w, int64_t k,
+                           const float* bias, float* out, int64_t ldo) {
+  for (int64_t k0 = 0; k0 < k; k0 += kChunk) {
+    const int64_t kc = std::min(kChunk, k - k0);
+    const float* ak = a + k0;
+    const float* wk = w + k0 * 16 * V;
+    const bool first = k0 == 0, last = k0 + kc == k;
+    if constexpr (kGelu) {
+      if (first && last) {
+        Rows<true, false, true, V>(ak, lda, rows, wk, kc, bias, out, ldo);
+      } else if (first) {
+        Rows<true, false, false, V>(ak, lda, rows, wk, kc, bias, out, ldo);
+      } else if (last) {
+        Rows<true, true, true, V>(ak, lda, rows, wk, kc, bias, out, ldo);
+      } else {
+        Rows<true, true, false, V>(ak, lda, rows, wk, kc, bias, out, ldo);
+      }
+    } else if (last) {
+      Rows<false, true, true, V>(ak, lda, rows, wk, kc, bias, out, ldo);
+    } else {
+      Rows<false, true, false, V>(ak, lda, rows, wk, kc, bias, out, ldo);
+    }
   }
 }
 

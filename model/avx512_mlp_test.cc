@@ -34,9 +34,10 @@ TEST(Avx512MlpTest, MatchesAtenLayerNormLinearAndGelu) {
   };
   // Channels whose 4C (fc1's outputs) and C (fc2's) end in panels of 16, 32, 48 and 64 outputs;
   // row counts around the 6-row tiles and the threads' split, and (C 128: 256-row groups) several
-  // groups a thread.
+  // groups a thread; inputs taken in 128 at a time: C 48's fc2 in two chunks (the last short),
+  // C 272's fc1 in three (the first, a middle one and the last, of 16).
   for (const Case& test : {Case{16, {1, 5, 6, 7, 13}}, Case{48, {1, 6, 100}},
-                           Case{96, {1, 11, 49, 257}}, Case{128, {3, 1000}}}) {
+                           Case{96, {1, 11, 49, 257}}, Case{128, {3, 1000}}, Case{272, {7, 40}}}) {
     const int64_t c = test.c;
     for (const int64_t rows : test.rows) {
       SCOPED_TRACE("C " + std::to_string(c) + ", rows " + std::to_string(rows));
