@@ -8,7 +8,7 @@
 //
 //   build/bin/model_throughput [--variant convnext_tiny] [--batches 1,8] [--threads 2]
 //                              [--seconds 10] [--reference=true] [--aten=true] [--bf16=true]
-//                              [--instances 1] [--json]
+//                              [--instances 1] [--own_kernels=true] [--json]
 //
 // Weights are random (speed does not depend on their values). The reference side runs
 // bench/torchvision_eager.py with Debian's /usr/bin/python3.
@@ -48,6 +48,9 @@ ABSL_FLAG(double, seconds, 10.0, "Minimum measuring time per batch size and side
 ABSL_FLAG(int, size, 224, "Input side in pixels.");
 ABSL_FLAG(bool, reference, true, "Also measure torchvision eager (python3-torchvision).");
 ABSL_FLAG(bool, aten, true, "Also measure our ATen path (ModelOptions::cpu_fast_path = false).");
+ABSL_FLAG(bool, own_kernels, true,
+          "The fast path's blocks through our own kernels where the CPU allows "
+          "(ModelOptions::cpu_own_kernels); false: oneDNN's matrix products, the A/B baseline.");
 ABSL_FLAG(bool, json, false,
           "After the table, one JSON line per measurement (bench/cpu_peers.py reads them).");
 ABSL_FLAG(bool, bf16, true,
@@ -75,6 +78,7 @@ std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, int threads,
   SetIntraOpThreads(threads);
   options.cpu_fast_path = fast;
   options.cpu_precision = precision;
+  options.cpu_own_kernels = absl::GetFlag(FLAGS_own_kernels);
   absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", model.status().ToString().c_str());
@@ -238,6 +242,9 @@ int Main() {
   std::printf("CPU: oneDNN ISA %s; native bfloat16: %s%s\n", OneDnnIsaName().c_str(),
               CpuHasNativeBf16() ? "yes" : "no",
               absl::GetFlag(FLAGS_bf16) && !bf16 ? " (the bfloat16 path is not measured)" : "");
+  std::printf("Fast path blocks: %s\n", absl::GetFlag(FLAGS_own_kernels)
+                                            ? "our own kernels where the CPU allows"
+                                            : "oneDNN's matrix products (--own_kernels=false)");
   const double gflop_per_image = ForwardFlops(*config, size, size) / 1e9;
   std::vector<Result> fast, aten, fast16;
   double ceiling = 0, ceiling16 = 0;

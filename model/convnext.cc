@@ -305,7 +305,7 @@ absl::StatusOr<std::unique_ptr<ConvNeXt>> ConvNeXt::Create(const ConvNeXtConfig&
       // The fast path keeps its own copy of the blocks' weights, in oneDNN's layouts.
       ASSIGN_OR_RETURN(stage.fast,
                        OneDnnStage::Create(std::move(stage.blocks), config.layer_norm_eps,
-                                           options.cpu_precision));
+                                           options.cpu_precision, options.cpu_own_kernels));
       stage.blocks.clear();
       // The downsampling layers compute as the blocks do; the stem (on the image, 3 channels: a
       // small share of the work) in float32.

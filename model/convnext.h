@@ -46,6 +46,10 @@ struct ModelOptions {
   // float32 dtype): Create fails with INVALID_ARGUMENT otherwise, and with FAILED_PRECONDITION on
   // a CPU without native bfloat16.
   BlockPrecision cpu_precision = BlockPrecision::kFloat32;
+  // The fast path's blocks run LayerNorm to residual as one kernel of ours where the CPU allows
+  // (AVX-512 in float32, AMX in bfloat16); false: with oneDNN's matrix products instead, as
+  // before those kernels (what bench/model_throughput --own_kernels=false measures against).
+  bool cpu_own_kernels = true;
   // The ATen path keeps its activations and convolution weights channels-last (NHWC in memory,
   // NCHW in shape): what cuDNN's fast kernels want, and the LayerNorms and pointwise layers then
   // read NHWC without a permute copy. Same results within 1e-4

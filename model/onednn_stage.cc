@@ -241,7 +241,8 @@ OneDnnStage::~OneDnnStage() = default;
 
 absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<BlockWeights> blocks,
                                                                  double layer_norm_eps,
-                                                                 BlockPrecision precision) {
+                                                                 BlockPrecision precision,
+                                                                 bool own_kernels) {
   if (blocks.empty()) return absl::InvalidArgumentError("a stage needs at least one block");
   const bool bf16 = precision == BlockPrecision::kBFloat16;
   if (bf16 && !CpuHasNativeBf16()) {
@@ -260,10 +261,10 @@ absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<Blo
       LayerNormRowsAvailable(bf16) &&
       (isa == dnnl::cpu_isa::avx512_core || isa == dnnl::cpu_isa::avx512_core_vnni ||
        isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx);
-  impl->amx_mlp = bf16 && impl->own_norm && CpuHasAmx() && AmxMlpAvailable() && c % 32 == 0 &&
-                  !blocks[0].grn_gamma.defined();
-  impl->avx512_mlp = !bf16 && impl->own_norm && Avx512MlpAvailable() && c % 16 == 0 &&
-                     !blocks[0].grn_gamma.defined();
+  impl->amx_mlp = own_kernels && bf16 && impl->own_norm && CpuHasAmx() && AmxMlpAvailable() &&
+                  c % 32 == 0 && !blocks[0].grn_gamma.defined();
+  impl->avx512_mlp = own_kernels && !bf16 && impl->own_norm && Avx512MlpAvailable() &&
+                     c % 16 == 0 && !blocks[0].grn_gamma.defined();
   try {
     // Let oneDNN choose the layouts of the weights it repacks, then pack every block's in them
     // once.

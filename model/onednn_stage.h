@@ -110,10 +110,12 @@ class OneDnnStage {
   // Prepares the stage's blocks. In float32, keeps the pointwise weights (contiguous) without a
   // copy and repacks the small depthwise ones; in bfloat16, converts and packs them all.
   // FAILED_PRECONDITION for bfloat16 on a CPU without native bfloat16 (CpuHasNativeBf16());
-  // INTERNAL if oneDNN has no kernel for them.
+  // INTERNAL if oneDNN has no kernel for them. `own_kernels`: where the CPU allows, each block's
+  // LayerNorm to residual runs as one kernel of ours (model/avx512_mlp.h in float32,
+  // model/amx_mlp.h in bfloat16 on AMX); false: oneDNN's matrix products (the A/B baseline).
   static absl::StatusOr<std::unique_ptr<OneDnnStage>> Create(
       std::vector<BlockWeights> blocks, double layer_norm_eps,
-      BlockPrecision precision = BlockPrecision::kFloat32);
+      BlockPrecision precision = BlockPrecision::kFloat32, bool own_kernels = true);
   ~OneDnnStage();
 
   OneDnnStage(const OneDnnStage&) = delete;

@@ -47,10 +47,12 @@ StateDict RandomWeights(const ConvNeXtConfig& config) {
 }
 
 std::unique_ptr<ConvNeXt> Make(const ConvNeXtConfig& config, const StateDict& weights, bool fast,
-                               BlockPrecision precision = BlockPrecision::kFloat32) {
+                               BlockPrecision precision = BlockPrecision::kFloat32,
+                               bool own_kernels = true) {
   ModelOptions options;
   options.cpu_fast_path = fast;
   options.cpu_precision = precision;
+  options.cpu_own_kernels = own_kernels;
   absl::StatusOr<std::unique_ptr<ConvNeXt>> model = ConvNeXt::Create(config, weights, options);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? *std::move(model) : nullptr;
@@ -122,6 +124,27 @@ TEST(FastPathTest, MatchesTheAtenPathOnManyShapes) {
   EXPECT_TRUE(fast.uses_fast_path());
   EXPECT_FALSE(aten.uses_fast_path());
   for (const auto& shape : shapes) ExpectSameOutputs(fast, aten, at::randn(shape));
+}
+
+// Without our own block kernels (ModelOptions::cpu_own_kernels = false: oneDNN's matrix products
+// for every stage, the baseline bench/model_throughput --own_kernels=false measures), the fast
+// path still matches the ATen path. (With them, on an AVX-512 CPU, the stages of 16 and 64
+// channels run model/avx512_mlp.h: the test above.)
+TEST(FastPathTest, WithoutOwnKernelsMatchesTheAtenPath) {
+  SKIP_WITHOUT_FAST_PATH();
+  const ConvNeXtConfig config = SmallConfig();
+  at::manual_seed(11);
+  const StateDict weights = RandomWeights(config);
+  const std::unique_ptr<ConvNeXt> fast =
+      Make(config, weights, /*fast=*/true, BlockPrecision::kFloat32, /*own_kernels=*/false);
+  const std::unique_ptr<ConvNeXt> aten = Make(config, weights, /*fast=*/false);
+  ASSERT_NE(fast, nullptr);
+  ASSERT_NE(aten, nullptr);
+  EXPECT_TRUE(fast->uses_fast_path());
+  for (const std::vector<int64_t> shape :
+       {std::vector<int64_t>{1, 3, 64, 64}, {3, 3, 65, 97}, {2, 3, 128, 96}}) {
+    ExpectSameOutputs(*fast, *aten, at::randn(shape));
+  }
 }
 
 // ConvNeXt V2 blocks: GRN between the matrix products, on the fast path as on the ATen path,

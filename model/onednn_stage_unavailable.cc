@@ -24,7 +24,7 @@ OneDnnStage::OneDnnStage(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 OneDnnStage::~OneDnnStage() = default;
 
 absl::StatusOr<std::unique_ptr<OneDnnStage>> OneDnnStage::Create(std::vector<BlockWeights>, double,
-                                                                 BlockPrecision) {
+                                                                 BlockPrecision, bool) {
   return absl::FailedPreconditionError(
       "this build has no oneDNN CPU fast path (CONVNEXT_ONEDNN=OFF)");
 }
