@@ -200,14 +200,33 @@ int64_t GroupRows(int64_t c) {
   return std::max<int64_t>(kRows, most / kRows * kRows);
 }
 
-// This thread's share of the rows: groups of `group` rows taken one at a time from `next` until
-// none is left (a thread the OS holds back leaves its groups to the others). `normed` [group, C]
-// and `hidden` [group, 4C] are the thread's buffers.
-CONVNEXT_AVX512 void RunGroups(const Raw& w, const float* y, int64_t rows, float* x, int64_t group,
+// Rows are split into `groups` groups of whole tiles (kRows rows; the last tile of all may be
+// shorter), group g taking tiles [g * tiles / groups, (g + 1) * tiles / groups): sizes differ by
+// one tile at most, so that the threads finish together.
+struct Split {
+  int64_t rows, tiles, groups;
+  int64_t Begin(int64_t g) const { return std::min(rows, g * tiles / groups * kRows); }
+  int64_t MostRows() const { return (tiles + groups - 1) / groups * kRows; }
+};
+
+// As many groups as keep each within GroupRows, rounded up to a multiple of the threads where
+// there are enough tiles (three equal groups on two threads leave one thread idle a third of the
+// time: at batch 1, stages 2 and 3 ran so before).
+Split SplitRows(int64_t rows, int64_t channels, int64_t threads) {
+  const int64_t tiles = (rows + kRows - 1) / kRows, most = GroupRows(channels) / kRows;
+  int64_t groups = (tiles + most - 1) / most;
+  if (tiles >= threads) groups = (groups + threads - 1) / threads * threads;
+  return Split{rows, tiles, std::max<int64_t>(1, std::min(groups, tiles))};
+}
+
+// This thread's share of the rows: groups taken one at a time from `next` until none is left (a
+// thread the OS holds back leaves its groups to the others). `normed` [group, C] and `hidden`
+// [group, 4C] are the thread's buffers.
+CONVNEXT_AVX512 void RunGroups(const Raw& w, const float* y, const Split& split, float* x,
                                std::atomic<int64_t>& next, float* normed, float* hidden) {
   const int64_t c = w.channels, hc = 4 * c;
-  for (int64_t g = next++; g * group < rows; g = next++) {
-    const int64_t r0 = g * group, n = std::min(group, rows - r0);
+  for (int64_t g = next++; g < split.groups; g = next++) {
+    const int64_t r0 = split.Begin(g), n = split.Begin(g + 1) - r0;
     LayerNormRowsOnThisThread(y + r0 * c, normed, n, c, w.norm_weight, w.norm_bias, w.eps);
     Product</*kGelu=*/true>(normed, c, n, w.fc1, c, hc, w.fc1_bias, hidden, hc);
     Product</*kGelu=*/false>(hidden, hc, n, w.fc2, hc, c, w.fc2_bias, x + r0 * c, c);
@@ -271,19 +290,16 @@ void Avx512MlpWeights::Run(const float* y, int64_t rows, float* x) const {
               fc2_.data_ptr<float>(),
               fc2_bias_.data_ptr<float>()};
   const int64_t threads = at::get_num_threads();
-  // At least one group a thread where there are enough rows.
-  const int64_t share = (rows + threads - 1) / threads;
-  const int64_t group = std::min(GroupRows(w.channels),
-                                 std::max<int64_t>(kRows, (share + kRows - 1) / kRows * kRows));
+  const Split split = SplitRows(rows, w.channels, threads);
   std::atomic<int64_t> next{0};
   // One task a thread (ATen's intra-op threads, as oneDNN's); each takes groups from `next`.
   at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
     // This thread's buffers, kept from call to call: the normalised rows and the GELU's output of
     // one group, 5C floats a row, about 640 KB at most.
     thread_local std::vector<float> buffer;
-    const int64_t normed_size = group * w.channels;
+    const int64_t normed_size = split.MostRows() * w.channels;
     if (buffer.size() < static_cast<size_t>(5 * normed_size)) buffer.resize(5 * normed_size);
-    RunGroups(w, y, rows, x, group, next, buffer.data(), buffer.data() + normed_size);
+    RunGroups(w, y, split, x, next, buffer.data(), buffer.data() + normed_size);
   });
 }
 

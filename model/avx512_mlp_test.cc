@@ -33,7 +33,8 @@ TEST(Avx512MlpTest, MatchesAtenLayerNormLinearAndGelu) {
     std::vector<int64_t> rows;
   };
   // Channels whose 4C (fc1's outputs) and C (fc2's) end in panels of 16, 32, 48 and 64 outputs;
-  // row counts around the 6-row tiles and the threads' split, and (C 128: 256-row groups) several
+  // row counts around the 6-row tiles and the threads' split, and (C 128: groups of at most 256
+  // rows, their number a multiple of the threads, their sizes a tile apart at most) several
   // groups a thread; inputs taken in 128 at a time: C 48's fc2 in two chunks (the last short),
   // C 272's fc1 in three (the first, a middle one and the last, of 16).
   for (const Case& test : {Case{16, {1, 5, 6, 7, 13}}, Case{48, {1, 6, 100}},
