@@ -6,7 +6,12 @@
 //
 //   build/bin/serving_bench [--checkpoint CKPT] [--image samples/chelsea.jpg]
 //       [--max_batch_size 8] [--concurrency 16] [--seconds 20] [--rounds 4]
-//       [--max_queue_delay_us 5000] [--bf16]
+//       [--max_queue_delay_us 5000] [--bf16] [--input jpeg|tensor]
+//
+// --input tensor sends the image already preprocessed (Image.tensor, [3, 224, 224] float32, what a
+// client that preprocesses for itself sends): the server then decodes nothing, and the efficiency
+// is that of serving alone. With JPEG inputs (the default) the server also decodes and transforms
+// every image on the same cores as the model, which the in-process side does not.
 //
 // The server (server/server.h, the same Server object as convnext-server) runs in this process on a
 // loopback port; the clients are synchronous C++ stubs on their own threads. Without
@@ -43,6 +48,9 @@ ABSL_FLAG(double, seconds, 20, "Measuring time for each side.");
 ABSL_FLAG(int, rounds, 4, "Alternations of the in-process and gRPC sides.");
 ABSL_FLAG(int, threads, 2, "Intra-op threads.");
 ABSL_FLAG(bool, metrics, true, "Record Prometheus metrics, as the server does by default.");
+ABSL_FLAG(std::string, input, "jpeg",
+          "What clients send: jpeg (--image, decoded and transformed by the server) or tensor "
+          "(the same image preprocessed here, sent as a float32 [3, 224, 224] Image.tensor).");
 ABSL_FLAG(bool, bf16, false,
           "compute_dtype BF16 on both sides (the fast path's bfloat16 blocks; needs a CPU with "
           "native bfloat16).");
@@ -74,6 +82,11 @@ int Main() {
   const std::string jpeg((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   const int batch = absl::GetFlag(FLAGS_max_batch_size);
   const double seconds = absl::GetFlag(FLAGS_seconds);
+  const std::string input = absl::GetFlag(FLAGS_input);
+  if (input != "jpeg" && input != "tensor") {
+    std::fprintf(stderr, "--input must be jpeg or tensor, not %s\n", input.c_str());
+    return 1;
+  }
   const int concurrency = absl::GetFlag(FLAGS_concurrency);
 
   ServerConfig config;
@@ -123,7 +136,15 @@ int Main() {
   auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*server)->port()),
                                      grpc::InsecureChannelCredentials());
   v1::ClassifyRequest request;
-  request.add_images()->set_encoded(jpeg);
+  if (input == "jpeg") {
+    request.add_images()->set_encoded(jpeg);
+  } else {
+    const at::Tensor chw = one->reshape({3, 224, 224}).contiguous();
+    v1::Tensor* tensor = request.add_images()->mutable_tensor();
+    for (const int64_t d : chw.sizes()) tensor->add_shape(d);
+    tensor->set_dtype(v1::FP32);
+    tensor->set_data(chw.data_ptr<float>(), chw.numel() * sizeof(float));
+  }
 
   // The floor: a no-op round trip (GetModel) over the same channel, with the server idle.
   std::vector<double> noop_us;
@@ -232,8 +253,8 @@ int Main() {
       info.variant().c_str(), batch, absl::GetFlag(FLAGS_max_queue_delay_us), concurrency,
       absl::GetFlag(FLAGS_threads), seconds);
   std::printf("in-process batch %d:     %8.2f img/s\n", batch, in_process);
-  std::printf("gRPC Classify (JPEG):   %8.2f img/s   efficiency %.3f\n", grpc_rate,
-              grpc_rate / in_process);
+  std::printf("gRPC Classify (%s): %8.2f img/s   efficiency %.3f\n",
+              input == "jpeg" ? "JPEG  " : "tensor", grpc_rate, grpc_rate / in_process);
   std::printf(
       "latency ms:             p50 %.1f  p90 %.1f  p99 %.1f  max %.1f  (%zu calls, %d "
       "errors)\n",
