@@ -56,7 +56,7 @@ bool RequestTileState() {
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
 
-using gelu_avx512::Gelu;
+using gelu_avx512::GeluForBfloat16;
 
 // Accumulates into tiles 0-3 the 32 x 32 block a[0..32, 0..k] x w[.., n0..n0 + 32]: `a` holds 32
 // bfloat16 rows `lda` elements apart, `w` the packed weights of `k` inputs.
@@ -95,8 +95,9 @@ CONVNEXT_AMX inline void GeluBlock(const float* block, const float* bias, int64_
                                    uint16_t* hidden, int64_t ldh) {
   const __m512 bias0 = _mm512_loadu_ps(bias + n0), bias1 = _mm512_loadu_ps(bias + n0 + 16);
   for (int64_t r = 0; r < kBlock; ++r) {
-    const __m512 v0 = Gelu(_mm512_add_ps(_mm512_load_ps(block + r * kBlock), bias0));
-    const __m512 v1 = Gelu(_mm512_add_ps(_mm512_load_ps(block + r * kBlock + 16), bias1));
+    const __m512 v0 = GeluForBfloat16(_mm512_add_ps(_mm512_load_ps(block + r * kBlock), bias0));
+    const __m512 v1 =
+        GeluForBfloat16(_mm512_add_ps(_mm512_load_ps(block + r * kBlock + 16), bias1));
     _mm512_storeu_si512(hidden + r * ldh + n0,
                         reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(v1, v0)));
   }
