@@ -87,29 +87,34 @@ std::unique_ptr<ConvNeXt> RandomModel(const ConvNeXtConfig& config, int threads,
   return *std::move(model);
 }
 
-// Runs `instances` threads that each call Forward on a batch of `batch` images, concurrently, for
-// at least `seconds`. Returns the images per second of all threads together and the mean time of
-// one call.
+// Calls Forward on a batch of `batch` images for at least `seconds`: on the calling thread (the
+// one that loaded the model: a second thread with intra-op threads of its own would leave the
+// first's idle beside them, which slows every OpenMP region; see RunOnThreadOfItsOwn) or, with
+// several `instances`, on as many threads at once. Returns the images per second of all threads
+// together and the mean time of one call.
 Result Measure(const ConvNeXt& model, int batch, int size, double seconds, int instances) {
   const at::Tensor x = at::randn({batch, 3, size, size});
   using Clock = std::chrono::steady_clock;
   std::vector<int> calls(instances, 0);
   std::vector<double> elapsed(instances, 0);
   std::vector<std::thread> threads;
-  for (int t = 0; t < instances; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < 2; ++i) (void)model.Forward(x, OutputRequest());
-      const auto start = Clock::now();
-      do {
-        absl::StatusOr<ForwardOutputs> out = model.Forward(x, OutputRequest());
-        if (!out.ok()) {
-          std::fprintf(stderr, "%s\n", out.status().ToString().c_str());
-          std::exit(1);
-        }
-        ++calls[t];
-        elapsed[t] = std::chrono::duration<double>(Clock::now() - start).count();
-      } while (elapsed[t] < seconds || calls[t] < 3);
-    });
+  auto run = [&](int t) {
+    for (int i = 0; i < 2; ++i) (void)model.Forward(x, OutputRequest());
+    const auto start = Clock::now();
+    do {
+      absl::StatusOr<ForwardOutputs> out = model.Forward(x, OutputRequest());
+      if (!out.ok()) {
+        std::fprintf(stderr, "%s\n", out.status().ToString().c_str());
+        std::exit(1);
+      }
+      ++calls[t];
+      elapsed[t] = std::chrono::duration<double>(Clock::now() - start).count();
+    } while (elapsed[t] < seconds || calls[t] < 3);
+  };
+  if (instances == 1) {
+    run(0);
+  } else {
+    for (int t = 0; t < instances; ++t) threads.emplace_back(run, t);
   }
   for (std::thread& t : threads) t.join();
   double images_per_s = 0, ms_per_call = 0;

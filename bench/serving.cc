@@ -126,7 +126,10 @@ int Main() {
   LoadOptions load;
   load.path = checkpoint;
   if (absl::GetFlag(FLAGS_bf16)) load.model.cpu_precision = BlockPrecision::kBFloat16;
-  absl::StatusOr<LoadedModel> direct = LoadModel(load);
+  // Loaded on a thread of its own, as the server loads (RunOnThreadOfItsOwn): this thread's
+  // intra-op threads would otherwise stay beside the executors' and slow both sides.
+  absl::StatusOr<LoadedModel> direct = absl::UnknownError("not loaded");
+  RunOnThreadOfItsOwn([&] { direct = LoadModel(load); });
   if (!direct.ok()) {
     std::fprintf(stderr, "%s\n", direct.status().ToString().c_str());
     return 1;

@@ -5,6 +5,7 @@
 #include <malloc.h>
 
 #include <cstdlib>
+#include <thread>
 
 namespace convnext {
 
@@ -37,5 +38,22 @@ void SetIntraOpThreads(int threads) {
 }
 
 int IntraOpThreads() { return at::get_num_threads(); }
+
+void RunOnThreadOfItsOwn(const std::function<void()>& fn) { std::thread(fn).join(); }
+
+void UseOneIntraOpThreadOnThisThread() {
+  thread_local bool done = false;
+  if (done) return;
+  done = true;
+  // LibTorch sets each thread's OpenMP thread count to its own setting on the thread's first
+  // parallel operator (at::internal::lazy_init_num_threads): that happens first, then the count
+  // is lowered. omp_set_num_threads (libgomp, loaded with LibTorch) is looked up at run time, as
+  // OpenBLAS's setting is above: this file is compiled without OpenMP.
+  (void)at::get_num_threads();
+  using SetThreads = void (*)(int);
+  if (auto set = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"))) {
+    set(1);
+  }
+}
 
 }  // namespace convnext

@@ -536,6 +536,9 @@ absl::Status ModelHost::Admit(const std::shared_ptr<InferenceRequest>& request,
 }
 
 void ModelHost::Preprocess(WorkPtr work, const v1::Image* image) {
+  // No intra-op threads of this pool's own: the executors' are the process's (a KEEP_SIZE input's
+  // zero fill, say, would otherwise start them here).
+  UseOneIntraOpThreadOnThisThread();
   if (work->request->Abandoned()) {
     End(*work, absl::CancelledError("the call was cancelled or failed"));
     return;

@@ -332,8 +332,10 @@ void ModelRepository::Load(const ModelConfig& config, bool make_default, LoadDon
     done(names);
     return;
   }
+  // The load itself on a thread of its own, whose intra-op threads (loading, warm-up) end with
+  // it, not on the loader's, which lives as long as the server (see RunOnThreadOfItsOwn).
   loader_->Schedule([this, config, make_default, done = std::move(done)] {
-    RunLoad(config, make_default, done);
+    RunOnThreadOfItsOwn([&] { RunLoad(config, make_default, done); });
   });
 }
 

@@ -36,7 +36,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(const ServerConfig& confi
   repository.memory_limit_bytes = options.memory_limit_bytes;
   server->repository_ = std::make_unique<ModelRepository>(repository);
   // On failure the versions loaded so far shut down with `server`.
-  if (absl::Status s = server->repository_->LoadInitial(config); !s.ok()) return s;
+  // On a thread of its own, whose intra-op threads (loading, warm-up) end with it.
+  absl::Status loaded;
+  RunOnThreadOfItsOwn([&] { loaded = server->repository_->LoadInitial(config); });
+  if (!loaded.ok()) return loaded;
 
   ServiceOptions service_options;
   service_options.access_log = options.access_log;
