@@ -141,7 +141,7 @@ TEST(FastPathTest, WithoutOwnKernelsMatchesTheAtenPath) {
   ASSERT_NE(fast, nullptr);
   ASSERT_NE(aten, nullptr);
   EXPECT_TRUE(fast->uses_fast_path());
-  for (const std::vector<int64_t> shape :
+  for (const std::vector<int64_t>& shape :
        {std::vector<int64_t>{1, 3, 64, 64}, {3, 3, 65, 97}, {2, 3, 128, 96}}) {
     ExpectSameOutputs(*fast, *aten, at::randn(shape));
   }
