@@ -253,9 +253,8 @@ int Main() {
   const double gflop_per_image = ForwardFlops(*config, size, size) / 1e9;
   std::vector<Result> fast, aten, fast16;
   double ceiling = 0, ceiling16 = 0;
-  // The model runs on a thread of its own, as in the server (its executors). Measured here, a
-  // forward pass on the process's main thread with 2 OpenMP intra-op threads is up to 2x slower
-  // than the same call on any other thread.
+  // Loads, ceilings and measurements all on one thread of its own, as a server executor runs its
+  // model: one set of OpenMP intra-op threads in the process (see RunOnThreadOfItsOwn).
   std::thread([&] {
     // The ATen path first: once oneDNN's OpenMP threads have run, they spin while OpenBLAS's own
     // threads (which the ATen path's matrix products use) want the same two cores.

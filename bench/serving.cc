@@ -16,8 +16,8 @@
 // The server (server/server.h, the same Server object as convnext-server) runs in this process on a
 // loopback port; the clients are synchronous C++ stubs on their own threads. The in-process side
 // (the same model called directly at the same batch size) runs in a child process, one a round,
-// while the server idles. Without
-// --checkpoint, a random-weight convnext_tiny is written to a temporary file first.
+// while the server idles. Without --checkpoint, a random-weight convnext_tiny is written to a
+// temporary file first.
 #include <ATen/ATen.h>
 #include <grpcpp/grpcpp.h>
 #include <unistd.h>
@@ -184,18 +184,17 @@ int Main() {
   }
   const std::shared_ptr<ModelHost> host = (*server)->model("model");
 
-  absl::StatusOr<at::Tensor> one = DecodeAndTransform(jpeg, PreprocessConfig());
-  if (!one.ok()) {
-    std::fprintf(stderr, "%s\n", one.status().ToString().c_str());
-    return 1;
-  }
-
   auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", (*server)->port()),
                                      grpc::InsecureChannelCredentials());
   v1::ClassifyRequest request;
   if (input == "jpeg") {
     request.add_images()->set_encoded(jpeg);
   } else {
+    absl::StatusOr<at::Tensor> one = DecodeAndTransform(jpeg, PreprocessConfig());
+    if (!one.ok()) {
+      std::fprintf(stderr, "%s\n", one.status().ToString().c_str());
+      return 1;
+    }
     const at::Tensor chw = one->reshape({3, 224, 224}).contiguous();
     v1::Tensor* tensor = request.add_images()->mutable_tensor();
     for (const int64_t d : chw.sizes()) tensor->add_shape(d);
