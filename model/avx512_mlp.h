@@ -8,8 +8,9 @@
 // memory and back between the two products. Here the GELU is applied to each 6 x 64 tile of fc1's
 // result while it is still in registers, and fc2 reads the GELU's output from L2. The products
 // are register tiles of 6 rows x 64 outputs (24 accumulators) over weights packed once in panels
-// of 64 outputs; each panel is read once per group of rows (up to ~512 KB of GELU output), so the
-// weights come from L3 or memory once per group, not once per row tile.
+// of 64 outputs; each panel is read once per group of rows (as many as keep the GELU's output in
+// 3/4 of L2), so the weights come from L3 or memory once per group, not once per row tile, and
+// each chunk of them is prefetched into L2 while the one before it is in use.
 //
 // Numerics: float32 throughout, as oneDNN's and ATen's; another summation order (k in order,
 // one accumulator per output) and the GELU of model/gelu_avx512.h (absolute error below 1.5e-7 of
