@@ -2,7 +2,9 @@
 // measured in the same run. Prints throughput, efficiency (gRPC / in-process), end-to-end latency
 // percentiles and the overhead: end-to-end minus queue, preprocess and compute, both as the client
 // sees it and inside the server (Timings.server_us), beside the floor of a no-op gRPC round trip
-// measured in the same run. Not a test: it asserts nothing.
+// measured in the same run, and the CPU time the client threads took from the machine: they run
+// on the same cores as the server here, which a deployment's remote clients would not. Not a
+// test: it asserts nothing.
 //
 //   build/bin/serving_bench [--checkpoint CKPT] [--image samples/chelsea.jpg]
 //       [--max_batch_size 8] [--concurrency 16] [--seconds 20] [--rounds 4]
@@ -20,6 +22,7 @@
 // temporary file first.
 #include <ATen/ATen.h>
 #include <grpcpp/grpcpp.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -115,6 +118,13 @@ int InProcessWorker(const std::string& checkpoint, const std::string& jpeg, doub
   }
   std::printf("images %.0f seconds %.6f\n", images, elapsed);
   return 0;
+}
+
+// CPU seconds the calling thread has used.
+double ThreadCpuSeconds() {
+  timespec ts{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 struct InProcessRound {
@@ -223,6 +233,9 @@ int Main() {
   std::vector<std::vector<double>> latency_ms(concurrency), overhead_us(concurrency),
       server_overhead_us(concurrency);
   std::vector<int> errors(concurrency, 0);
+  // CPU seconds each client thread spent in the calls that count (building nothing: the request
+  // is made once; what remains is serialising, sending, waiting and parsing the answer).
+  std::vector<double> client_cpu_s(concurrency, 0);
   std::vector<std::thread> clients;
   for (int c = 0; c < concurrency; ++c) {
     clients.emplace_back([&, c] {
@@ -236,11 +249,13 @@ int Main() {
         grpc::ClientContext ctx;
         v1::ClassifyResponse response;
         const absl::Time t0 = absl::Now();
+        const double cpu0 = ThreadCpuSeconds();
         grpc::Status s = stub->Classify(&ctx, request, &response);
         const double us = absl::ToDoubleMicroseconds(absl::Now() - t0);
         const bool counted = measuring;
         --in_flight;
         if (!counted) continue;
+        client_cpu_s[c] += ThreadCpuSeconds() - cpu0;
         if (!s.ok()) {
           ++errors[c];
           continue;
@@ -294,7 +309,9 @@ int Main() {
 
   std::vector<double> lat, over, server_over;
   int errs = 0;
+  double client_cpu = 0;
   for (int c = 0; c < concurrency; ++c) {
+    client_cpu += client_cpu_s[c];
     lat.insert(lat.end(), latency_ms[c].begin(), latency_ms[c].end());
     over.insert(over.end(), overhead_us[c].begin(), overhead_us[c].end());
     server_over.insert(server_over.end(), server_overhead_us[c].begin(),
@@ -324,6 +341,15 @@ int Main() {
       Percentile(server_over, 0.5), Percentile(server_over, 0.9), Percentile(server_over, 0.99));
   std::printf("gRPC no-op round trip (GetModel, idle server) us: p50 %.0f  p90 %.0f\n",
               Percentile(noop_us, 0.5), Percentile(noop_us, 0.9));
+  // The clients' share of the machine, and what the efficiency would be if the model had that CPU
+  // back (an estimate: it assumes the model turns CPU into images at the in-process rate).
+  const double cpus = static_cast<double>(std::max<long>(1, sysconf(_SC_NPROCESSORS_ONLN)));
+  const double client_share = client_cpu / (grpc_s * cpus);
+  std::printf(
+      "client threads' CPU: %.0f us a call, %.1f%% of the %.0f CPUs; efficiency without it "
+      "(estimate): %.3f\n",
+      1e6 * client_cpu / std::max<double>(1, static_cast<double>(lat.size() + errs)),
+      100 * client_share, cpus, grpc_rate / (in_process * std::max(1e-9, 1 - client_share)));
   std::string sizes;
   for (const auto& [size, count] : info.stats().batch_sizes()) {
     absl::StrAppend(&sizes, " ", size, ":", count);
