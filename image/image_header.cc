@@ -68,10 +68,48 @@ bool IsJpegFrameMarker(uint8_t m) {  // SOF0..SOF15, except DHT (C4), JPG (C8) a
 // Walks the markers from SOI to EOI as libjpeg reads them: stray bytes before a marker and 0xFF
 // fill bytes are skipped, segments are skipped by their length, and entropy-coded data after SOS
 // runs to the next marker that is neither a stuffed zero (FF 00) nor a restart marker (FF D0-D7).
+// The orientation stated by an APP1 "Exif" segment's payload of `length` bytes at `pos` (after the
+// segment's length field): 1 where its IFD0 has no orientation tag, kUnreadOrientation where the
+// TIFF structure cannot be read with certainty (see ImageHeader::exif_orientation).
+int ExifOrientation(const Bytes& b, size_t pos, size_t length) {
+  const size_t tiff = pos + 6, end = pos + length;  // After "Exif\0\0".
+  if (length < 6 + 8 || b.U8(pos + 4) != 0 || b.U8(pos + 5) != 0) return kUnreadOrientation;
+  bool little;
+  if (b.StartsWith(tiff, "II")) {
+    little = true;
+  } else if (b.StartsWith(tiff, "MM")) {
+    little = false;
+  } else {
+    return kUnreadOrientation;
+  }
+  if (b.Uint(tiff + 2, 2, little) != 42) return kUnreadOrientation;
+  const uint64_t ifd = b.Uint(tiff + 4, 4, little);
+  if (ifd > end - tiff || end - tiff - ifd < 2) return kUnreadOrientation;
+  const size_t entries = tiff + ifd + 2;
+  const uint64_t count = b.Uint(tiff + ifd, 2, little);
+  if (count * 12 > end - entries) return kUnreadOrientation;
+  int orientation = 1;
+  bool seen = false;
+  for (uint64_t i = 0; i < count; ++i) {
+    const size_t e = entries + 12 * i;
+    if (b.Uint(e, 2, little) != 0x0112) continue;
+    // Type SHORT (3), count 1, the value in the entry's first two value bytes.
+    if (seen || b.Uint(e + 2, 2, little) != 3 || b.Uint(e + 4, 4, little) != 1) {
+      return kUnreadOrientation;
+    }
+    seen = true;
+    orientation = static_cast<int>(b.Uint(e + 8, 2, little));
+    if (orientation == kUnreadOrientation) return kUnreadOrientation;
+  }
+  return orientation;
+}
+
 absl::StatusOr<ImageHeader> ReadJpeg(const Bytes& b) {
   constexpr ImageFormat kJpeg = ImageFormat::kJpeg;
   int64_t width = 0, height = 0;
-  size_t pos = 2;  // After SOI.
+  int orientation = 1, exif_segments = 0;
+  bool scanned = false;  // A scan (SOS) has been passed.
+  size_t pos = 2;        // After SOI.
   while (true) {
     while (pos < b.size() && b.U8(pos) != 0xFF) ++pos;
     while (pos < b.size() && b.U8(pos) == 0xFF) ++pos;
@@ -96,8 +134,13 @@ absl::StatusOr<ImageHeader> ReadJpeg(const Bytes& b) {
         return Malformed(kJpeg, absl::StrCat("the frame header declares ", width, "x", height));
       }
     }
+    if (marker == 0xE1 && length >= 6 && b.StartsWith(pos + 2, "Exif")) {
+      orientation = ++exif_segments == 1 && !scanned ? ExifOrientation(b, pos + 2, length - 2)
+                                                     : kUnreadOrientation;
+    }
     pos += length;
     if (marker != 0xDA) continue;  // Not SOS.
+    scanned = true;
     if (width == 0) return Malformed(kJpeg, "scan data before the frame (SOF) header");
     while (true) {
       const void* ff = std::memchr(b.data() + pos, 0xFF, b.size() - pos);
@@ -115,7 +158,9 @@ absl::StatusOr<ImageHeader> ReadJpeg(const Bytes& b) {
     }
   }
   if (width == 0) return Malformed(kJpeg, "no frame (SOF) header before the end-of-image marker");
-  return Make(kJpeg, width, height);
+  absl::StatusOr<ImageHeader> header = Make(kJpeg, width, height);
+  if (header.ok()) header->exif_orientation = orientation;
+  return header;
 }
 
 absl::StatusOr<ImageHeader> ReadPng(const Bytes& b) {

@@ -9,7 +9,9 @@
 //
 // For JPEG the reader also walks the marker structure to the end-of-image marker, because libjpeg
 // "decodes" a JPEG cut off in the middle of its scan data by filling the missing part with gray,
-// where PIL refuses it; such data is reported as truncated.
+// where PIL refuses it; such data is reported as truncated. On the way it reads the EXIF
+// orientation (TIFF tag 0x0112 in IFD0 of the APP1 "Exif" segment), so that the decoder knows
+// whether the stored pixels must be turned before use (image/jpeg_decoder.h).
 //
 // Thread-safe (pure functions); never reads outside `encoded`.
 #ifndef CONVNEXT_IMAGE_IMAGE_HEADER_H_
@@ -33,7 +35,15 @@ struct ImageHeader {
   // format is known, 0 when it is kUnknown.
   int64_t width = 0;
   int64_t height = 0;
+  // JPEG only: the EXIF orientation as the file states it (1-8 in TIFF's numbering; 1, stored as
+  // displayed, where the file has no EXIF orientation), or kUnreadOrientation where an EXIF
+  // segment is there but not read with certainty (several of them, one after the scan data, a
+  // directory that runs past the segment, the tag twice or not a single SHORT). Every other format:
+  // 1 (not read).
+  int exif_orientation = 1;
 };
+
+inline constexpr int kUnreadOrientation = 0;
 
 // Returns the format and declared dimensions of `encoded`. A signature none of the readers knows
 // gives format kUnknown (not an error). INVALID_ARGUMENT when the signature is recognised but the

@@ -9,10 +9,12 @@
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "image/image_header.h"
+#include "image/jpeg_decoder.h"
 
 namespace convnext {
 namespace {
@@ -425,6 +427,10 @@ absl::StatusOr<RgbImage> DecodeImage(absl::string_view encoded, const Preprocess
                          ? std::string("not an image: the data is in no accepted format")
                          : absl::StrCat(ImageFormatName(header.format), " images are not accepted"),
                      " (accepted: ", kAcceptedFormats, ")"));
+  }
+  // The common JPEG straight to RGB, the same pixels in half the time; the rest through OpenCV.
+  if (std::optional<RgbImage> jpeg = DecodeCommonJpeg(encoded, header, config.max_pixels)) {
+    return *std::move(jpeg);
   }
   const std::string format = absl::StrCat(ImageFormatName(header.format), " image");
   RgbImage image;

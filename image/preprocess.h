@@ -15,7 +15,9 @@
 // Only the pixels the center crop keeps are computed, which gives the same values as resizing
 // everything and cropping.
 //
-// Decoding uses OpenCV (cv::imdecode: libjpeg-turbo, libpng, libwebp, libtiff, ...) and then:
+// Decoding uses OpenCV (cv::imdecode: libjpeg-turbo, libpng, libwebp, libtiff, ...), except for
+// the common JPEG (no EXIF orientation to apply, not CMYK), which image/jpeg_decoder.h decodes with
+// the same libjpeg-turbo to the same pixels at twice the speed; and then:
 //  - applies the EXIF orientation (PIL, and hence the bare torchvision pipeline, does not);
 //  - makes grayscale RGB by replicating it, and drops alpha without compositing, as PIL's
 //    convert("RGB") does;

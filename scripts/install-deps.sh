@@ -22,6 +22,7 @@ runtime_pkgs=(
   libgomp1  # OpenMP: our own fast-path kernels' threads (model/amx_mlp.h, layer_norm_rows.h)
   libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 libssl3
   libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406
+  libjpeg62-turbo  # libjpeg-turbo: the common JPEG decoded straight to RGB (image/jpeg_decoder.h)
   libprometheus-cpp-core1.0
   libmicrohttpd12 libgnutls30  # the Open Inference Protocol's HTTP endpoint (HTTPS, mutual TLS)
 )
@@ -30,6 +31,7 @@ build_pkgs=(
   libtorch-dev libopenblas0-pthread libdnnl-dev
   ocl-icd-opencl-dev  # dnnl-config.cmake requires OpenCL; libdnnl-dev only recommends it
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libjpeg-dev  # libjpeg-turbo's headers (image/jpeg_decoder.cc), named, not left to OpenCV's -dev
   libopencv-dev prometheus-cpp-dev nlohmann-json3-dev libssl-dev libmicrohttpd-dev libgnutls28-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-14-dev  # libFuzzer + sanitizers for fuzz/
