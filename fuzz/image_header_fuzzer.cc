@@ -1,6 +1,7 @@
 // libFuzzer target: reading image dimensions from untrusted bytes (the decompression-bomb guard
 // that runs before any decoder) must never crash or read out of bounds, and must report sane
-// dimensions when it succeeds. That includes the JPEG's EXIF orientation (IFD0 of its APP1 segment).
+// dimensions when it succeeds. That includes the JPEG's EXIF orientation (IFD0 of its APP1
+// segment).
 #include <cstddef>
 #include <cstdint>
 
