@@ -1,10 +1,11 @@
 // Decoding the common JPEG straight to RGB with libjpeg-turbo, the library OpenCV's cv::imdecode
 // itself uses for JPEG, with the same settings (libjpeg's defaults: the accurate integer DCT and
 // fancy upsampling), so that the pixels are the same, bit for bit, as OpenCV's decode turned from
-// BGR to RGB. It is about twice as fast (a 500x375 photo: 0.58 against 1.26 ms on an AMX Xeon),
-// because it skips OpenCV's second pass over the pixels and that BGR-to-RGB pass.
+// BGR to RGB. It is over twice as fast (a 500x375 photo: 0.58 against 1.53 ms on an AMX Xeon,
+// `build/bin/preprocess_bench`), as it skips OpenCV's own work around libjpeg and our BGR-to-RGB
+// pass.
 //
-// "Common" means: one, three-component YCbCr or RGB, or one-component grayscale (replicated to
+// "Common" means: three-component YCbCr or RGB, or one-component grayscale (replicated to
 // RGB, as OpenCV and PIL do), baseline or progressive, 8-bit, with no EXIF orientation to apply.
 // Everything else (CMYK and YCCK, an EXIF orientation other than 1 or one not read with
 // certainty, 12-bit or arithmetic-coded data, any error libjpeg reports) is left to the caller's
