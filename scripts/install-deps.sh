@@ -13,6 +13,7 @@
 #                                           LibTorch)
 #   scripts/install-deps.sh --container  podman and its helpers (scripts/container_test.sh, CI's last stage)
 #   scripts/install-deps.sh --bench      what the peer benchmarks need (scripts/perf-analyzer.sh)
+#                                        and the profiler (perf)
 set -euo pipefail
 
 runtime_pkgs=(
@@ -53,6 +54,7 @@ container_pkgs=(
 )
 bench_pkgs=(
   libb64-0d  # perf_analyzer (from the tritonclient 2.41.0 wheel) links it
+  linux-perf  # perf record -e cpu-clock: the profiles quoted in README's Performance
 )
 
 if [[ "${1:-}" == "--runtime" ]]; then
