@@ -3,7 +3,9 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <opencv2/core.hpp>
@@ -16,8 +18,15 @@
 #include "image/image_header.h"
 #include "image/jpeg_decoder.h"
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define CONVNEXT_AVX512BW __attribute__((target("avx512f,avx512bw,avx512vl")))
+#endif
+
 namespace convnext {
 namespace {
+
+std::atomic<bool> vector_resampling{true};
 
 // 8-bit RGB pixels: `data` points at pixel (0, 0); rows are `stride` bytes apart.
 struct View {
@@ -126,6 +135,70 @@ void HorizontalPass(const View& in, const Taps& taps, uint8_t* out) {
   }
 }
 
+#if defined(__x86_64__)
+// For the zero-masked forms of broadcast, widening, shift, max and narrowing over all lanes: GCC
+// 12's unmasked ones start from an undefined vector and warn of it (-Wuninitialized).
+constexpr __mmask16 kAllLanes = 0xffff;
+
+// Clip8 on 16 accumulators: the shift, then [0, 255] (max with 0, unsigned saturation).
+CONVNEXT_AVX512BW inline __m128i Clip8x16(__m512i acc) {
+  acc = _mm512_maskz_max_epi32(kAllLanes, _mm512_maskz_srai_epi32(kAllLanes, acc, kPrecisionBits),
+                               _mm512_setzero_si512());
+  return _mm512_maskz_cvtusepi32_epi8(kAllLanes, acc);
+}
+
+// HorizontalPass on AVX-512, the same integers in the same order (bit-identical; held to the
+// scalar pass by preprocess_test): four rows at a time, one 128-bit lane each. For an output
+// pixel, each lane loads the row's taps five pixels (15 bytes) at a time; a byte shuffle spreads
+// tap t's R, G, B over three 32-bit slots (the fourth zero), which are multiplied by its weight
+// and added up, so that one multiply serves 4 rows x 3 channels. The scalar pass spent 0.5 ms of
+// a 500x375 photo's 0.77 ms evaluation transform here.
+CONVNEXT_AVX512BW void HorizontalPassAvx512(const View& in, const Taps& taps, uint8_t* out) {
+  const int out_w = static_cast<int>(taps.first.size());
+  __m512i pick[5];  // Byte shuffles: pixel t of 5 -> dwords (R, G, B, 0) in every lane.
+  for (int t = 0; t < 5; ++t) {
+    alignas(16) int8_t control[16];
+    std::fill_n(control, 16, int8_t{-128});  // High bit set: a zero byte.
+    for (int c = 0; c < 3; ++c) control[4 * c] = static_cast<int8_t>(3 * t + c);
+    pick[t] = _mm512_maskz_broadcast_i32x4(
+        kAllLanes, _mm_load_si128(reinterpret_cast<const __m128i*>(control)));
+  }
+  const __m512i half = _mm512_set1_epi32(kHalf);
+  for (int y = 0; y < in.height; y += 4) {
+    const int rows = std::min(4, in.height - y);
+    const uint8_t* src[4];
+    uint8_t* dst[4];
+    for (int r = 0; r < 4; ++r) {  // Past the last row: the last row again, not stored.
+      const int row = y + std::min(r, rows - 1);
+      src[r] = in.Row(row);
+      dst[r] = out + static_cast<ptrdiff_t>(row) * out_w * 3;
+    }
+    for (int x = 0; x < out_w; ++x) {
+      const int count = taps.count[x];
+      const int32_t* k = &taps.weights[static_cast<size_t>(x) * taps.ksize];
+      __m512i acc = half;
+      for (int t0 = 0; t0 < count; t0 += 5) {
+        const int n = std::min(5, count - t0);
+        // Masked loads: no byte past the taps' last pixel is read (the row may end there).
+        const __mmask16 mask = static_cast<__mmask16>((1u << (3 * n)) - 1);
+        const ptrdiff_t offset = 3 * static_cast<ptrdiff_t>(taps.first[x] + t0);
+        __m512i pixels = _mm512_zextsi128_si512(_mm_maskz_loadu_epi8(mask, src[0] + offset));
+        pixels = _mm512_inserti32x4(pixels, _mm_maskz_loadu_epi8(mask, src[1] + offset), 1);
+        pixels = _mm512_inserti32x4(pixels, _mm_maskz_loadu_epi8(mask, src[2] + offset), 2);
+        pixels = _mm512_inserti32x4(pixels, _mm_maskz_loadu_epi8(mask, src[3] + offset), 3);
+        for (int t = 0; t < n; ++t) {
+          const __m512i tap = _mm512_shuffle_epi8(pixels, pick[t]);
+          acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(tap, _mm512_set1_epi32(k[t0 + t])));
+        }
+      }
+      alignas(16) uint8_t bytes[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(bytes), Clip8x16(acc));
+      for (int r = 0; r < rows; ++r) std::memcpy(dst[r] + 3 * x, bytes + 4 * r, 3);
+    }
+  }
+}
+#endif
+
 // out: taps.first.size() rows of in.width pixels. Input row r of the taps is in.Row(r - row0).
 // Works in blocks of a fixed 32 values so that the compiler vectorizes the inner loops at -O2.
 void VerticalPass(const View& in, int row0, const Taps& taps, uint8_t* out) {
@@ -154,6 +227,61 @@ void VerticalPass(const View& in, int row0, const Taps& taps, uint8_t* out) {
       dst[i] = Clip8(acc);
     }
   }
+}
+
+#if defined(__x86_64__)
+// VerticalPass on AVX-512, bit-identical as HorizontalPassAvx512: 16 values at a time, widened to
+// 32 bits, one multiply a tap for all 16 (the SSE2 code the compiler makes of the scalar pass
+// emulates each 32-bit multiply with two 64-bit ones and shuffles).
+CONVNEXT_AVX512BW void VerticalPassAvx512(const View& in, int row0, const Taps& taps,
+                                          uint8_t* out) {
+  const int n = in.width * 3;
+  const __m512i half = _mm512_set1_epi32(kHalf);
+  std::vector<const uint8_t*> rows(taps.ksize);
+  for (size_t y = 0; y < taps.first.size(); ++y) {
+    const int count = taps.count[y];
+    const int32_t* k = &taps.weights[y * taps.ksize];
+    for (int t = 0; t < count; ++t) rows[t] = in.Row(taps.first[y] + t - row0);
+    uint8_t* dst = out + y * n;
+    for (int i = 0; i < n; i += 16) {
+      const __mmask16 mask = n - i >= 16 ? kAllLanes : static_cast<__mmask16>((1u << (n - i)) - 1);
+      __m512i acc = half;
+      for (int t = 0; t < count; ++t) {
+        const __m512i v =
+            _mm512_maskz_cvtepu8_epi32(kAllLanes, _mm_maskz_loadu_epi8(mask, rows[t] + i));
+        acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(v, _mm512_set1_epi32(k[t])));
+      }
+      _mm_mask_storeu_epi8(dst + i, mask, Clip8x16(acc));
+    }
+  }
+}
+
+bool HasAvx512Bw() {
+  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl");
+  return has;
+}
+#endif
+
+// PIL's passes through the fastest implementation the CPU has.
+void HorizontalPassDispatch(const View& in, const Taps& taps, uint8_t* out) {
+#if defined(__x86_64__)
+  if (HasAvx512Bw() && vector_resampling.load(std::memory_order_relaxed)) {
+    HorizontalPassAvx512(in, taps, out);
+    return;
+  }
+#endif
+  HorizontalPass(in, taps, out);
+}
+
+void VerticalPassDispatch(const View& in, int row0, const Taps& taps, uint8_t* out) {
+#if defined(__x86_64__)
+  if (HasAvx512Bw() && vector_resampling.load(std::memory_order_relaxed)) {
+    VerticalPassAvx512(in, row0, taps, out);
+    return;
+  }
+#endif
+  VerticalPass(in, row0, taps, out);
 }
 
 // Source index of the outputs [begin, begin + n) of a nearest-neighbour resize, -1 outside the
@@ -208,14 +336,14 @@ std::vector<uint8_t> ResizeWindow(const View& src, int64_t out_w, int64_t out_h,
   std::vector<uint8_t> temp;
   if (horizontal) {
     temp.resize(static_cast<size_t>(win.w) * rows.height * 3);
-    HorizontalPass(rows, ComputeTaps(src.width, out_w, win.x, win.w, interp), temp.data());
+    HorizontalPassDispatch(rows, ComputeTaps(src.width, out_w, win.x, win.w, interp), temp.data());
     rows = View{temp.data(), static_cast<ptrdiff_t>(win.w) * 3, win.w, rows.height};
   } else {
     rows.data += win.x * 3;
     rows.width = win.w;
   }
   if (vertical) {
-    VerticalPass(rows, row0, vtaps, out.data());
+    VerticalPassDispatch(rows, row0, vtaps, out.data());
   } else {
     for (int y = 0; y < win.h; ++y) {
       std::copy_n(rows.Row(y), static_cast<size_t>(win.w) * 3,
@@ -388,6 +516,12 @@ absl::StatusOr<at::Tensor> TransformRaw(
 }
 
 }  // namespace
+
+namespace internal {
+
+void SetVectorResamplingForTesting(bool enabled) { vector_resampling.store(enabled); }
+
+}  // namespace internal
 
 bool IsAcceptedFormat(ImageFormat format) {
   switch (format) {

@@ -141,6 +141,14 @@ absl::StatusOr<InputTransform> TransformOf(int64_t width, int64_t height,
 // DecodeAndTransform. Errors name the path.
 absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path, const PreprocessConfig& config);
 
+namespace internal {
+
+// Whether resampling may use the vector (AVX-512) horizontal pass where the CPU has it; true by
+// default. Tests turn it off to hold the vector pass to the scalar one, bit for bit.
+void SetVectorResamplingForTesting(bool enabled);
+
+}  // namespace internal
+
 }  // namespace convnext
 
 #endif  // CONVNEXT_IMAGE_PREPROCESS_H_
