@@ -83,7 +83,7 @@ absl::Status ParseRegions(const v1::EmbedRequest& request, InferenceRequest::Par
             "image ", i, " box ", j, " (", b.x1(), ", ", b.y1(), ", ", b.x2(), ", ", b.y2(),
             ") must have finite coordinates with 0 <= x1 <= x2 and 0 <= y1 <= y2"));
       }
-      RegionBox box{b.x1(), b.y1(), b.x2(), b.y2()};
+      RegionBox box{b.x1(), b.y1(), b.x2(), b.y2(), /*mask_size=*/0, /*mask=*/{}};
       if (!masks.empty()) {
         const v1::RegionMask& m = masks.Get(j);
         if (m.size() < 1 || m.size() > static_cast<uint32_t>(kMaxRegionMaskSize) ||

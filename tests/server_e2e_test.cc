@@ -295,7 +295,7 @@ TEST_F(ServerE2eTest, EmbedRegionsMatchTorchvisionRoiAlign) {
     std::vector<RegionBox> masked;
     for (int r = 0; r < regions->boxes_size(); ++r) {
       const v1::Box& b = regions->boxes(r);
-      RegionBox box{b.x1(), b.y1(), b.x2(), b.y2()};
+      RegionBox box{b.x1(), b.y1(), b.x2(), b.y2(), /*mask_size=*/0, /*mask=*/{}};
       box.mask_size = r + 1;
       v1::RegionMask* m = regions->add_masks();
       m->set_size(static_cast<uint32_t>(box.mask_size));
@@ -468,7 +468,7 @@ TEST_F(ServerE2eTest, ClientRetriesThenReportsUnavailable) {
   // under ctest) races that teardown: AddressSanitizer saw a double-free inside
   // grpc_cq_internal_unref on gRPC's own thread, about 1 run in 10 with both cores busy. README,
   // client library, says so.
-  static client::Client* volatile kept = nullptr;  // volatile: the store is not optimised away.
+  [[maybe_unused]] static client::Client* volatile kept = nullptr;  // volatile: the store stays.
   kept = c->release();
 }
 
