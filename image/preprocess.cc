@@ -199,60 +199,45 @@ CONVNEXT_AVX512BW void HorizontalPassAvx512(const View& in, const Taps& taps, ui
 }
 #endif
 
-// out: taps.first.size() rows of in.width pixels. Input row r of the taps is in.Row(r - row0).
-// Works in blocks of a fixed 32 values so that the compiler vectorizes the inner loops at -O2.
-void VerticalPass(const View& in, int row0, const Taps& taps, uint8_t* out) {
+// One output row of the vertical pass: dst[i] for i < n from the taps' `count` input rows and
+// weights k. Works in blocks of a fixed 32 values so that the compiler vectorizes the inner loops
+// at -O2.
+void VerticalRow(const uint8_t* const* rows, const int32_t* k, int count, int n, uint8_t* dst) {
   constexpr int kBlock = 32;
-  const int n = in.width * 3;
-  std::vector<const uint8_t*> rows(taps.ksize);
-  for (size_t y = 0; y < taps.first.size(); ++y) {
-    const int count = taps.count[y];
-    const int32_t* k = &taps.weights[y * taps.ksize];
-    for (int t = 0; t < count; ++t) rows[t] = in.Row(taps.first[y] + t - row0);
-    uint8_t* dst = out + y * n;
-    int i = 0;
-    for (; i + kBlock <= n; i += kBlock) {
-      int32_t acc[kBlock];
-      for (int j = 0; j < kBlock; ++j) acc[j] = kHalf;
-      for (int t = 0; t < count; ++t) {
-        const uint8_t* src = rows[t] + i;
-        const int32_t weight = k[t];
-        for (int j = 0; j < kBlock; ++j) acc[j] += src[j] * weight;
-      }
-      for (int j = 0; j < kBlock; ++j) dst[i + j] = Clip8(acc[j]);
+  int i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    int32_t acc[kBlock];
+    for (int j = 0; j < kBlock; ++j) acc[j] = kHalf;
+    for (int t = 0; t < count; ++t) {
+      const uint8_t* src = rows[t] + i;
+      const int32_t weight = k[t];
+      for (int j = 0; j < kBlock; ++j) acc[j] += src[j] * weight;
     }
-    for (; i < n; ++i) {
-      int32_t acc = kHalf;
-      for (int t = 0; t < count; ++t) acc += rows[t][i] * k[t];
-      dst[i] = Clip8(acc);
-    }
+    for (int j = 0; j < kBlock; ++j) dst[i + j] = Clip8(acc[j]);
+  }
+  for (; i < n; ++i) {
+    int32_t acc = kHalf;
+    for (int t = 0; t < count; ++t) acc += rows[t][i] * k[t];
+    dst[i] = Clip8(acc);
   }
 }
 
 #if defined(__x86_64__)
-// VerticalPass on AVX-512, bit-identical as HorizontalPassAvx512: 16 values at a time, widened to
-// 32 bits, one multiply a tap for all 16 (the SSE2 code the compiler makes of the scalar pass
+// VerticalRow on AVX-512, bit-identical as HorizontalPassAvx512: 16 values at a time, widened to
+// 32 bits, one multiply a tap for all 16 (the SSE2 code the compiler makes of the scalar row
 // emulates each 32-bit multiply with two 64-bit ones and shuffles).
-CONVNEXT_AVX512BW void VerticalPassAvx512(const View& in, int row0, const Taps& taps,
-                                          uint8_t* out) {
-  const int n = in.width * 3;
+CONVNEXT_AVX512BW void VerticalRowAvx512(const uint8_t* const* rows, const int32_t* k, int count,
+                                         int n, uint8_t* dst) {
   const __m512i half = _mm512_set1_epi32(kHalf);
-  std::vector<const uint8_t*> rows(taps.ksize);
-  for (size_t y = 0; y < taps.first.size(); ++y) {
-    const int count = taps.count[y];
-    const int32_t* k = &taps.weights[y * taps.ksize];
-    for (int t = 0; t < count; ++t) rows[t] = in.Row(taps.first[y] + t - row0);
-    uint8_t* dst = out + y * n;
-    for (int i = 0; i < n; i += 16) {
-      const __mmask16 mask = n - i >= 16 ? kAllLanes : static_cast<__mmask16>((1u << (n - i)) - 1);
-      __m512i acc = half;
-      for (int t = 0; t < count; ++t) {
-        const __m512i v =
-            _mm512_maskz_cvtepu8_epi32(kAllLanes, _mm_maskz_loadu_epi8(mask, rows[t] + i));
-        acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(v, _mm512_set1_epi32(k[t])));
-      }
-      _mm_mask_storeu_epi8(dst + i, mask, Clip8x16(acc));
+  for (int i = 0; i < n; i += 16) {
+    const __mmask16 mask = n - i >= 16 ? kAllLanes : static_cast<__mmask16>((1u << (n - i)) - 1);
+    __m512i acc = half;
+    for (int t = 0; t < count; ++t) {
+      const __m512i v =
+          _mm512_maskz_cvtepu8_epi32(kAllLanes, _mm_maskz_loadu_epi8(mask, rows[t] + i));
+      acc = _mm512_add_epi32(acc, _mm512_mullo_epi32(v, _mm512_set1_epi32(k[t])));
     }
+    _mm_mask_storeu_epi8(dst + i, mask, Clip8x16(acc));
   }
 }
 
@@ -263,10 +248,19 @@ bool HasAvx512Bw() {
 }
 #endif
 
-// PIL's passes through the fastest implementation the CPU has.
+// Whether the AVX-512 passes run: the CPU has them and no test has turned them off.
+bool UseVectorPasses() {
+#if defined(__x86_64__)
+  return HasAvx512Bw() && vector_resampling.load(std::memory_order_relaxed);
+#else
+  return false;
+#endif
+}
+
+// PIL's horizontal pass through the fastest implementation the CPU has.
 void HorizontalPassDispatch(const View& in, const Taps& taps, uint8_t* out) {
 #if defined(__x86_64__)
-  if (HasAvx512Bw() && vector_resampling.load(std::memory_order_relaxed)) {
+  if (UseVectorPasses()) {
     HorizontalPassAvx512(in, taps, out);
     return;
   }
@@ -274,14 +268,19 @@ void HorizontalPassDispatch(const View& in, const Taps& taps, uint8_t* out) {
   HorizontalPass(in, taps, out);
 }
 
-void VerticalPassDispatch(const View& in, int row0, const Taps& taps, uint8_t* out) {
+// out: taps.first.size() rows of in.width pixels. Input row r of the taps is in.Row(r - row0).
+void VerticalPass(const View& in, int row0, const Taps& taps, uint8_t* out) {
+  auto* row = &VerticalRow;
 #if defined(__x86_64__)
-  if (HasAvx512Bw() && vector_resampling.load(std::memory_order_relaxed)) {
-    VerticalPassAvx512(in, row0, taps, out);
-    return;
-  }
+  if (UseVectorPasses()) row = &VerticalRowAvx512;
 #endif
-  VerticalPass(in, row0, taps, out);
+  const int n = in.width * 3;
+  std::vector<const uint8_t*> rows(taps.ksize);
+  for (size_t y = 0; y < taps.first.size(); ++y) {
+    const int count = taps.count[y];
+    for (int t = 0; t < count; ++t) rows[t] = in.Row(taps.first[y] + t - row0);
+    row(rows.data(), &taps.weights[y * taps.ksize], count, n, out + y * n);
+  }
 }
 
 // Source index of the outputs [begin, begin + n) of a nearest-neighbour resize, -1 outside the
@@ -343,7 +342,7 @@ std::vector<uint8_t> ResizeWindow(const View& src, int64_t out_w, int64_t out_h,
     rows.width = win.w;
   }
   if (vertical) {
-    VerticalPassDispatch(rows, row0, vtaps, out.data());
+    VerticalPass(rows, row0, vtaps, out.data());
   } else {
     for (int y = 0; y < win.h; ++y) {
       std::copy_n(rows.Row(y), static_cast<size_t>(win.w) * 3,
