@@ -65,9 +65,6 @@ bool IsJpegFrameMarker(uint8_t m) {  // SOF0..SOF15, except DHT (C4), JPG (C8) a
   return m >= 0xC0 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC;
 }
 
-// Walks the markers from SOI to EOI as libjpeg reads them: stray bytes before a marker and 0xFF
-// fill bytes are skipped, segments are skipped by their length, and entropy-coded data after SOS
-// runs to the next marker that is neither a stuffed zero (FF 00) nor a restart marker (FF D0-D7).
 // The orientation stated by an APP1 "Exif" segment's payload of `length` bytes at `pos` (after the
 // segment's length field): 1 where its IFD0 has no orientation tag, kUnreadOrientation where the
 // TIFF structure cannot be read with certainty (see ImageHeader::exif_orientation).
@@ -104,6 +101,9 @@ int ExifOrientation(const Bytes& b, size_t pos, size_t length) {
   return orientation;
 }
 
+// Walks the markers from SOI to EOI as libjpeg reads them: stray bytes before a marker and 0xFF
+// fill bytes are skipped, segments are skipped by their length, and entropy-coded data after SOS
+// runs to the next marker that is neither a stuffed zero (FF 00) nor a restart marker (FF D0-D7).
 absl::StatusOr<ImageHeader> ReadJpeg(const Bytes& b) {
   constexpr ImageFormat kJpeg = ImageFormat::kJpeg;
   int64_t width = 0, height = 0;

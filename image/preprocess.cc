@@ -135,6 +135,29 @@ void HorizontalPass(const View& in, const Taps& taps, uint8_t* out) {
   }
 }
 
+// One output row of the vertical pass: dst[i] for i < n from the taps' `count` input rows and
+// weights k. Works in blocks of a fixed 32 values so that the compiler vectorizes the inner loops
+// at -O2.
+void VerticalRow(const uint8_t* const* rows, const int32_t* k, int count, int n, uint8_t* dst) {
+  constexpr int kBlock = 32;
+  int i = 0;
+  for (; i + kBlock <= n; i += kBlock) {
+    int32_t acc[kBlock];
+    for (int j = 0; j < kBlock; ++j) acc[j] = kHalf;
+    for (int t = 0; t < count; ++t) {
+      const uint8_t* src = rows[t] + i;
+      const int32_t weight = k[t];
+      for (int j = 0; j < kBlock; ++j) acc[j] += src[j] * weight;
+    }
+    for (int j = 0; j < kBlock; ++j) dst[i + j] = Clip8(acc[j]);
+  }
+  for (; i < n; ++i) {
+    int32_t acc = kHalf;
+    for (int t = 0; t < count; ++t) acc += rows[t][i] * k[t];
+    dst[i] = Clip8(acc);
+  }
+}
+
 #if defined(__x86_64__)
 // For the zero-masked forms of broadcast, widening, shift, max and narrowing over all lanes: GCC
 // 12's unmasked ones start from an undefined vector and warn of it (-Wuninitialized).
@@ -198,32 +221,7 @@ CONVNEXT_AVX512BW void HorizontalPassAvx512(const View& in, const Taps& taps, ui
     }
   }
 }
-#endif
 
-// One output row of the vertical pass: dst[i] for i < n from the taps' `count` input rows and
-// weights k. Works in blocks of a fixed 32 values so that the compiler vectorizes the inner loops
-// at -O2.
-void VerticalRow(const uint8_t* const* rows, const int32_t* k, int count, int n, uint8_t* dst) {
-  constexpr int kBlock = 32;
-  int i = 0;
-  for (; i + kBlock <= n; i += kBlock) {
-    int32_t acc[kBlock];
-    for (int j = 0; j < kBlock; ++j) acc[j] = kHalf;
-    for (int t = 0; t < count; ++t) {
-      const uint8_t* src = rows[t] + i;
-      const int32_t weight = k[t];
-      for (int j = 0; j < kBlock; ++j) acc[j] += src[j] * weight;
-    }
-    for (int j = 0; j < kBlock; ++j) dst[i + j] = Clip8(acc[j]);
-  }
-  for (; i < n; ++i) {
-    int32_t acc = kHalf;
-    for (int t = 0; t < count; ++t) acc += rows[t][i] * k[t];
-    dst[i] = Clip8(acc);
-  }
-}
-
-#if defined(__x86_64__)
 // VerticalRow on AVX-512, bit-identical as HorizontalPassAvx512: 16 values at a time, widened to
 // 32 bits, one multiply a tap for all 16 (the SSE2 code the compiler makes of the scalar row
 // emulates each 32-bit multiply with two 64-bit ones and shuffles).
@@ -242,39 +240,34 @@ CONVNEXT_AVX512BW void VerticalRowAvx512(const uint8_t* const* rows, const int32
   }
 }
 
-bool HasAvx512Bw() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl");
-  return has;
-}
 #endif
 
-// Whether the AVX-512 passes run: the CPU has them and no test has turned them off.
-bool UseVectorPasses() {
-#if defined(__x86_64__)
-  return HasAvx512Bw() && vector_resampling.load(std::memory_order_relaxed);
-#else
-  return false;
-#endif
-}
+// The implementations of the two passes this CPU runs: AVX-512 where it has F, BW and VL (unless
+// a test has turned them off), the scalar ones otherwise.
+struct Passes {
+  void (*horizontal)(const View& in, const Taps& taps, uint8_t* out) = HorizontalPass;
+  void (*vertical_row)(const uint8_t* const* rows, const int32_t* k, int count, int n,
+                       uint8_t* dst) = VerticalRow;
+};
 
-// PIL's horizontal pass through the fastest implementation the CPU has.
-void HorizontalPassDispatch(const View& in, const Taps& taps, uint8_t* out) {
+Passes PassesForThisCpu() {
+  Passes passes;
 #if defined(__x86_64__)
-  if (UseVectorPasses()) {
-    HorizontalPassAvx512(in, taps, out);
-    return;
+  static const bool avx512bw = __builtin_cpu_supports("avx512f") &&
+                               __builtin_cpu_supports("avx512bw") &&
+                               __builtin_cpu_supports("avx512vl");
+  if (avx512bw && vector_resampling.load(std::memory_order_relaxed)) {
+    passes.horizontal = HorizontalPassAvx512;
+    passes.vertical_row = VerticalRowAvx512;
   }
 #endif
-  HorizontalPass(in, taps, out);
+  return passes;
 }
 
-// out: taps.first.size() rows of in.width pixels. Input row r of the taps is in.Row(r - row0).
-void VerticalPass(const View& in, int row0, const Taps& taps, uint8_t* out) {
-  auto* row = &VerticalRow;
-#if defined(__x86_64__)
-  if (UseVectorPasses()) row = &VerticalRowAvx512;
-#endif
+// out: taps.first.size() rows of in.width pixels, each from `row`. Input row r of the taps is
+// in.Row(r - row0).
+void VerticalPass(const View& in, int row0, const Taps& taps, decltype(Passes::vertical_row) row,
+                  uint8_t* out) {
   const int n = in.width * 3;
   std::vector<const uint8_t*> rows(taps.ksize);
   for (size_t y = 0; y < taps.first.size(); ++y) {
@@ -325,6 +318,7 @@ std::vector<uint8_t> ResizeWindow(const View& src, int64_t out_w, int64_t out_h,
   // PIL resamples an axis only if its size changes: horizontally first, over just the rows the
   // vertical pass reads, then vertically.
   const bool horizontal = out_w != src.width, vertical = out_h != src.height;
+  const Passes passes = PassesForThisCpu();
   Taps vtaps;
   int row0 = static_cast<int>(win.y), row1 = static_cast<int>(win.y) + win.h;
   if (vertical) {
@@ -336,14 +330,14 @@ std::vector<uint8_t> ResizeWindow(const View& src, int64_t out_w, int64_t out_h,
   std::vector<uint8_t> temp;
   if (horizontal) {
     temp.resize(static_cast<size_t>(win.w) * rows.height * 3);
-    HorizontalPassDispatch(rows, ComputeTaps(src.width, out_w, win.x, win.w, interp), temp.data());
+    passes.horizontal(rows, ComputeTaps(src.width, out_w, win.x, win.w, interp), temp.data());
     rows = View{temp.data(), static_cast<ptrdiff_t>(win.w) * 3, win.w, rows.height};
   } else {
     rows.data += win.x * 3;
     rows.width = win.w;
   }
   if (vertical) {
-    VerticalPass(rows, row0, vtaps, out.data());
+    VerticalPass(rows, row0, vtaps, passes.vertical_row, out.data());
   } else {
     for (int y = 0; y < win.h; ++y) {
       std::copy_n(rows.Row(y), static_cast<size_t>(win.w) * 3,

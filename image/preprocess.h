@@ -144,8 +144,8 @@ absl::StatusOr<at::Tensor> LoadImageTensor(const std::string& path, const Prepro
 
 namespace internal {
 
-// Whether resampling may use the vector (AVX-512) horizontal pass where the CPU has it; true by
-// default. Tests turn it off to hold the vector pass to the scalar one, bit for bit.
+// Whether resampling may use the vector (AVX-512) passes where the CPU has them; true by default.
+// Tests turn them off to hold the vector passes to the scalar ones, bit for bit.
 void SetVectorResamplingForTesting(bool enabled);
 
 }  // namespace internal
