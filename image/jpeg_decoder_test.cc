@@ -30,10 +30,15 @@ std::string Photo(const std::string& name) {
   return testing::ReadTestFile(TestdataPath("preprocess/" + name));
 }
 
-// What the general decoder sees: OpenCV's decode (EXIF orientation applied), BGR turned to RGB.
-cv::Mat OpenCvRgb(const std::string& bytes) {
+// OpenCV's decode (EXIF orientation applied), BGR.
+cv::Mat OpenCvBgr(const std::string& bytes) {
   const cv::Mat buf(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<char*>(bytes.data()));
-  const cv::Mat bgr = cv::imdecode(buf, cv::IMREAD_COLOR);
+  return cv::imdecode(buf, cv::IMREAD_COLOR);
+}
+
+// What the general decoder sees: OpenCV's decode turned to RGB.
+cv::Mat OpenCvRgb(const std::string& bytes) {
+  const cv::Mat bgr = OpenCvBgr(bytes);
   cv::Mat rgb;
   if (!bgr.empty()) cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
   return rgb;
@@ -65,11 +70,7 @@ std::string Encode(const cv::Mat& image, const std::vector<int>& params) {
   return std::string(bytes.begin(), bytes.end());
 }
 
-cv::Mat ChinaBgr() {
-  const std::string china = Photo("china.jpg");
-  const cv::Mat buf(1, static_cast<int>(china.size()), CV_8UC1, const_cast<char*>(china.data()));
-  return cv::imdecode(buf, cv::IMREAD_COLOR);
-}
+cv::Mat ChinaBgr() { return OpenCvBgr(Photo("china.jpg")); }
 
 // A CMYK JPEG (what Photoshop writes for print), which libjpeg cannot turn into RGB itself.
 std::string CmykJpeg(int width, int height) {
